@@ -1,0 +1,2 @@
+def main():
+    print("loftup 0.1.0")
