@@ -1,0 +1,242 @@
+"""Building blocks of the LoftUp upsampler, with the official state-dict names.
+
+Shapes follow the official code: images and maps are (B, C, H, W), tokens (B, N, D).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..kernels import AttentionDispatcher
+
+
+def coord_grid(n: int, device=None) -> torch.Tensor:
+    """Float32 `linspace(-1, 1, n)` exactly as the official code builds coordinates."""
+    return torch.linspace(-1, 1, n, device=device)
+
+
+class ChannelNorm(nn.Module):
+    """nn.LayerNorm over the channel dim of a (B, C, H, W) map (official `ChannelNorm`, eps 1e-5)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class LayerNorm2d(nn.Module):
+    """Channels-first LayerNorm of the output head (eps 1e-6, biased variance, official op order)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class MinMaxScaler(nn.Module):
+    """Scale each RGB channel to [-0.5, 0.5].
+
+    per_batch=False (our default): extrema per image, so outputs do not depend on batch-mates.
+    per_batch=True: extrema over the whole batch, exactly as the official code.
+    """
+
+    def __init__(self, per_batch: bool = False):
+        super().__init__()
+        self.per_batch = per_batch
+
+    def extrema(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (min, max), shaped to broadcast against x (B, 3, H, W)."""
+        if self.per_batch:
+            flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+            return flat.min(-1).values.view(1, -1, 1, 1), flat.max(-1).values.view(1, -1, 1, 1)
+        return x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
+
+    @staticmethod
+    def apply(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        return (x - lo) / (hi - lo).clamp_min(1e-4) - 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, *self.extrema(x))
+
+
+class ImplicitFeaturizer(nn.Module):
+    """Fourier features of pixel coordinates (and optionally colour) with learned phases.
+
+    Inputs per pixel: [y, x] (+ [r, g, b] with color), each times n_freqs frequencies
+    exp(linspace(-2, 10, n_freqs)). The phase tensor is stored as (2, dm, n_freqs) but read as
+    (n_freqs, dm) in memory order (a reshape, not a transpose) - that is how the official
+    weights are laid out. Output channels: sin (n_freqs*dm) | cos (n_freqs*dm) | colour.
+    """
+
+    def __init__(self, color: bool, n_freqs: int):
+        super().__init__()
+        self.color = color
+        self.n_freqs = n_freqs
+        self.dim_multiplier = 5 if color else 2
+        self.biases = nn.Parameter(torch.randn(2, self.dim_multiplier, n_freqs))
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.dim_multiplier * self.n_freqs + (3 if self.color else 0)
+
+    def forward(self, x: torch.Tensor, ys: torch.Tensor | None = None, xs: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, 3 or any, H, W) -> (B, out_channels, H, W).
+
+        ys (H,), xs (W,): the rows'/columns' coordinates; default linspace(-1, 1) over x's size.
+        Tiled inference passes slices of the full image's grid so tiles match exactly.
+        """
+        b, _, h, w = x.shape
+        ys = coord_grid(h, x.device) if ys is None else ys
+        xs = coord_grid(w, x.device) if xs is None else xs
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).unsqueeze(0)  # (1, 2, H, W)
+        feats = grid.to(x.dtype).expand(b, 2, h, w)
+        if self.color:
+            feats = torch.cat([feats, x], dim=1)
+        freqs = torch.exp(torch.linspace(-2, 10, self.n_freqs, device=x.device)).to(x.dtype)
+        feats = feats.unsqueeze(1) * freqs.view(1, -1, 1, 1, 1)  # (B, nf, dm, H, W)
+        phase = self.biases.view(2, 1, self.n_freqs, self.dim_multiplier, 1, 1).to(x.dtype)
+        sin = torch.sin(feats + phase[0]).reshape(b, -1, h, w)
+        cos = torch.cos(feats + phase[1]).reshape(b, -1, h, w)
+        return torch.cat([sin, cos, x] if self.color else [sin, cos], dim=1)
+
+
+class LearnablePE(nn.Module):
+    """Ablation: a learned (C, s, s) grid, bicubically resized to (h, w) and added to the features."""
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.pe = nn.Parameter(torch.randn(1, dim, size, size) * 0.02)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        pe = F.interpolate(self.pe, size=feats.shape[-2:], mode="bicubic", align_corners=False)
+        return feats + pe.to(feats.dtype)
+
+
+class Rope2d(nn.Module):
+    """Ablation: axial 2-D rotary embedding of per-head queries and keys from [-1, 1] coordinates.
+
+    The first d//4 channel pairs rotate with y, the next d//4 with x; leftover channels (odd head
+    dims) pass through. Frequencies span pi .. pi * lr_pe_size geometrically (our choice: the
+    paper gives no formula and no RoPE weights were released).
+    """
+
+    def __init__(self, head_dim: int, max_freq: float):
+        super().__init__()
+        n = max(head_dim // 4, 1)
+        self.n = n if head_dim >= 4 else 0
+        freqs = math.pi * torch.logspace(0, math.log10(max(max_freq, 1.0)), max(n, 1))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """t (B, heads, N, d), pos (N, 2) [y, x] -> rotated t."""
+        n = self.n
+        if n == 0:
+            return t
+        ang = pos.to(torch.float32)[:, :, None] * self.freqs  # (N, 2, n)
+        cos, sin = ang.cos().to(t.dtype), ang.sin().to(t.dtype)
+        rot = t[..., : 4 * n].unflatten(-1, (2, n, 2))  # (B, heads, N, axis, n, pair)
+        a, b = rot[..., 0], rot[..., 1]
+        out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-3)
+        return torch.cat([out, t[..., 4 * n :]], dim=-1)
+
+
+class MultiheadCrossAttention(nn.Module):
+    """Multi-head attention with nn.MultiheadAttention's parameter names (official checkpoints load).
+
+    The attention itself goes through an AttentionDispatcher, so the N x M matrix is never
+    materialised unless the reference backend is chosen.
+    """
+
+    def __init__(self, dim: int, heads: int, dispatcher: AttentionDispatcher):
+        super().__init__()
+        self.dim, self.heads = dim, heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+        self.dispatcher = dispatcher
+
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """context (B, M, D) -> k, v (B, heads, M, d)."""
+        d = self.dim
+        kv = F.linear(context, self.in_proj_weight[d:], self.in_proj_bias[d:])
+        k, v = kv.unflatten(-1, (2, self.heads, d // self.heads)).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope=None) -> torch.Tensor:
+        """x (B, N, D) queries; k, v from project_kv; rope: (Rope2d, q_pos, k_pos) or None."""
+        d = self.dim
+        q = F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d])
+        q = q.unflatten(-1, (self.heads, d // self.heads)).transpose(1, 2)  # (B, heads, N, d)
+        if rope is not None:
+            rot, q_pos, k_pos = rope
+            q, k = rot(q, q_pos), rot(k, k_pos)
+        out = self.dispatcher(q, k, v, 1.0 / math.sqrt(d // self.heads))  # (B, heads, N, d)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class CrossAttentionBlock(nn.Module):
+    """LN_q(queries), LN_kv(tokens), multi-head attention (official `CrossAttention`)."""
+
+    def __init__(self, dim: int, heads: int, dispatcher: AttentionDispatcher):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attention = MultiheadCrossAttention(dim, heads, dispatcher)
+
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.attention.project_kv(self.norm_kv(context))
+
+    def forward(self, x, k, v, rope=None) -> torch.Tensor:
+        return self.attention(self.norm_q(x), k, v, rope)
+
+
+class FeedForward(nn.Module):
+    """LayerNorm -> Linear(D, C) -> GELU -> Linear(C, D) (official indices: net.0, net.1, net.4)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim), nn.Dropout(0.0)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CATransformer(nn.Module):
+    """Queries attend to fixed key/value tokens, `depth` times; no self-attention; final LN."""
+
+    def __init__(self, dim: int, hidden: int, depth: int, heads: int, dispatcher: AttentionDispatcher, rope: Rope2d | None = None):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)  # registered first: official state-dict order
+        self.layers = nn.ModuleList(
+            nn.ModuleList([CrossAttentionBlock(dim, heads, dispatcher), FeedForward(dim, hidden)]) for _ in range(depth)
+        )
+        self.rope = rope
+
+    def project_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-block (k, v) for context tokens (B, M, D): computed once, reused by every query tile."""
+        return [attn.project_kv(context) for attn, _ in self.layers]
+
+    def forward(self, x: torch.Tensor, kv: list, q_pos=None, k_pos=None) -> torch.Tensor:
+        """x (B, N, D) queries, kv from project_kv -> (B, N, D)."""
+        rope = (self.rope, q_pos, k_pos) if self.rope is not None else None
+        for (attn, ff), (k, v) in zip(self.layers, kv):
+            x = attn(x, k, v, rope) + x
+            x = ff(x) + x
+        return self.norm(x)
