@@ -113,18 +113,6 @@ class ImplicitFeaturizer(nn.Module):
         return torch.cat([sin, cos, x] if self.color else [sin, cos], dim=1)
 
 
-class LearnablePE(nn.Module):
-    """Ablation: a learned (C, s, s) grid, bicubically resized to (h, w) and added to the features."""
-
-    def __init__(self, dim: int, size: int):
-        super().__init__()
-        self.pe = nn.Parameter(torch.randn(1, dim, size, size) * 0.02)
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        pe = F.interpolate(self.pe, size=feats.shape[-2:], mode="bicubic", align_corners=False)
-        return feats + pe.to(feats.dtype)
-
-
 class Rope2d(nn.Module):
     """Ablation: axial 2-D rotary embedding of per-head queries and keys from [-1, 1] coordinates.
 

@@ -21,7 +21,6 @@ from .layers import (
     ChannelNorm,
     ImplicitFeaturizer,
     LayerNorm2d,
-    LearnablePE,
     MinMaxScaler,
     Rope2d,
     coord_grid,
@@ -41,8 +40,8 @@ class LoftUpUpsampler(nn.Module):
         # registration order = the official state-dict order
         if cfg.lr_pe == "sine":
             self.lr_pe = ImplicitFeaturizer(False, cfg.lr_n_freqs)
-        elif cfg.lr_pe == "learnable":
-            self.lr_pe = LearnablePE(C, cfg.lr_pe_size)
+        elif cfg.lr_pe == "learnable":  # ablation; a bare Parameter, as in the official code
+            self.lr_pe = nn.Parameter(torch.randn(1, C, cfg.lr_pe_size, cfg.lr_pe_size) * 0.02)
         self.fourier_feat = nn.Sequential(MinMaxScaler(cfg.minmax == "batch"), ImplicitFeaturizer(True, cfg.n_freqs))
         self.first_conv = nn.Sequential(
             ChannelNorm(cfg.image_feat_dim),
@@ -67,7 +66,7 @@ class LoftUpUpsampler(nn.Module):
         if self.cfg.lr_pe == "sine":
             lr = torch.cat([lr, self.lr_pe(lr)], dim=1)
         elif self.cfg.lr_pe == "learnable":
-            lr = self.lr_pe(lr)
+            lr = lr + F.interpolate(self.lr_pe, size=lr.shape[-2:], mode="bicubic", align_corners=False).to(lr.dtype)
         return lr.flatten(2).transpose(1, 2)
 
     # -- query path ----------------------------------------------------------------------

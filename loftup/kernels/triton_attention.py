@@ -1,0 +1,553 @@
+"""Fused cross-attention for LoftUp's high-res query pass: Triton forward and backward kernels.
+
+``triton_attention(q, k, v, scale)`` computes ``softmax(q k^T * scale) v`` for queries
+q (B, heads, N, d) and keys/values k, v (B, heads, M, d) without ever holding the N x M score
+matrix, and is differentiable in q, k and v. LoftUp's shape is extreme: N is every output pixel
+(50k at 224x224, 200k at 448x448, 800k at 896x896), M is the low-res token grid (256..4096),
+heads = 4, and d = 101 / 133 / 197, which stock fused kernels refuse.
+
+Design
+------
+Head dim. d is padded to ``D_PAD = next_power_of_2(max(d, 16))`` inside the kernels only:
+loads and stores along d are masked, so the padded lanes read 0 and contribute nothing to
+``q . k``; nothing is copied in HBM. The scale stays ``1/sqrt(true d)`` unless given. Padding
+costs MMA work (101 -> 128 is 79% useful, 133 -> 256 only 52%, 197 -> 256 77%), not memory.
+
+Forward (``_attn_fwd_kernel``). One program = one block of BLOCK_N queries of one
+(batch, head). It loads its Q tile (BLOCK_N, D_PAD) once into registers and streams the
+head's K and V in BLOCK_M-key tiles, keeping a running max ``m``, running denominator ``l``
+and an fp32 accumulator (online softmax, FlashAttention-2 style; exponentials in base 2 with
+``scale * log2(e)`` folded into the scores). Full key tiles run unmasked; only the tail tile
+(M % BLOCK_M) pays for the key mask. At the end it writes O (input dtype) and the per-row
+log-sum-exp ``lse = m + log2(l)`` (fp32, base-2 units of the scaled scores) for backward.
+Grid = (cdiv(N, BLOCK_N), B * heads) with the query-block index on the fastest axis, so the
+programs running at the same time all belong to the same head and read the same K/V: one
+head's K+V is at most 4096 x 256 x 2 x 2 bytes = 4 MiB in fp16 (512 KiB at M=1024, d=128),
+so it stays resident in L2 (40 MB A100, 50 MB H100) while thousands of query blocks walk it.
+HBM traffic is therefore ~one read of Q, one write of O and one read of K/V per head;
+arithmetic intensity against HBM is ~M FLOP/byte (compute bound for every LoftUp shape),
+and against L2 it is ~BLOCK_N FLOP/byte per program.
+
+Why not the other residency (one program keeps K/V tiles and walks many query blocks)? The
+softmax normalises over all M keys, so a program that owns only part of the keys would have to
+merge partial (m, l, acc) triples across programs for every one of the N queries (a split-K
+"flash-decoding" reduction that doubles O traffic); M is small enough that L2 gives the reuse
+for free. Processing all heads of a query block in one program was also rejected: heads share
+no operand (each has its own Q, K, V slices), so it would only multiply register pressure by
+4 (at D_PAD=256 one head's accumulator already fills the register file) for no data reuse,
+and the grid is already tens of thousands of programs.
+
+Backward. ``delta = rowsum(dO * O)`` is fused into the dQ kernel (it loads dO anyway).
+
+- ``_attn_bwd_dq_kernel``: one program = one query block, the same walk as the forward; it
+  recomputes ``P = exp2(s - lse)`` from the saved log-sum-exp (no N x M storage), then
+  ``dS = P * (dO V^T - delta)`` and accumulates ``dQ = scale * dS K`` in fp32.
+- ``_attn_bwd_dkdv_kernel``: dK and dV are sums over *all* N queries. One program = one
+  BLOCK_M key tile x one contiguous chunk ("split") of queries: it keeps its K, V tiles and
+  fp32 dK, dV accumulators in registers, streams the split's Q, dO, lse and delta, and writes
+  its partial dK/dV to a (splits, B, heads, M, d) fp32 buffer. A second pass sums the
+  splits (``partial.sum(0)``, a plain deterministic reduction) and casts to the input dtype.
+
+Two-pass split-N reduction instead of atomics, because of the shape. With one program per key
+tile walking all N queries (FlashAttention-2's layout) there would only be
+B * heads * M / BLOCK_M programs - 16 at M=256 - each walking up to 800k queries: a few percent
+of an H100's 132 SMs. With one program per query block adding into dK/dV with fp32 atomics,
+every one of the N / BLOCK_N query blocks would issue M x d atomics per head (N=200k,
+M=1024, d=128: 1.6e9 atomic adds), serialised on the same few MB, and the result would be
+run-to-run nondeterministic. The split count is chosen so the grid covers about four waves of
+the GPU's SMs (``_num_splits``) and capped by memory, so the partial buffer stays small
+(tens of MB); the second pass reads it once. Results are bitwise deterministic for a fixed
+shape, device and tuned config.
+
+Precision. fp32, fp16 and bf16 inputs; all softmax statistics and accumulators are fp32. With
+fp16/bf16 inputs, P and dS are rounded to the input dtype before their MMAs (as in
+FlashAttention). With fp32 inputs the MMAs use IEEE fp32 unless
+``torch.backends.cuda.matmul.allow_tf32`` is set, in which case they use TF32 like torch does.
+
+Hardware. Written for NVIDIA Ampere (sm80, A100) and Hopper (sm90, H100); the autotune space
+(BLOCK_N 64/128, BLOCK_M 32..128, 4/8 warps, 2..4 stages) is pruned by an estimate of
+shared memory per config, and keyed on (N bucket, M, true d, D_PAD) plus the input dtypes:
+all plain integers, so ``TRITON_CACHE_AUTOTUNING=1`` / ``cache_results`` stores one tuning per
+LoftUp shape on disk and reuses it across processes. The N bucket (next power of two, clamped
+to [2^12, 2^20]) keeps arbitrary output sizes from re-tuning every time.
+
+Caveats
+-------
+- No GPU was available while writing this: all numbers below come from the Triton
+  interpreter on CPU (``TRITON_INTERPRET=1``), which checks indexing, masking and the maths,
+  not performance. Under the interpreter autotuning is bypassed (one small config, see
+  ``_INTERPRETER_CONFIG``) and bf16 loads are known to be wrong, so bf16 is only exercised
+  for dispatch there.
+- Interpreter figures (tests/kernels/test_triton_attention.py, batch 2, 4 heads, max abs error
+  against the float32 reference): fp32 forward and gradients <= 1e-5 (tested at 1e-4);
+  fp16 within 2x the error of PyTorch's own fp16 computation plus a 2e-3 floor.
+- Per-(batch, head) extents are indexed with 32-bit offsets (N * stride_n < 2^31 elements);
+  batch and head offsets are 64-bit.
+- d > 256 is rejected (use backend='sdpa'); the padding to 256 for d = 133 wastes half the
+  MMA work - a split 128 + 8-lane kernel would be the next step if that head dim matters.
+- Partial dK/dV are fp32 and cost splits x B x heads x M x d x 8 bytes of temporary memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import BackendUnavailableError, InputError
+from .reference import reference_attention  # the plain-PyTorch counterpart the kernels are tested against
+
+MAX_HEAD_DIM = 256
+_LOG2E = 1.4426950408889634
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# One small config used when the kernels run under the interpreter (no autotuning there).
+_INTERPRETER_CONFIG = {"BLOCK_N": 64, "BLOCK_M": 64}
+# Queries per dK/dV split are a multiple of this (the largest BLOCK_N in the tuning space),
+# so every split starts on a tile boundary whatever config the autotuner picks.
+_SPLIT_ALIGN = 128
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_key_tiles(
+    acc, m_i, l_i, q, k_base, v_base, stride_km, stride_kd, stride_vm, stride_vd,
+    offs_d, d_mask, start, end, M, qk_scale,
+    BLOCK_M: tl.constexpr, MASK_KEYS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Online-softmax update of (acc, m_i, l_i) with key tiles [start, end)."""
+    offs_m0 = tl.arange(0, BLOCK_M)
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + offs_m0
+        if MASK_KEYS:
+            kv_mask = (offs_m < M)[:, None] & d_mask[None, :]
+        else:
+            kv_mask = d_mask[None, :]
+        k = tl.load(k_base + offs_m[:, None] * stride_km + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M), log2 units
+        if MASK_KEYS:
+            s = tl.where((offs_m < M)[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)  # rescales what was accumulated under the old max
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_m[:, None] * stride_vm + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_km, stride_kd,
+    stride_vb, stride_vh, stride_vm, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    H, N, M, qk_scale,
+    N_BUCKET,  # autotune key only
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // H).to(tl.int64)
+    off_h = (pid_bh % H).to(tl.int64)
+    q_base = Q + off_b * stride_qb + off_h * stride_qh
+    k_base = K + off_b * stride_kb + off_h * stride_kh
+    v_base = V + off_b * stride_vb + off_h * stride_vh
+    o_base = O + off_b * stride_ob + off_h * stride_oh
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    n_mask = offs_n < N
+    d_mask = offs_d < HEAD_DIM
+    q_mask = n_mask[:, None] & d_mask[None, :]
+    q = tl.load(q_base + offs_n[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+
+    m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    m_full = (M // BLOCK_M) * BLOCK_M
+    acc, m_i, l_i = _fwd_key_tiles(acc, m_i, l_i, q, k_base, v_base, stride_km, stride_kd, stride_vm, stride_vd,
+                                   offs_d, d_mask, 0, m_full, M, qk_scale, BLOCK_M, False, DOT_PRECISION)
+    acc, m_i, l_i = _fwd_key_tiles(acc, m_i, l_i, q, k_base, v_base, stride_km, stride_kd, stride_vm, stride_vd,
+                                   offs_d, d_mask, m_full, M, M, qk_scale, BLOCK_M, True, DOT_PRECISION)
+
+    acc = acc / l_i[:, None]
+    tl.store(o_base + offs_n[:, None] * stride_on + offs_d[None, :] * stride_od, acc.to(O.dtype.element_ty), mask=q_mask)
+    tl.store(LSE + pid_bh.to(tl.int64) * N + offs_n, m_i + tl.math.log2(l_i), mask=n_mask)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, O, DO, DQ, LSE, DELTA,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_km, stride_kd,
+    stride_vb, stride_vh, stride_vm, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
+    H, N, M, qk_scale, sm_scale,
+    N_BUCKET,  # autotune key only
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dQ for one query block; also writes delta = rowsum(dO * O) for the dK/dV kernel."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // H).to(tl.int64)
+    off_h = (pid_bh % H).to(tl.int64)
+    k_base = K + off_b * stride_kb + off_h * stride_kh
+    v_base = V + off_b * stride_vb + off_h * stride_vh
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    n_mask = offs_n < N
+    d_mask = offs_d < HEAD_DIM
+    q_mask = n_mask[:, None] & d_mask[None, :]
+    rows = offs_n[:, None]
+    cols = offs_d[None, :]
+    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + rows * stride_qn + cols * stride_qd, mask=q_mask, other=0.0)
+    do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + rows * stride_don + cols * stride_dod,
+                 mask=q_mask, other=0.0)
+    o = tl.load(O + off_b * stride_ob + off_h * stride_oh + rows * stride_on + cols * stride_od, mask=q_mask, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_N,)
+    row_base = pid_bh.to(tl.int64) * N
+    tl.store(DELTA + row_base + offs_n, delta, mask=n_mask)
+    lse = tl.load(LSE + row_base + offs_n, mask=n_mask, other=0.0)
+
+    dq = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    for start_m in range(0, M, BLOCK_M):
+        offs_m = start_m + offs_m0
+        m_mask = offs_m < M
+        kv_mask = m_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_base + offs_m[:, None] * stride_km + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_m[:, None] * stride_vm + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        p = tl.math.exp2(s - lse[:, None])
+        p = tl.where(m_mask[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    dq = dq * sm_scale
+    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + rows * stride_dqn + cols * stride_dqd,
+             dq.to(DQ.dtype.element_ty), mask=q_mask)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK_PART, DV_PART,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_km, stride_kd,
+    stride_vb, stride_vh, stride_vm, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    H, N, M, queries_per_split, qk_scale, sm_scale,
+    N_BUCKET,  # autotune key only
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Partial dK, dV of one key tile over one split (contiguous query chunk)."""
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    off_b = (pid_bh // H).to(tl.int64)
+    off_h = (pid_bh % H).to(tl.int64)
+    q_base = Q + off_b * stride_qb + off_h * stride_qh
+    do_base = DO + off_b * stride_dob + off_h * stride_doh
+    row_base = pid_bh.to(tl.int64) * N
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    m_mask = offs_m < M
+    d_mask = offs_d < HEAD_DIM
+    kv_mask = m_mask[:, None] & d_mask[None, :]
+    k = tl.load(K + off_b * stride_kb + off_h * stride_kh + offs_m[:, None] * stride_km + offs_d[None, :] * stride_kd,
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + off_b * stride_vb + off_h * stride_vh + offs_m[:, None] * stride_vm + offs_d[None, :] * stride_vd,
+                mask=kv_mask, other=0.0)
+
+    dk = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    n_start = pid_s * queries_per_split
+    n_end = tl.minimum(n_start + queries_per_split, N)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in range(n_start, n_end, BLOCK_N):
+        offs_n = start_n + offs_n0
+        n_mask = offs_n < n_end
+        q_mask = n_mask[:, None] & d_mask[None, :]
+        q = tl.load(q_base + offs_n[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+        do = tl.load(do_base + offs_n[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
+        # lse = +inf on padded query rows makes their probabilities exactly 0.
+        lse = tl.load(LSE + row_base + offs_n, mask=n_mask, other=float("inf"))
+        delta = tl.load(DELTA + row_base + offs_n, mask=n_mask, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p_t = tl.math.exp2(s_t - lse[None, :])
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    dk = dk * sm_scale
+
+    # Partial buffers are contiguous (splits, B * heads, M, HEAD_DIM) fp32.
+    part = ((pid_s * tl.num_programs(2) + pid_bh).to(tl.int64) * M + offs_m[:, None]) * HEAD_DIM + offs_d[None, :]
+    tl.store(DK_PART + part, dk, mask=kv_mask)
+    tl.store(DV_PART + part, dv, mask=kv_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autotuning (GPU only)
+# ----------------------------------------------------------------------------------------------
+
+_TUNE_KEY = ["N_BUCKET", "M", "HEAD_DIM", "D_PAD"]
+
+
+def _configs(block_n: tuple, block_m: tuple) -> list:
+    return [
+        triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=s)
+        for bn in block_n
+        for bm in block_m
+        for w in (4, 8)
+        for s in (2, 3, 4)
+    ]
+
+
+def _smem_limit() -> int:
+    """Opt-in shared memory per block of the current GPU (A100 164 KiB, H100 228 KiB)."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return int(getattr(props, "shared_memory_per_block_optin", 163 * 1024))
+
+
+def _prune(resident_rows: str, streamed_rows: str, streamed_tensors: int, accumulators: int):
+    """Drop configs whose resident tile + pipelined streamed tiles overflow shared memory,
+    and configs whose fp32 accumulator would spill (more than ~128 registers / thread)."""
+
+    def prune(configs, named_args, **kwargs):
+        d_pad = kwargs["D_PAD"]
+        elt = named_args["Q"].element_size()
+        limit = _smem_limit()
+        keep = []
+        for c in configs:
+            resident = c.kwargs[resident_rows] * d_pad * elt
+            streamed = c.num_stages * streamed_tensors * c.kwargs[streamed_rows] * d_pad * elt
+            acc_regs = accumulators * c.kwargs[resident_rows] * d_pad / (32 * c.num_warps)
+            if resident + streamed <= limit and acc_regs <= 128:
+                keep.append(c)
+        return keep or [min(configs, key=lambda c: (c.kwargs[resident_rows] * c.kwargs[streamed_rows], -c.num_warps))]
+
+    return prune
+
+
+_fwd_tuned = triton.autotune(
+    configs=_configs((64, 128), (32, 64, 128)), key=_TUNE_KEY, cache_results=True,
+    prune_configs_by={"early_config_prune": _prune("BLOCK_N", "BLOCK_M", 2, 1)},
+)(_attn_fwd_kernel)
+_dq_tuned = triton.autotune(
+    configs=_configs((64, 128), (32, 64, 128)), key=_TUNE_KEY, cache_results=True,
+    prune_configs_by={"early_config_prune": _prune("BLOCK_N", "BLOCK_M", 2, 1)},
+)(_attn_bwd_dq_kernel)
+# dK/dV keep two fp32 accumulators per key tile (dK, dV), so the key tile is the resident one.
+_dkdv_tuned = triton.autotune(
+    configs=_configs((32, 64, 128), (32, 64, 128)), key=_TUNE_KEY, cache_results=True,
+    prune_configs_by={"early_config_prune": _prune("BLOCK_M", "BLOCK_N", 2, 2)},
+)(_attn_bwd_dkdv_kernel)
+
+
+def _interpreted() -> bool:
+    """True when the kernels were decorated under TRITON_INTERPRET=1 (they then take CPU tensors)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_attn_fwd_kernel, InterpretedFunction)
+
+
+def _launch(raw, tuned, grid, *args, **consts):
+    """Run `tuned` on a GPU; under the interpreter run `raw` with the one fixed config."""
+    if _interpreted():
+        meta = {**consts, **_INTERPRETER_CONFIG}
+        raw[grid(meta)](*args, **meta)
+    else:
+        tuned[grid](*args, **consts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def _n_bucket(n: int) -> int:
+    return min(max(triton.next_power_of_2(max(n, 1)), 1 << 12), 1 << 20)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # ignored by tl.dot for fp16/bf16 operands
+
+
+def _consts(q: torch.Tensor) -> dict:
+    d = q.shape[-1]
+    return {
+        "N_BUCKET": _n_bucket(q.shape[2]),
+        "HEAD_DIM": d,
+        "D_PAD": triton.next_power_of_2(max(d, 16)),
+        "DOT_PRECISION": _dot_precision(q.dtype),
+    }
+
+
+def _num_splits(n: int, m: int, bh: int, d: int, device: torch.device) -> int:
+    """Query splits for dK/dV: enough programs for ~4 waves of SMs, at least _SPLIT_ALIGN queries
+    per split, and at most 256 MiB of fp32 partials."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 16
+    key_tiles = bh * triton.cdiv(m, 64)
+    want = triton.cdiv(4 * sms, key_tiles)
+    by_memory = max(1, (256 << 20) // (bh * m * d * 8))
+    return max(1, min(want, triton.cdiv(n, _SPLIT_ALIGN), by_memory))
+
+
+def _forward(q, k, v, scale: float):
+    B, H, N, d = q.shape
+    M = k.shape[2]
+    o = torch.empty_like(q)
+    lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    if N == 0:
+        return o, lse
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)  # noqa: E731
+    _launch(
+        _attn_fwd_kernel, _fwd_tuned, grid,
+        q, k, v, o, lse,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        H, N, M, scale * _LOG2E,
+        **_consts(q),
+    )
+    return o, lse
+
+
+def _backward(do, q, k, v, o, lse, scale: float, num_splits: int | None = None):
+    B, H, N, d = q.shape
+    M = k.shape[2]
+    if N == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    consts = _consts(q)
+    dq = torch.empty_like(q)
+    delta = torch.empty_like(lse)
+    grid_q = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)  # noqa: E731
+    _launch(
+        _attn_bwd_dq_kernel, _dq_tuned, grid_q,
+        q, k, v, o, do, dq, lse, delta,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
+        H, N, M, scale * _LOG2E, scale,
+        **consts,
+    )
+
+    splits = num_splits or _num_splits(N, M, B * H, d, q.device)
+    per_split = triton.cdiv(triton.cdiv(N, splits), _SPLIT_ALIGN) * _SPLIT_ALIGN
+    splits = triton.cdiv(N, per_split)
+    dk_part = torch.empty((splits, B, H, M, d), device=q.device, dtype=torch.float32)
+    dv_part = torch.empty_like(dk_part)
+    grid_kv = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), splits, B * H)  # noqa: E731
+    _launch(
+        _attn_bwd_dkdv_kernel, _dkdv_tuned, grid_kv,
+        q, k, v, do, lse, delta, dk_part, dv_part,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+        H, N, M, per_split, scale * _LOG2E, scale,
+        **consts,
+    )
+    # Second pass of the split-N reduction: a fixed-order sum, so results are deterministic.
+    dk = dk_part[0] if splits == 1 else dk_part.sum(0)
+    dv = dv_part[0] if splits == 1 else dv_part.sum(0)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+class _TritonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float, num_splits: int | None):
+        o, lse = _forward(q, k, v, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale = scale
+        ctx.num_splits = num_splits
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.scale, ctx.num_splits)
+        return dq, dk, dv, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"triton_attention: {name} must be a 4-D tensor (B, heads, length, d), got {shape}")
+    if k.shape != v.shape:
+        raise InputError(f"triton_attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise InputError(
+            f"triton_attention: q (B, heads, N, d) = {tuple(q.shape)} does not fit k/v (B, heads, M, d) = "
+            f"{tuple(k.shape)}: batch, heads and d must match"
+        )
+    d = q.shape[3]
+    if d == 0 or d > MAX_HEAD_DIM:
+        raise InputError(f"triton_attention: head dim {d} is outside 1..{MAX_HEAD_DIM}; use backend='sdpa'")
+    if k.shape[2] == 0:
+        raise InputError("triton_attention: k/v have no keys (M = 0); softmax over zero keys is undefined")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise InputError(f"triton_attention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one")
+    if q.dtype not in _SUPPORTED_DTYPES:
+        raise InputError(f"triton_attention: dtype {q.dtype} is not supported; use float32, float16 or bfloat16")
+    if not (q.device == k.device == v.device):
+        raise InputError(f"triton_attention: q, k, v are on different devices ({q.device}, {k.device}, {v.device})")
+    if q.device.type == "cuda":
+        return
+    if q.device.type == "cpu" and _interpreted():
+        return
+    raise BackendUnavailableError(
+        f"triton_attention needs CUDA tensors (got {q.device.type}); CPU tensors only run under the Triton "
+        "interpreter (TRITON_INTERPRET=1 set before triton is imported); use backend='sdpa'"
+    )
+
+
+def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    # Any strides work; a non-unit stride along d would make every load uncoalesced, so copy.
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def triton_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    *,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Fused ``softmax(q k^T * scale) v``, differentiable in q, k, v.
+
+    q (B, heads, N, d); k, v (B, heads, M, d); any N >= 0, M >= 1, 1 <= d <= 256; float32,
+    float16 or bfloat16 (all three the same), CUDA tensors - or CPU tensors under
+    ``TRITON_INTERPRET=1``. ``scale`` defaults to 1/sqrt(d). Returns (B, heads, N, d) in q's dtype.
+    ``num_splits`` overrides the number of query splits of the dK/dV reduction (None: chosen
+    from the shape and the GPU's SM count).
+    """
+    _check_inputs(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if num_splits is not None and num_splits < 1:
+        raise InputError(f"triton_attention: num_splits must be >= 1, got {num_splits}")
+    q, k, v = (_unit_last_stride(t) for t in (q, k, v))
+    return _TritonAttention.apply(q, k, v, scale, num_splits)
+
+
+__all__ = ["MAX_HEAD_DIM", "reference_attention", "triton_attention"]

@@ -1,0 +1,196 @@
+"""Checkpoint I/O: official hub `pytorch_model.bin`, bare safetensors, Lightning checkpoints, ours.
+
+Our format: `NAME.safetensors` whose metadata holds the LoftUpConfig as JSON (key
+`loftup_config`), plus a human-readable `NAME.json` sidecar with the same config and any extra
+metadata. Files are written to a temporary name and renamed, so a crash leaves no half file.
+Pickles are only ever read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, LoftupError
+from .config import LoftUpConfig
+from .upsampler import LoftUp
+
+CONFIG_KEY = "loftup_config"
+META_KEY = "loftup_meta"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) then rename tmp_path to path; nothing is left behind on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- reading raw state dicts ----------------------------------------------------------------
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a checkpoint file (safetensors or a weights-only pickle)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .bin/.pth/.ckpt/.safetensors file")
+    if path.is_dir():
+        candidates = [path / n for n in ("model.safetensors", "pytorch_model.bin")]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise CheckpointError(f"{path} is a folder without model.safetensors or pytorch_model.bin")
+        return read_state_dict(found)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            return tensors, meta
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except LoftupError:
+        raise
+    except Exception as e:  # truncated, corrupt, pickled objects that weights_only refuses, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]} (is the file complete and a torch/safetensors checkpoint?)") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # Lightning
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return obj, {}
+
+
+def to_official_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map known layouts onto the hub wrapper's keys (`upsampler.*`, `channelnorm.*`).
+
+    - DDP `module.` prefixes are stripped.
+    - Lightning: `model.1.norm.*` is the channel norm; `model.0.*` (the backbone) is dropped.
+    - A bare LoftUp state dict (PyTorchModelHubMixin upload) gets the `upsampler.` prefix.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        key = re.sub(r"^(module\.)+", "", key)
+        if key.startswith("model.1.norm."):
+            key = "channelnorm.norm." + key[len("model.1.norm."):]
+        elif key.startswith("model.0.") or key.startswith("backbone."):
+            continue
+        out[key] = value
+    if out and not any(k.startswith("upsampler.") for k in out) and any(k.startswith("first_conv.") for k in out):
+        out = {("upsampler." + k if not k.startswith("channelnorm.") else k): v for k, v in out.items()}
+    return out
+
+
+def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> LoftUpConfig:
+    """Read C, PE type, frequencies, depth and conv kernel off the weights (heads default to 4)."""
+    try:
+        C, D = sd["upsampler.final_conv.0.weight"].shape[:2]
+        n_freqs = sd["upsampler.fourier_feat.1.biases"].shape[-1]
+        kernel = sd["upsampler.first_conv.1.weight"].shape[-1]
+    except KeyError as e:
+        raise CheckpointError(f"not a LoftUp checkpoint: key {e.args[0]!r} is missing") from None
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"upsampler\.ca_transformer\.layers\.(\d+)\.", k))}
+    lr_pe = "none"
+    lr_n_freqs, lr_pe_size = 5, 16
+    if "upsampler.lr_pe.biases" in sd:
+        lr_pe, lr_n_freqs = "sine", sd["upsampler.lr_pe.biases"].shape[-1]
+    elif "upsampler.lr_pe" in sd:
+        lr_pe, lr_pe_size = "learnable", sd["upsampler.lr_pe"].shape[-1]
+    fields = dict(
+        feat_dim=int(C), n_freqs=int(n_freqs), image_conv_kernel=int(kernel), num_blocks=max(blocks) + 1 if blocks else 0,
+        lr_pe=lr_pe, lr_n_freqs=int(lr_n_freqs), lr_pe_size=int(lr_pe_size),
+    )
+    fields.update(overrides)
+    cfg = LoftUpConfig(**fields)
+    if cfg.token_dim != D:
+        raise CheckpointError(f"inconsistent checkpoint: token width {D} but feat_dim {C} with lr_pe {lr_pe!r} gives {cfg.token_dim}")
+    return cfg
+
+
+def load_into(model: LoftUp, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> LoftUp:
+    """Strict load with a readable error for missing / unexpected keys and shape mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (file vs model), e.g. {shapes[0]}")
+        if missing:
+            parts.append(f"{len(missing)} missing keys, e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}")
+        raise CheckpointError(f"{source} does not fit this LoftUp model: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=False)
+    return model
+
+
+def load_checkpoint(path: str | Path, feat_dim: int | None = None, **config_overrides: Any) -> LoftUp:
+    """Build and load a LoftUp model from any supported checkpoint file (eval mode).
+
+    feat_dim: the backbone's channel count, if known; a mismatch raises CheckpointError.
+    config_overrides: run-time knobs (attn_backend, minmax, tiling, ...), not architecture.
+    """
+    tensors, meta = read_state_dict(path)
+    sd = to_official_keys(tensors)
+    if CONFIG_KEY in meta:
+        try:
+            cfg = LoftUpConfig.from_dict({**json.loads(meta[CONFIG_KEY]), **config_overrides})
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: unreadable loftup config in metadata ({e})") from None
+    else:
+        cfg = infer_config(sd, **config_overrides)
+    if "channelnorm.norm.weight" not in sd and any(k.startswith("upsampler.") for k in sd):
+        warnings.warn(f"{path} has no channel-norm weights (an upsampler-only upload); using identity LayerNorm affine")
+        sd["channelnorm.norm.weight"] = torch.ones(cfg.feat_dim)
+        sd["channelnorm.norm.bias"] = torch.zeros(cfg.feat_dim)
+    if feat_dim is not None and cfg.feat_dim != feat_dim:
+        raise CheckpointError(
+            f"checkpoint {Path(path).name} upsamples {cfg.feat_dim}-channel features but the backbone gives {feat_dim}; "
+            "use a checkpoint trained for this backbone"
+        )
+    model = load_into(LoftUp(cfg), sd, source=str(path))
+    model.source_checkpoint = str(path)
+    model.meta = json.loads(meta[META_KEY]) if META_KEY in meta else {}
+    return model.eval()
+
+
+def save_checkpoint(model: LoftUp, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write our format: weights + config in one .safetensors, and a .json sidecar for humans."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    cfg = model.cfg.to_dict()
+    meta = dict(meta or {})
+    from .. import __version__
+
+    meta.setdefault("loftup_version", __version__)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={CONFIG_KEY: json.dumps(cfg), META_KEY: json.dumps(meta), "format": "pt"}))
+    sidecar = {"config": cfg, "meta": meta, "weights": path.name}
+    atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(sidecar, indent=2)))
+    return path
