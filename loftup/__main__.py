@@ -1,7 +1,5 @@
 """`python -m loftup ...` (used by torchrun: `torchrun --nproc-per-node 2 -m loftup train ...`)."""
 
-import sys
+from .cli import console
 
-from .cli import main
-
-sys.exit(main())
+console()

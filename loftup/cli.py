@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the typer app, turning LoftupError into one line + exit code 2."""
     try:
         app(args=argv, prog_name="loftup")  # standalone: usage errors print and exit 2 themselves
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except LoftupError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
@@ -113,5 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `loftup` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()
