@@ -20,7 +20,7 @@ import torch
 
 from ..errors import BackendUnavailableError, check_choice
 from .reference import reference_attention
-from .sdpa import sdpa_attention
+from .sdpa import DEFAULT_BUDGET_BYTES, sdpa_attention
 
 BACKENDS = ("auto", "reference", "sdpa", "triton")
 
@@ -51,8 +51,9 @@ def triton_can_run(device: torch.device) -> tuple[bool, str]:
 class AttentionDispatcher:
     """Holds the requested backend and resolves it per device type, once, warning once on fallback."""
 
-    def __init__(self, backend: str = "auto"):
+    def __init__(self, backend: str = "auto", budget_bytes: int = DEFAULT_BUDGET_BYTES):
         self.requested = check_choice("attention backend", backend, BACKENDS)
+        self.budget_bytes = budget_bytes  # sdpa: memory for one chunk's score block
         self._resolved: dict[str, str] = {}
 
     def resolve(self, device: torch.device) -> str:
@@ -62,7 +63,7 @@ class AttentionDispatcher:
         return self._resolved[key]
 
     def __call__(self, q, k, v, scale: float | None = None) -> torch.Tensor:
-        return run_backend(self.resolve(q.device), q, k, v, scale)
+        return run_backend(self.resolve(q.device), q, k, v, scale, self.budget_bytes)
 
     def __repr__(self) -> str:
         return f"AttentionDispatcher({self.requested!r})"
@@ -86,11 +87,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def run_backend(name: str, q, k, v, scale: float | None = None) -> torch.Tensor:
+def run_backend(name: str, q, k, v, scale: float | None = None, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
     """Run a concrete backend: q (B, heads, N, d), k/v (B, heads, M, d) -> (B, heads, N, d)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if name == "sdpa":
-        return sdpa_attention(q, k, v, scale)
+        return sdpa_attention(q, k, v, scale, budget_bytes)
     if name == "reference":
         return reference_attention(q, k, v, scale)
     if name == "triton":

@@ -36,7 +36,7 @@ class LoftUpUpsampler(nn.Module):
         super().__init__()
         self.cfg = cfg
         C, D, k = cfg.feat_dim, cfg.token_dim, cfg.image_conv_kernel
-        self.dispatcher = AttentionDispatcher(cfg.attn_backend)
+        self.dispatcher = AttentionDispatcher(cfg.attn_backend, cfg.attn_budget_mb * 2**20)
         # registration order = the official state-dict order
         if cfg.lr_pe == "sine":
             self.lr_pe = ImplicitFeaturizer(False, cfg.lr_n_freqs)

@@ -177,3 +177,24 @@ def test_bf16_autocast_close_to_fp32(official_model):
             low = official_model(lr, img)
     cos = torch.nn.functional.cosine_similarity(ref.flatten(), low.float().flatten(), dim=0)
     assert cos > 0.99
+
+
+def test_attention_budget_reaches_the_sdpa_chunks(official_model, monkeypatch):
+    """A tiny budget forces many query chunks; the result is unchanged."""
+    import loftup.kernels.sdpa as sdpa
+
+    calls = []
+    real = sdpa.F.scaled_dot_product_attention
+    monkeypatch.setattr(sdpa.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(a[0].shape[2]) or real(*a, **k))
+    lr, img = inputs(B=1)
+    small = LoftUp(official_model.cfg.replace(attn_budget_mb=1)).eval()
+    assert small.upsampler.dispatcher.budget_bytes == 2**20
+    small.load_state_dict(official_model.state_dict())
+    small.upsampler.dispatcher.budget_bytes = 3 * 4 * 4 * 35 * 100  # 100 queries per chunk for M=35 tokens
+    with torch.no_grad():
+        out = small(lr, img)
+    assert max(calls) == 100 and len(calls) == 2 * -(-45 * 61 // 100)  # 2 blocks
+    calls.clear()
+    with torch.no_grad():
+        assert maxdiff(out, official_model(lr, img)) < 1e-5
+    assert len(calls) == 2  # default budget: one call per block
