@@ -256,9 +256,9 @@ class DinoViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Patch features (B, C, H/14, W/14), as LoftUp's DINOv2 featurizer returns them."""
+        tokens = self.forward_features(x)["x_norm_patchtokens"]  # (B, h*w, C)
         B, _, H, W = x.shape
         p = self.cfg.patch_size
-        tokens = self.forward_features(x)["x_norm_patchtokens"]  # (B, h*w, C)
         return tokens.reshape(B, H // p, W // p, -1).permute(0, 3, 1, 2)
 
 

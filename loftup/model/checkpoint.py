@@ -8,18 +8,16 @@ Pickles are only ever read with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, LoftupError
+from ..errors import CheckpointError
+from ..io import atomic_write, file_sha256, read_tensors  # noqa: F401  (re-exported)
 from .config import LoftUpConfig
 from .upsampler import LoftUp
 
@@ -27,62 +25,16 @@ CONFIG_KEY = "loftup_config"
 META_KEY = "loftup_meta"
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename tmp_path to path; nothing is left behind on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # -- reading raw state dicts ----------------------------------------------------------------
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and string metadata of a checkpoint file (safetensors or a weights-only pickle)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .bin/.pth/.ckpt/.safetensors file")
+    """Tensors and metadata of a checkpoint file, or of a hub folder's model file."""
+    path = Path(path).expanduser()
     if path.is_dir():
-        candidates = [path / n for n in ("model.safetensors", "pytorch_model.bin")]
-        found = next((c for c in candidates if c.exists()), None)
+        found = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()), None)
         if found is None:
             raise CheckpointError(f"{path} is a folder without model.safetensors or pytorch_model.bin")
-        return read_state_dict(found)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            return tensors, meta
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except LoftupError:
-        raise
-    except Exception as e:  # truncated, corrupt, pickled objects that weights_only refuses, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]} (is the file complete and a torch/safetensors checkpoint?)") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]  # Lightning
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return obj, {}
+        path = found
+    return read_tensors(path)
 
 
 def to_official_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

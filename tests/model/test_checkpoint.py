@@ -111,7 +111,7 @@ def test_truncated_and_corrupt_files(tmp_path, official_dir):
     junk.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(junk)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pth")
 
 

@@ -1,6 +1,5 @@
 """Model behaviour: tiling, BatchNorm folding, min-max modes, ablation knobs, backends, input errors."""
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
