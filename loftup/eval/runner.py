@@ -1,0 +1,251 @@
+"""`loftup eval` as a library call: options in, results (and files) out.
+
+    from loftup.eval.runner import EvalOptions, run_eval
+    res = run_eval(EvalOptions(probe="seg", data="coco/", engine="model.onnx", baselines="bilinear,lowres"))
+    res["parity"]      # ParityReport (truthy when the engine is within tolerance) or None
+
+Modes:
+- `engine`: parity - the reference checkpoint (from --reference or the engine's metadata)
+  and the engine are evaluated with ONE head trained on the reference's features;
+- `checkpoint` / `random_init`: a LoftUp model evaluated as one upsampler;
+- baselines (lowres, nearest, bilinear, bicubic) are added in either mode, each with its own head.
+Files in `out`: results.json, results.md (table + parity line), and with `plot`
+{probe}_predictions.png (image | ground truth | each upsampler's prediction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..errors import ConfigError, InputError, check_choice
+
+PROBE_CHOICES = ("seg", "depth", "normals", "video", "matting", "mini")
+LAYOUTS = {
+    "seg": ("auto", "cocostuff27", "cityscapes"),
+    "depth": ("auto", "navi", "rgbd"),
+    "normals": ("auto", "navi", "rgbd"),
+    "video": ("auto", "davis2017"),
+    "matting": ("auto", "matting"),
+    "mini": ("auto",),
+}
+DEFAULT_BACKBONE = "dinov2_vits14"
+
+
+@dataclass
+class EvalOptions:
+    probe: str
+    data: Optional[Path] = None
+    engine: Optional[Path] = None
+    checkpoint: Optional[Path] = None
+    reference: Optional[Path] = None
+    random_init: bool = False
+    backbone: Optional[str] = None
+    weights: str = "default"
+    layout: str = "auto"
+    baselines: str = ""
+    out: Path = Path("eval_out")
+    plot: bool = False
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    size: Optional[int] = None
+    input_size: Optional[int] = None
+    hidden_dim: Optional[int] = None
+    max_train: Optional[int] = None
+    max_eval: Optional[int] = None
+    atol: Optional[float] = None
+    rtol: Optional[float] = None
+    quick: bool = False
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # further ProbeConfig overrides
+
+
+def parse_settings(items: list[str] | None) -> dict[str, Any]:
+    """['radius=8', 'topk=3'] -> {'radius': 8, 'topk': 3}: any ProbeConfig field, typed like its default."""
+    from .probes import ProbeConfig
+
+    fields = ProbeConfig.__dataclass_fields__
+    settable = sorted(k for k in fields if k not in ("task", "device", "seed"))
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r} (e.g. --set radius=8)")
+        check_choice("probe setting", key, settable)
+        kind = str(fields[key].type).split("|")[0].strip()  # "int", "float", "bool" (annotations are strings)
+        raw = raw.strip()
+        try:
+            if raw.lower() in ("none", "null") and "None" in str(fields[key].type):
+                value = None
+            elif kind == "bool":
+                value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[raw.lower()]
+            elif kind == "int":
+                value = int(raw)
+            else:
+                value = float(raw)
+        except (ValueError, KeyError):
+            raise ConfigError(f"--set {key}: cannot read {raw!r} as {kind}") from None
+        out[key] = value
+    return out
+
+
+def _check(opts: EvalOptions) -> list[str]:
+    """Cheap validation before anything is loaded; returns the parsed baselines."""
+    from .upsamplers import parse_baselines
+
+    check_choice("probe", opts.probe, PROBE_CHOICES)
+    check_choice(f"{opts.probe} data layout", opts.layout, LAYOUTS[opts.probe])
+    baselines = parse_baselines(opts.baselines)
+    chosen = [n for n, v in (("--engine", opts.engine), ("--checkpoint", opts.checkpoint), ("--random-init", opts.random_init)) if v]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} exclude each other; evaluate one upsampler at a time")
+    if not chosen and not baselines:
+        raise ConfigError("nothing to evaluate: pass --engine PATH, --checkpoint PATH or --random-init, and/or --baselines bilinear,lowres")
+    if opts.reference is not None and opts.engine is None:
+        raise ConfigError("--reference is only used with --engine (it is the checkpoint the engine was exported from)")
+    if opts.probe != "mini" and opts.data is None:
+        raise InputError(f"the {opts.probe} probe needs a dataset: pass --data DIR (or use --probe mini, which needs none)")
+    return baselines
+
+
+def open_data(probe: str, root: Path, layout: str = "auto") -> tuple[Any, Any]:
+    """(train, val) for a probe; video: (None, list of videos)."""
+    from . import datasets as D
+
+    if probe == "seg":
+        return D.open_segmentation(root, "train", layout), D.open_segmentation(root, "val", layout)
+    if probe in ("depth", "normals"):
+        return D.open_depth(root, "train", layout), D.open_depth(root, "val", layout)
+    if probe == "video":
+        return None, D.open_davis2017(root, "val")
+    return D.open_matting(root, "train"), D.open_matting(root, "val")
+
+
+def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate the requested upsamplers on one probe; write results to opts.out; return them."""
+    import torch
+
+    from ..model import LoftUp, LoftUpConfig, load_checkpoint
+    from . import report
+    from .mini import flatten_mini, run_mini_benchmark
+    from .parity import (
+        DEFAULT_ATOL,
+        DEFAULT_RTOL,
+        PRIMARY,
+        compare_metrics,
+        parity_report,
+        run_probe,
+        summarize_features,
+    )
+    from .probes import probe_config
+    from .upsamplers import (
+        BackboneRunner,
+        EngineFeatures,
+        LoftUpFeatures,
+        check_engine_fits,
+        load_backbone,
+        make_baseline,
+        open_engine,
+        resolve_reference,
+    )
+
+    log = log or (lambda msg: None)
+    baselines = _check(opts)
+    atol = DEFAULT_ATOL if opts.atol is None else opts.atol
+    rtol = DEFAULT_RTOL if opts.rtol is None else opts.rtol
+    cfg = probe_config("seg" if opts.probe == "mini" else opts.probe, epochs=opts.epochs, batch_size=opts.batch_size,
+                       lr=opts.lr, size=opts.size, input_size=opts.input_size, hidden_dim=opts.hidden_dim,
+                       max_train=opts.max_train, max_eval=opts.max_eval, seed=opts.seed, device=opts.device)
+    cfg = replace(cfg, **opts.extra)  # --set: applied as given (None included)
+
+    # data first: a wrong folder fails before any model is loaded
+    train = val = None
+    if opts.probe != "mini":
+        train, val = open_data(opts.probe, Path(opts.data), opts.layout)
+
+    handle = open_engine(opts.engine) if opts.engine else None
+    ckpt_model = None
+    if opts.checkpoint:
+        ckpt_model = load_checkpoint(opts.checkpoint)
+    name = opts.backbone or (handle.backbone if handle else None) or (ckpt_model.cfg.backbone if ckpt_model else None) or DEFAULT_BACKBONE
+    if handle is not None:
+        check_engine_fits(handle, name)  # before loading the backbone: exported for another one?
+    backbone = load_backbone(name, opts.weights, opts.device)
+    runner = BackboneRunner(backbone, cfg.input_size)
+
+    sources: dict[str, Any] = {}
+    shared, pairs = {}, []
+    reference_path = None
+    if handle is not None:
+        check_engine_fits(handle, name, runner)
+        reference_path = resolve_reference(handle, opts.reference)
+        ref_model = load_checkpoint(reference_path, feat_dim=runner.embed_dim).to(opts.device)
+        sources["reference"] = LoftUpFeatures(runner, ref_model, "reference")
+        sources["engine"] = EngineFeatures(runner, handle, "engine")
+        shared, pairs = {"engine": "reference"}, [("reference", "engine")]
+    elif ckpt_model is not None:
+        if ckpt_model.cfg.feat_dim != runner.embed_dim:
+            raise InputError(f"checkpoint {Path(opts.checkpoint).name} upsamples {ckpt_model.cfg.feat_dim}-channel features but "
+                             f"backbone {name!r} gives {runner.embed_dim}; pass --backbone with the checkpoint's backbone")
+        sources["loftup"] = LoftUpFeatures(runner, ckpt_model.to(opts.device), "loftup")
+    elif opts.random_init:
+        torch.manual_seed(opts.seed)
+        model = LoftUp(LoftUpConfig(feat_dim=runner.embed_dim, backbone=name)).eval().to(opts.device)
+        sources["loftup-random"] = LoftUpFeatures(runner, model, "loftup-random")
+    for b in baselines:
+        sources[b] = make_baseline(b, runner)
+    log(f"backbone {name} ({runner.embed_dim} channels, patch {runner.patch_size}); upsamplers: {', '.join(sources)}")
+    if handle is not None:
+        log(f"engine {handle.path.name} (scope {handle.scope}) vs reference {reference_path}")
+
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    results: dict[str, Any] = {
+        "probe": opts.probe, "backbone": name, "options": settings, "reference": str(reference_path) if reference_path else None,
+        "upsamplers": {n: s.describe() for n, s in sources.items()},
+    }
+    parity = None
+    if opts.probe == "mini":
+        mini = run_mini_benchmark(sources, out, quick=opts.quick, plot=opts.plot, seed=opts.seed, shared=shared,
+                                  size=opts.size, log=log)
+        results.update(metrics=mini["upsamplers"], mini=mini)
+        table = mini["table"]
+        if handle is not None:
+            delta, failures = compare_metrics(flatten_mini(mini["upsamplers"]["reference"]),
+                                              flatten_mini(mini["upsamplers"]["engine"]), atol, rtol)
+            from .parity import ParityReport
+
+            feats = [dict(b, batch=i) for i, b in enumerate(mini["feature_parity"]["reference~engine"])]
+            parity = ParityReport("mini", "voc/seg/miou", flatten_mini(mini["upsamplers"]["reference"]),
+                                  flatten_mini(mini["upsamplers"]["engine"]), delta, summarize_features(feats), feats,
+                                  atol, rtol, failures)
+    else:
+        result, info = run_probe(opts.probe, sources, cfg, train, val, shared, pairs, opts.progress, log)
+        results.update(metrics=result.metrics, config=cfg.to_dict(), **info)
+        if handle is not None:
+            parity = parity_report(opts.probe, result, PRIMARY[opts.probe], atol=atol, rtol=rtol)
+        table = report.metrics_table(opts.probe, result.metrics, parity.delta if parity else None)
+        if opts.plot:
+            n_classes = (train or val).meta.get("num_classes") if opts.probe == "seg" else None
+            pic = report.plot_samples(opts.probe, result.samples, out / f"{opts.probe}_predictions.png", n_classes)
+            results["pictures"] = [str(pic)] if pic else []
+    results["table"] = table
+    if parity is not None:
+        results["parity"] = parity.to_dict()
+    report.write_json(out / "results.json", results)
+    text = f"# loftup eval: {opts.probe} ({name})\n\n{table}\n"
+    if parity is not None:
+        text += f"\n{parity.summary()}\n"
+    report.write_text(out / "results.md", text)
+    results["parity_report"] = parity
+    results["out"] = out
+    return results
+
+
+__all__ = ["LAYOUTS", "PROBE_CHOICES", "EvalOptions", "open_data", "parse_settings", "run_eval"]

@@ -1,0 +1,442 @@
+"""The upsamplers under test, all behind one small interface.
+
+    src.features(image, out_size=None) -> (B, C, H', W')
+
+`image` is (B, 3, H, W), normalised with `src.mean` / `src.std`; the features come out at
+`out_size` (default: the image's size), except for the low-res baseline, which returns the
+backbone's own grid - a probe then brings its *predictions* to the label size with
+`src.pred_resize` ("nearest" for low-res, "bilinear" otherwise).
+
+Sources: `LowResFeatures` (no upsampling), `InterpolatedFeatures` (nearest / bilinear /
+bicubic), `LoftUpFeatures` (a PyTorch LoftUp model: the reference) and `EngineFeatures` (any
+engine from `loftup.export`: ONNX, TensorRT, our checkpoint). Sources built on one
+`BackboneRunner` share its backbone pass, so several upsamplers on one batch cost one
+backbone forward.
+
+Backbones come from `loftup.backbones.create_backbone`; `register_backbone(name, factory)`
+adds others (the documented hook tests use for a tiny fixed conv backbone). A factory returns
+an nn.Module with `embed_dim`, `patch_size`, `mean`, `std` and `forward(image) -> (B, C, h, w)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import (
+    BackendUnavailableError,
+    CheckpointError,
+    ConfigError,
+    InputError,
+    check_choice,
+)
+
+BASELINES = ("lowres", "nearest", "bilinear", "bicubic")
+BACKBONE_FACTORIES: dict[str, Callable[[str], nn.Module]] = {}
+
+
+def register_backbone(name: str, factory: Callable[[str], nn.Module]) -> None:
+    """Make `name` resolvable by `load_backbone` (and so by `loftup eval --backbone name`).
+
+    factory(weights) -> module with embed_dim, patch_size, mean, std; called with the
+    `weights` string the user passed. Registered names take precedence over the registry.
+    """
+    BACKBONE_FACTORIES[name] = factory
+
+
+def load_backbone(name: str, weights: str = "default", device: str | torch.device = "cpu") -> nn.Module:
+    """A frozen backbone by name: a registered factory, else `create_backbone(name, weights)`."""
+    if name in BACKBONE_FACTORIES:
+        model = BACKBONE_FACTORIES[name](weights)
+        model.name = getattr(model, "name", name)
+    else:
+        from ..backbones import create_backbone, list_backbones
+
+        check_choice("backbone", name, list(list_backbones()) + list(BACKBONE_FACTORIES))
+        model = create_backbone(name, weights=weights, device=device)
+    return model.to(device).eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+class BackboneRunner:
+    """Runs a frozen backbone on a batch, resized to multiples of its patch; remembers the last call.
+
+    input_size: None -> the image's own size rounded down to multiples of the patch;
+    int -> shorter side scaled to input_size, aspect ratio kept (as `loftup upsample
+    --input-size`), then rounded down to the patch; (H, W) -> exactly that, rounded down.
+    """
+
+    def __init__(self, backbone: nn.Module, input_size: int | tuple[int, int] | None = None):
+        self.backbone = backbone
+        self.input_size = input_size
+        self.patch_size = int(backbone.patch_size)
+        self.embed_dim = int(backbone.embed_dim)
+        self.mean, self.std = tuple(backbone.mean), tuple(backbone.std)
+        self.name = getattr(backbone, "name", type(backbone).__name__)
+        self._last: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+
+    def input_hw(self, H: int, W: int) -> tuple[int, int]:
+        p = self.patch_size
+        if self.input_size is None:
+            h, w = H, W
+        elif isinstance(self.input_size, int):
+            scale = self.input_size / min(H, W)
+            h, w = round(H * scale), round(W * scale)
+        else:
+            h, w = self.input_size
+        return max(p, h // p * p), max(p, w // p * p)
+
+    def backbone_input(self, image: torch.Tensor) -> torch.Tensor:
+        hw = self.input_hw(*image.shape[-2:])
+        if tuple(image.shape[-2:]) == hw:
+            return image
+        return F.interpolate(image, size=hw, mode="bicubic", align_corners=False)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Raw backbone features (B, C, h, w) of a normalised image batch."""
+        key = (id(image), image._version, tuple(image.shape))
+        if self._last is not None and self._last[0] == key and self._last[1] is image:
+            return self._last[2]
+        lr = self.backbone(self.backbone_input(image)).float()
+        self._last = (key, image, lr)
+        return lr
+
+
+class FeatureSource:
+    """Base class: an upsampler under test (see the module doc for the contract)."""
+
+    name = "source"
+    pred_resize = "bilinear"
+
+    def __init__(self, runner: BackboneRunner, name: str | None = None):
+        self.runner = runner
+        self.name = name or self.name
+        self.mean, self.std = runner.mean, runner.std
+
+    @property
+    def feat_dim(self) -> int:
+        return self.runner.embed_dim
+
+    def features(self, image: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": type(self).__name__, "backbone": self.runner.name}
+
+    @staticmethod
+    def guidance(image: torch.Tensor, out_size: tuple[int, int] | None) -> torch.Tensor:
+        """The normalised image at the output size (bilinear), LoftUp's guidance input."""
+        if out_size is None or tuple(image.shape[-2:]) == tuple(out_size):
+            return image
+        return F.interpolate(image, size=tuple(out_size), mode="bilinear", align_corners=False)
+
+
+class LowResFeatures(FeatureSource):
+    """No upsampling: the backbone grid itself; predictions are upsampled nearest."""
+
+    name = "lowres"
+    pred_resize = "nearest"
+
+    @torch.no_grad()
+    def features(self, image, out_size=None):
+        return self.runner(image)
+
+
+class InterpolatedFeatures(FeatureSource):
+    """Backbone features resized with F.interpolate (nearest, bilinear or bicubic)."""
+
+    def __init__(self, runner: BackboneRunner, mode: str, name: str | None = None):
+        check_choice("interpolation", mode, ("nearest", "bilinear", "bicubic"))
+        super().__init__(runner, name or mode)
+        self.mode = mode
+
+    @torch.no_grad()
+    def features(self, image, out_size=None):
+        lr = self.runner(image)
+        size = tuple(out_size or image.shape[-2:])
+        kwargs = {} if self.mode == "nearest" else {"align_corners": False}
+        return F.interpolate(lr, size=size, mode=self.mode, **kwargs)
+
+
+class LoftUpFeatures(FeatureSource):
+    """A PyTorch LoftUp model (`loftup.model.LoftUp`) on the runner's features."""
+
+    def __init__(self, runner: BackboneRunner, model: nn.Module, name: str = "loftup"):
+        super().__init__(runner, name)
+        self.model = model.eval()
+        C = model.cfg.feat_dim
+        if C != runner.embed_dim:
+            raise InputError(
+                f"{name}: the LoftUp model upsamples {C}-channel features but backbone {runner.name!r} gives "
+                f"{runner.embed_dim}; use a checkpoint trained for this backbone"
+            )
+
+    @torch.no_grad()
+    def features(self, image, out_size=None):
+        lr = self.runner(image)
+        return self.model(lr, self.guidance(image, out_size)).float()
+
+
+class EngineFeatures(FeatureSource):
+    """An exported engine (see `open_engine`) on the runner's features, or on the image for
+    a whole-pipeline engine."""
+
+    def __init__(self, runner: BackboneRunner, handle: EngineHandle, name: str = "engine"):
+        super().__init__(runner, name)
+        self.handle = handle
+
+    @torch.no_grad()
+    def features(self, image, out_size=None):
+        size = tuple(out_size or image.shape[-2:])
+        if self.handle.scope == "pipeline":  # the engine resizes for its backbone itself
+            hr = self.handle.run_pipeline(self.guidance(image, size))
+        else:
+            hr = self.handle.run_upsampler(self.runner(image), self.guidance(image, size))
+        return hr.to(image.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "engine": str(self.handle.path), "scope": self.handle.scope}
+
+
+def make_baseline(name: str, runner: BackboneRunner) -> FeatureSource:
+    """One of BASELINES on a shared runner."""
+    check_choice("baseline", name, BASELINES)
+    if name == "lowres":
+        return LowResFeatures(runner)
+    return InterpolatedFeatures(runner, name)
+
+
+def parse_baselines(text: str | None) -> list[str]:
+    """'bilinear,lowres' -> ['bilinear', 'lowres'] (validated, order kept, duplicates dropped)."""
+    names: list[str] = []
+    for part in (text or "").replace(" ", "").split(","):
+        if part and part not in names:
+            names.append(check_choice("baseline", part, BASELINES))
+    return names
+
+
+# ----------------------------------------------------------------------------------------
+# engines: the one adapter onto loftup.export
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _first(meta: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if meta.get(k) not in (None, ""):
+            return meta[k]
+    return None
+
+
+def _flatten_meta(raw: Any) -> dict[str, Any]:
+    """Engine metadata as one flat dict: a dataclass (`to_dict`) or a mapping; JSON strings are
+    parsed, nested dicts merged in (top-level keys win)."""
+    if hasattr(raw, "to_dict"):
+        raw = raw.to_dict()
+    meta = dict(raw or {})
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        if isinstance(v, str) and v[:1] in "{[":
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        if isinstance(v, dict):
+            for kk, vv in _flatten_meta(v).items():
+                out.setdefault(kk, vv)
+        out[k] = v
+    return out
+
+
+@dataclass
+class EngineHandle:
+    """What eval needs from an engine, whatever its format.
+
+    metadata (normalised): backbone, feat_dim, scope ("upsampler" | "pipeline"), reference
+    (path or file name of the source checkpoint, may be None), reference_sha256, mean / std
+    (the image normalisation the engine expects, may be None).
+    A pipeline engine is called on the image at the output size and resizes it for its
+    backbone itself; an upsampler engine on raw backbone features + the guidance image.
+    """
+
+    path: Path
+    engine: Any
+    backbone: str | None
+    feat_dim: int | None
+    scope: str
+    reference: str | None
+    reference_sha256: str | None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def _to_torch(out: Any) -> torch.Tensor:
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        return torch.as_tensor(out).float()
+
+    def run_upsampler(self, lr: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        return self._to_torch(self.engine(lr, guidance))
+
+    def run_pipeline(self, image: torch.Tensor) -> torch.Tensor:
+        return self._to_torch(self.engine(image))
+
+
+class _CheckpointEngine:
+    """Stand-in for loftup.export's engine when that package is absent: our PyTorch checkpoint."""
+
+    def __init__(self, path: Path):
+        from ..model import load_checkpoint
+
+        self.model = load_checkpoint(path)
+        cfg = self.model.cfg
+        self.metadata = {"backbone": cfg.backbone, "feat_dim": cfg.feat_dim, "scope": "upsampler",
+                         "reference_checkpoint": str(path), "format": "pytorch"}
+
+    @torch.no_grad()
+    def __call__(self, lr, image):
+        return self.model(lr, image)
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def open_engine(path: str | Path) -> EngineHandle:
+    """The one adapter onto `loftup.export.engine.load_engine(path)`.
+
+    Assumes: `load_engine(path)` returns an engine whose `.metadata` is an EngineMetadata
+    (or a mapping) with backbone, feat_dim (or C), scope, source_checkpoint + source_sha256
+    (other spellings accepted), mean / std; it is called as `engine(lr_feats, image)` (scope
+    "upsampler") or `engine(images)` (scope "pipeline") on torch tensors and returns the
+    high-res features (a tensor or array, or a one-element list / dict of them). If
+    `loftup.export` is not installed, our own PyTorch checkpoints still load here.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"engine {path} does not exist; pass --engine with an .onnx, .plan or checkpoint file")
+    try:
+        from ..export.engine import load_engine
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("loftup.export"):
+            raise
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise BackendUnavailableError(
+                f"cannot run engine {path.name}: loftup.export is not installed; evaluate a checkpoint with --checkpoint instead"
+            ) from None
+        engine = _CheckpointEngine(path)
+    else:
+        engine = load_engine(path)
+    meta = _flatten_meta(getattr(engine, "metadata", {}) or {})
+    feat_dim = _first(meta, "feat_dim", "C", "channels", "embed_dim")
+    scope = str(_first(meta, "scope") or "upsampler")
+    if scope not in ("upsampler", "pipeline"):
+        raise ConfigError(f"engine {path.name} has unknown scope {scope!r} in its metadata; expected upsampler or pipeline")
+    return EngineHandle(
+        path=path,
+        engine=engine,
+        backbone=_first(meta, "backbone", "backbone_name"),
+        feat_dim=int(feat_dim) if feat_dim is not None else None,
+        scope=scope,
+        reference=_first(meta, "reference_checkpoint", "reference", "source_checkpoint", "checkpoint", "source"),
+        reference_sha256=_first(meta, "reference_sha256", "source_sha256", "checkpoint_sha256", "sha256"),
+        mean=tuple(meta["mean"]) if meta.get("mean") else None,
+        std=tuple(meta["std"]) if meta.get("std") else None,
+        metadata=meta,
+    )
+
+
+def check_engine_fits(handle: EngineHandle, backbone_name: str, runner: BackboneRunner | None = None) -> None:
+    """ConfigError / InputError when the engine was built for another backbone or channel count.
+
+    The image normalisation is checked for pipeline engines only: an upsampler engine's
+    guidance is min-max scaled per channel, which undoes any per-channel normalisation.
+    """
+    if handle.backbone and backbone_name and handle.backbone != backbone_name:
+        raise ConfigError(
+            f"engine {handle.path.name} was exported for backbone {handle.backbone!r} but the data pipeline uses "
+            f"{backbone_name!r}; pass --backbone {handle.backbone} (or an engine exported for {backbone_name})"
+        )
+    if runner is None:
+        return
+    if handle.feat_dim is not None and handle.feat_dim != runner.embed_dim:
+        raise InputError(
+            f"engine {handle.path.name} upsamples {handle.feat_dim}-channel features but backbone {backbone_name!r} "
+            f"gives {runner.embed_dim}; use an engine exported for this backbone"
+        )
+    for what, theirs, ours in (("mean", handle.mean, runner.mean), ("std", handle.std, runner.std)):
+        if handle.scope == "pipeline" and theirs is not None and any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(theirs, ours)):
+            raise ConfigError(
+                f"engine {handle.path.name} expects images normalised with {what} {list(theirs)} but backbone "
+                f"{backbone_name!r} uses {list(ours)}; use the backbone the engine was exported with"
+            )
+
+
+def resolve_reference(handle: EngineHandle, explicit: str | Path | None = None) -> Path:
+    """The engine's reference checkpoint: `explicit`, else the path in its metadata.
+
+    A relative metadata path is also looked up next to the engine. When the metadata holds
+    the checkpoint's sha256, the file found must match it.
+    """
+    if explicit is not None:
+        ref = Path(explicit).expanduser()
+        if not ref.is_file():
+            raise CheckpointError(f"reference checkpoint {ref} does not exist; pass --reference with the checkpoint the engine was exported from")
+    else:
+        if handle.path.suffix in CHECKPOINT_SUFFIXES and not handle.reference:
+            return handle.path
+        if not handle.reference:
+            raise CheckpointError(
+                f"engine {handle.path.name} names no reference checkpoint in its metadata; pass --reference CKPT"
+            )
+        candidates = [Path(handle.reference).expanduser(), handle.path.parent / Path(handle.reference).name]
+        ref = next((c for c in candidates if c.is_file()), None)
+        if ref is None:
+            raise CheckpointError(
+                f"engine {handle.path.name} was exported from {handle.reference}, which is not here; pass --reference CKPT"
+            )
+    if handle.reference_sha256 and explicit is None:
+        digest = file_sha256(ref)
+        if digest != handle.reference_sha256:
+            raise CheckpointError(
+                f"reference {ref} (sha256 {digest[:12]}) is not the checkpoint engine {handle.path.name} was exported from "
+                f"(sha256 {str(handle.reference_sha256)[:12]}); pass --reference with the right file"
+            )
+    return ref
+
+
+__all__ = [
+    "BASELINES",
+    "BackboneRunner",
+    "EngineFeatures",
+    "EngineHandle",
+    "FeatureSource",
+    "InterpolatedFeatures",
+    "LoftUpFeatures",
+    "LowResFeatures",
+    "check_engine_fits",
+    "load_backbone",
+    "make_baseline",
+    "open_engine",
+    "parse_baselines",
+    "register_backbone",
+    "resolve_reference",
+]
