@@ -7,6 +7,9 @@ on CPU tensors through the interpreter (there is no GPU on our machines).
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The interpreter runs tile matmuls through numpy; multi-threaded OpenBLAS on tiny tiles is
+# 10-300x slower on a shared 2-core machine (measured). torch uses its own BLAS, unaffected.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 

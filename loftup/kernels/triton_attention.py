@@ -73,19 +73,36 @@ to [2^12, 2^20]) keeps arbitrary output sizes from re-tuning every time.
 
 Caveats
 -------
-- No GPU was available while writing this: all numbers below come from the Triton
+- No GPU was available while writing this: every measured number here comes from the Triton
   interpreter on CPU (``TRITON_INTERPRET=1``), which checks indexing, masking and the maths,
-  not performance. Under the interpreter autotuning is bypassed (one small config, see
-  ``_INTERPRETER_CONFIG``) and bf16 loads are known to be wrong, so bf16 is only exercised
-  for dispatch there.
-- Interpreter figures (tests/kernels/test_triton_attention.py, batch 2, 4 heads, max abs error
-  against the float32 reference): fp32 forward and gradients <= 1e-5 (tested at 1e-4);
-  fp16 within 2x the error of PyTorch's own fp16 computation plus a 2e-3 floor.
+  not performance or GPU compilation (register/shared-memory limits, layouts). Under the
+  interpreter autotuning is bypassed (one config, ``_INTERPRETER_CONFIG``) and bf16 loads are
+  known to be wrong, so bf16 is only exercised for dispatch there.
+- Interpreter figures (tests/kernels/test_triton_attention.py: batch 2, 4 heads, d 64/101/133/197,
+  M 256/713/1024, max abs error against the float32 reference): float32 forward, dQ, dK, dV
+  all <= 1.6e-6 (tested at 2e-5); float16 1e-4..9e-4, always below PyTorch's own float16
+  error on the same inputs (4e-4..1.4e-3; tested at 2x that + 1e-4).
 - Per-(batch, head) extents are indexed with 32-bit offsets (N * stride_n < 2^31 elements);
   batch and head offsets are 64-bit.
 - d > 256 is rejected (use backend='sdpa'); the padding to 256 for d = 133 wastes half the
   MMA work - a split 128 + 8-lane kernel would be the next step if that head dim matters.
 - Partial dK/dV are fp32 and cost splits x B x heads x M x d x 8 bytes of temporary memory.
+- The backward runs 7 tile matmuls where FlashAttention-2's runs 5 (Q K^T and dO V^T are
+  recomputed in both the dQ and the dK/dV kernel): +40% backward MMA work, bought to avoid
+  atomics on dQ (M / BLOCK_M fp32 atomic adds per dQ element) and to stay deterministic.
+
+Expected performance (on paper - not measured, no GPU was available)
+-------------------------------------------------------------------
+H100 SXM, bf16/fp16, 448x448 output (N = 200704), M = 1024, d = 101 (D_PAD = 128), 4 heads:
+forward = 332 GFLOP useful (421 GFLOP executed with padding), 0.82e9 exponentials.
+HBM traffic ~0.33 GB (Q, O, LSE; K/V 1.7 MB) -> ~1000 FLOP/byte, far above the ~295 FLOP/byte
+ridge (989 TFLOP/s / 3.35 TB/s): compute bound. Per program the K/V stream from L2 gives
+BLOCK_N = 128 FLOP/byte (~2.6 GB of L2 reads, ~0.4 ms at 6-7 TB/s), the same order as the
+MMA time at peak (0.43 ms) and the exp2 time on the MUFU units (0.21 ms). Bounds: >= 0.45 ms
+(74% of peak in useful FLOPs); expected for an FA2-style Triton kernel (softmax not overlapped
+with the MMAs by warp specialisation): 30-40% of peak on executed work, i.e. ~1.0 ms forward,
+~300 TFLOP/s useful. Backward (7 matmuls, ~35% efficiency) ~4 ms; forward + backward
+~1.16 TFLOP useful in ~5 ms, ~20-25% of peak.
 """
 
 from __future__ import annotations
@@ -104,7 +121,7 @@ _LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # One small config used when the kernels run under the interpreter (no autotuning there).
-_INTERPRETER_CONFIG = {"BLOCK_N": 64, "BLOCK_M": 64}
+_INTERPRETER_CONFIG = {"BLOCK_N": 128, "BLOCK_M": 128}
 # Queries per dK/dV split are a multiple of this (the largest BLOCK_N in the tuning space),
 # so every split starts on a tile boundary whatever config the autotuner picks.
 _SPLIT_ALIGN = 128
@@ -181,7 +198,8 @@ def _attn_fwd_kernel(
                                    offs_d, d_mask, m_full, M, M, qk_scale, BLOCK_M, True, DOT_PRECISION)
 
     acc = acc / l_i[:, None]
-    tl.store(o_base + offs_n[:, None] * stride_on + offs_d[None, :] * stride_od, acc.to(O.dtype.element_ty), mask=q_mask)
+    o_ptrs = o_base + offs_n[:, None] * stride_on + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=q_mask)
     tl.store(LSE + pid_bh.to(tl.int64) * N + offs_n, m_i + tl.math.log2(l_i), mask=n_mask)
 
 
@@ -325,9 +343,10 @@ def _smem_limit() -> int:
     return int(getattr(props, "shared_memory_per_block_optin", 163 * 1024))
 
 
-def _prune(resident_rows: str, streamed_rows: str, streamed_tensors: int, accumulators: int):
-    """Drop configs whose resident tile + pipelined streamed tiles overflow shared memory,
-    and configs whose fp32 accumulator would spill (more than ~128 registers / thread)."""
+def _prune(resident_rows: str, resident_tensors: int, streamed_rows: str, streamed_tensors: int, accumulators: int):
+    """Early pruning: drop configs whose resident tiles plus `num_stages` buffered streamed tiles
+    overflow shared memory, or whose fp32 accumulators would need more than ~128 registers per
+    thread (they would spill). Always keeps at least the smallest config."""
 
     def prune(configs, named_args, **kwargs):
         d_pad = kwargs["D_PAD"]
@@ -335,7 +354,7 @@ def _prune(resident_rows: str, streamed_rows: str, streamed_tensors: int, accumu
         limit = _smem_limit()
         keep = []
         for c in configs:
-            resident = c.kwargs[resident_rows] * d_pad * elt
+            resident = resident_tensors * c.kwargs[resident_rows] * d_pad * elt
             streamed = c.num_stages * streamed_tensors * c.kwargs[streamed_rows] * d_pad * elt
             acc_regs = accumulators * c.kwargs[resident_rows] * d_pad / (32 * c.num_warps)
             if resident + streamed <= limit and acc_regs <= 128:
@@ -345,18 +364,19 @@ def _prune(resident_rows: str, streamed_rows: str, streamed_tensors: int, accumu
     return prune
 
 
+# Forward: Q tile resident, K/V streamed. dQ: Q and dO resident, K/V streamed. dK/dV: K and V
+# resident with two accumulators, Q and dO streamed.
 _fwd_tuned = triton.autotune(
     configs=_configs((64, 128), (32, 64, 128)), key=_TUNE_KEY, cache_results=True,
-    prune_configs_by={"early_config_prune": _prune("BLOCK_N", "BLOCK_M", 2, 1)},
+    prune_configs_by={"early_config_prune": _prune("BLOCK_N", 1, "BLOCK_M", 2, 1)},
 )(_attn_fwd_kernel)
 _dq_tuned = triton.autotune(
     configs=_configs((64, 128), (32, 64, 128)), key=_TUNE_KEY, cache_results=True,
-    prune_configs_by={"early_config_prune": _prune("BLOCK_N", "BLOCK_M", 2, 1)},
+    prune_configs_by={"early_config_prune": _prune("BLOCK_N", 2, "BLOCK_M", 2, 1)},
 )(_attn_bwd_dq_kernel)
-# dK/dV keep two fp32 accumulators per key tile (dK, dV), so the key tile is the resident one.
 _dkdv_tuned = triton.autotune(
     configs=_configs((32, 64, 128), (32, 64, 128)), key=_TUNE_KEY, cache_results=True,
-    prune_configs_by={"early_config_prune": _prune("BLOCK_M", "BLOCK_N", 2, 2)},
+    prune_configs_by={"early_config_prune": _prune("BLOCK_M", 2, "BLOCK_N", 2, 2)},
 )(_attn_bwd_dkdv_kernel)
 
 
@@ -401,24 +421,29 @@ def _consts(q: torch.Tensor) -> dict:
     }
 
 
-def _num_splits(n: int, m: int, bh: int, d: int, device: torch.device) -> int:
-    """Query splits for dK/dV: enough programs for ~4 waves of SMs, at least _SPLIT_ALIGN queries
-    per split, and at most 256 MiB of fp32 partials."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 16
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 16  # interpreter: a nominal count, so small test shapes still exercise several splits
+
+
+def _num_splits(n: int, m: int, bh: int, d: int, sm_count: int) -> int:
+    """Query splits for dK/dV: enough programs for ~4 waves of SMs (counting 64-key tiles), at
+    least _SPLIT_ALIGN queries per split, and at most 256 MiB of fp32 partials."""
     key_tiles = bh * triton.cdiv(m, 64)
-    want = triton.cdiv(4 * sms, key_tiles)
+    want = triton.cdiv(4 * sm_count, key_tiles)
     by_memory = max(1, (256 << 20) // (bh * m * d * 8))
     return max(1, min(want, triton.cdiv(n, _SPLIT_ALIGN), by_memory))
 
 
 def _forward(q, k, v, scale: float):
-    B, H, N, d = q.shape
+    B, H, N, _ = q.shape
     M = k.shape[2]
     o = torch.empty_like(q)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     if N == 0:
         return o, lse
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)
     _launch(
         _attn_fwd_kernel, _fwd_tuned, grid,
         q, k, v, o, lse,
@@ -429,7 +454,7 @@ def _forward(q, k, v, scale: float):
     return o, lse
 
 
-def _backward(do, q, k, v, o, lse, scale: float, num_splits: int | None = None):
+def _backward(do, q, k, v, o, lse, scale: float, num_splits: int | None = None, need_kv: bool = True):
     B, H, N, d = q.shape
     M = k.shape[2]
     if N == 0:
@@ -439,7 +464,7 @@ def _backward(do, q, k, v, o, lse, scale: float, num_splits: int | None = None):
     consts = _consts(q)
     dq = torch.empty_like(q)
     delta = torch.empty_like(lse)
-    grid_q = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)  # noqa: E731
+    grid_q = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)
     _launch(
         _attn_bwd_dq_kernel, _dq_tuned, grid_q,
         q, k, v, o, do, dq, lse, delta,
@@ -448,12 +473,14 @@ def _backward(do, q, k, v, o, lse, scale: float, num_splits: int | None = None):
         **consts,
     )
 
-    splits = num_splits or _num_splits(N, M, B * H, d, q.device)
+    if not need_kv:  # frozen keys/values: the dK/dV pass is skipped entirely
+        return dq, None, None
+    splits = num_splits or _num_splits(N, M, B * H, d, _sm_count(q.device))
     per_split = triton.cdiv(triton.cdiv(N, splits), _SPLIT_ALIGN) * _SPLIT_ALIGN
     splits = triton.cdiv(N, per_split)
     dk_part = torch.empty((splits, B, H, M, d), device=q.device, dtype=torch.float32)
     dv_part = torch.empty_like(dk_part)
-    grid_kv = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), splits, B * H)  # noqa: E731
+    grid_kv = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), splits, B * H)
     _launch(
         _attn_bwd_dkdv_kernel, _dkdv_tuned, grid_kv,
         q, k, v, do, lse, delta, dk_part, dv_part,
@@ -477,9 +504,11 @@ class _TritonAttention(torch.autograd.Function):
         return o
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.scale, ctx.num_splits)
+        need_kv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.scale, ctx.num_splits, need_kv)
         return dq, dk, dv, None, None
 
 
@@ -494,7 +523,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise InputError(f"triton_attention: {name} must be a 4-D tensor (B, heads, length, d), got {shape}")
     if k.shape != v.shape:
-        raise InputError(f"triton_attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+        raise InputError(
+            f"triton_attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}"
+        )
     if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise InputError(
             f"triton_attention: q (B, heads, N, d) = {tuple(q.shape)} does not fit k/v (B, heads, M, d) = "
