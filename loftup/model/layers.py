@@ -15,8 +15,28 @@ from ..kernels import AttentionDispatcher
 
 
 def coord_grid(n: int, device=None) -> torch.Tensor:
-    """Float32 `linspace(-1, 1, n)` exactly as the official code builds coordinates."""
+    """Float32 `linspace(-1, 1, n)` exactly as the official code builds coordinates.
+
+    While torch.export traces (ONNX export) `n` is symbolic, and linspace would pin it to the
+    example size; the traced graph then builds the same values from arange instead.
+    """
+    if torch.compiler.is_exporting():
+        return traceable_coord_grid(n, device)
     return torch.linspace(-1, 1, n, device=device)
+
+
+def traceable_coord_grid(n, device=None) -> torch.Tensor:
+    """linspace(-1, 1, n) from arange, for symbolic n; within one float32 ulp of linspace.
+
+    Same two-sided formula as PyTorch's CPU kernel (start + i*step for the first half,
+    end - (n-1-i)*step for the rest); linspace rounds i*step+start once (fused multiply-add),
+    this rounds twice. Exports as Range/Cast/Mul/Sub/Where, which TensorRT parses.
+    """
+    idx = torch.arange(n, device=device).to(torch.float32)  # (n,) 0, 1, ..., n-1
+    last = idx[-1:]  # (1,) n - 1, a tensor so the division stays in the graph
+    step = 2.0 / last.clamp_min(1.0)
+    first_half = 2.0 * idx < last.clamp_min(0.5)  # i < n // 2, and i == 0 when n == 1
+    return torch.where(first_half, step * idx - 1.0, 1.0 - step * (last - idx))
 
 
 class ChannelNorm(nn.Module):

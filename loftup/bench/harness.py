@@ -1,0 +1,578 @@
+"""`loftup bench`: the upsampler's latency, throughput, memory and achieved FLOP/s per backend.
+
+For every (output size, batch, backend, precision): warm-up runs (compilation happens there),
+then timed runs (up to `repeats`, within `max_seconds`), reporting median and p90 latency,
+throughput, peak memory (process RSS on CPU, CUDA max allocated on GPU), achieved GFLOP/s
+from the analytic count in `loftup.bench.flops`, that as a fraction of a matrix-multiply peak
+measured on the same device in the same run, the latency ratio to torch-reference, and
+parity against PyTorch fp32 (sdpa attention, which is exact) on the same inputs.
+
+Inputs are a bundled photo at each output size and stand-in low-res features of it (see
+`loftup.export.parity.photo_features`): latency does not depend on the feature values, and
+no backbone weights need to be present. Backends that cannot run here are listed as
+skipped with the reason. Results: a rich table, JSON, and a PNG plot of latency vs size,
+named after the machine (`bench-<host>-<device>-<time>.json`).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import BackendUnavailableError, ConfigError, check_choice
+from ..export.formats import FORMATS, PRECISIONS
+from .flops import FORMULA, upsampler_flops
+
+
+@dataclass(frozen=True)
+class BenchBackend:
+    """One row of the backend table."""
+
+    name: str
+    runtime: str  # "torch" | "onnx" | "trt"
+    needs_gpu: bool
+    precisions: tuple[str, ...]
+    description: str
+    attn_backend: str = "sdpa"
+    compile: bool = False
+    ort_provider: str | None = None
+    unchunked_attention: bool = False  # materialises the whole (HW x hw) score matrix
+
+
+ONNX_PRECISIONS = FORMATS["onnx"].precisions
+BACKENDS: dict[str, BenchBackend] = {
+    b.name: b
+    for b in (
+        BenchBackend("torch-reference", "torch", False, PRECISIONS, "PyTorch, materialised attention", attn_backend="reference", unchunked_attention=True),
+        BenchBackend("torch-sdpa", "torch", False, PRECISIONS, "PyTorch, query-chunked SDPA"),
+        BenchBackend("torch-compile", "torch", False, PRECISIONS, "torch.compile of the sdpa model", compile=True),
+        BenchBackend("triton", "torch", True, PRECISIONS, "PyTorch with the fused Triton attention kernel", attn_backend="triton"),
+        BenchBackend("onnxruntime-cpu", "onnx", False, ONNX_PRECISIONS, "ONNX Runtime, CPU provider",
+                     ort_provider="CPUExecutionProvider", unchunked_attention=True),
+        BenchBackend("onnxruntime-cuda", "onnx", True, ONNX_PRECISIONS, "ONNX Runtime, CUDA provider",
+                     ort_provider="CUDAExecutionProvider", unchunked_attention=True),
+        BenchBackend("onnxruntime-tensorrt", "onnx", True, ONNX_PRECISIONS, "ONNX Runtime, TensorRT provider",
+                     ort_provider="TensorrtExecutionProvider"),
+        BenchBackend("tensorrt", "trt", True, FORMATS["trt"].precisions, "TensorRT 10 plan"),
+    )
+}
+GROUPS = {
+    "all": tuple(BACKENDS),
+    "torch": ("torch-reference", "torch-sdpa", "torch-compile"),
+    "onnxruntime": ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt"),
+}
+
+
+@dataclass
+class BenchOptions:
+    checkpoint: Optional[Path] = None
+    random_init: bool = False
+    backbone: str = "dinov2_vits14"
+    sizes: list[int] = field(default_factory=lambda: [224, 448, 896])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    backends: list[str] = field(default_factory=lambda: ["all"])
+    warmup: int = 1
+    repeats: int = 5
+    max_seconds: float = 60.0
+    threads: Optional[int] = None
+    device: str = "cpu"
+    out: Path = Path("bench_results")
+    progress: bool = True
+    plot: bool = True
+    seed: int = 0
+
+
+@dataclass
+class BenchReport:
+    data: dict[str, Any]
+    json_path: Path
+    plot_path: Optional[Path]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.data["rows"]
+
+
+def expand_backends(names: list[str]) -> list[str]:
+    """Backend names and groups (all, torch, onnxruntime) -> unique backend names, table order."""
+    chosen: list[str] = []
+    for name in names:
+        check_choice("bench backend", name, [*GROUPS, *BACKENDS])
+        for b in GROUPS.get(name, (name,)):
+            if b not in chosen:
+                chosen.append(b)
+    return [b for b in BACKENDS if b in chosen]
+
+
+# ------------------------------------------------------------------------------------------
+# environment and peaks
+def environment(device: str) -> dict[str, Any]:
+    import torch
+
+    from .. import __version__
+    from .memory import available_memory
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {
+        "hostname": platform.node(),
+        "cpu": cpu,
+        "logical_cpus": __import__("os").cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "loftup": __version__,
+        "device": device,
+        "available_memory_gb": round(available_memory() / 2**30, 2),
+    }
+    try:
+        import onnxruntime as ort
+
+        env["onnxruntime"] = ort.__version__
+        env["onnxruntime_providers"] = ort.get_available_providers()
+    except ImportError:
+        env["onnxruntime"] = None
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def measure_gemm_peak(precision: str, device: str = "cpu", n: int | None = None, repeats: int = 5) -> float:
+    """Median GFLOP/s of an n x n x n matrix multiply in `precision` on `device` (2*n^3 FLOPs)."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    n = n or (2048 if device == "cpu" else 8192)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    times = []
+    for i in range(repeats + 1):
+        _sync(device)
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        _sync(device)
+        if i:  # the first run warms caches and thread pools
+            times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------
+# availability and engines
+def unavailable_reason(backend: BenchBackend, precision: str, device: str) -> str | None:
+    """Why `backend` cannot run `precision` here, or None if it can."""
+    if backend.needs_gpu and not device.startswith("cuda"):
+        what = {"triton": "the Triton kernel", "tensorrt": "TensorRT"}.get(backend.name, "this provider")
+        return f"{what} needs an NVIDIA GPU; this run is on {device} (use --device cuda on a GPU machine)"
+    if precision not in backend.precisions:
+        if backend.runtime == "onnx" and precision == "bf16":
+            return "ONNX Runtime has no bf16 kernels for this graph on its CPU provider; bf16 engines are built with --format trt"
+        return f"{backend.name} does not run {precision}"
+    fmt = FORMATS[backend.runtime]
+    if backend.runtime != "trt" and not fmt.runtime_installed():
+        return f"{fmt.runtime_module} is not installed ({fmt.install_hint})"
+    if backend.runtime == "onnx":
+        import onnxruntime as ort
+
+        if backend.ort_provider not in ort.get_available_providers():
+            return f"{backend.ort_provider} is not in this onnxruntime build (has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+    if backend.name == "triton":
+        from ..kernels import triton_can_run
+
+        import torch
+
+        ok, why = triton_can_run(torch.device(device))
+        if not ok:
+            return why
+    if backend.runtime == "trt":
+        try:
+            from ..export.tensorrt import require_tensorrt
+
+            require_tensorrt()
+        except BackendUnavailableError as e:
+            return str(e)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return "--device cuda was asked for but no CUDA GPU is visible"
+    return None
+
+
+def estimated_bytes(backend: BenchBackend, cfg, batch: int, size: int, lr: int) -> int:
+    """Rough peak working memory: activations, plus the full score matrix (scores and
+    probabilities, float32) for backends that materialise it."""
+    N, M = size * size, lr * lr
+    act = batch * N * (cfg.token_dim * 6 + cfg.feat_dim * 2) * 4
+    if backend.unchunked_attention:
+        act += 2 * batch * cfg.num_heads * N * M * 4
+    return act
+
+
+class EngineFactory:
+    """Builds (and caches) one engine per (backend, precision); ONNX files go to a temp folder."""
+
+    def __init__(self, model, patch: int, opts: BenchOptions, log=lambda msg: None):
+        self.model, self.patch, self.opts, self.log = model, patch, opts, log
+        self.tmp = Path(tempfile.mkdtemp(prefix="loftup-bench-"))
+        self.cache: dict[tuple[str, str], Any] = {}
+        sizes = sorted(opts.sizes)
+        self.export_sizes = (max(2 * patch, sizes[0] // 2), sizes[len(sizes) // 2], sizes[-1])
+        self.max_batch = max(max(opts.batch_sizes), 2)
+
+    def get(self, backend: BenchBackend, precision: str):
+        key = (backend.name, precision)
+        if key not in self.cache:
+            self.cache[key] = self._make(backend, precision)
+        return self.cache[key]
+
+    def _onnx_file(self, precision: str) -> Path:
+        from ..export.onnx import export_onnx
+
+        path = self.tmp / f"upsampler_{precision}.onnx"
+        if not path.exists():
+            self.log(f"exporting the upsampler to ONNX ({precision}) for the onnxruntime backends")
+            export_onnx(self.model, path, scope="upsampler", precision=precision, opset=20, sizes=self.export_sizes,
+                        max_batch=self.max_batch, patch_size=self.patch)
+        return path
+
+    def _make(self, backend: BenchBackend, precision: str):
+        from ..export.engine import TorchEngine, with_attention_backend
+
+        if backend.runtime == "torch":
+            model = with_attention_backend(self.model, backend.attn_backend)
+            return TorchEngine(model, None, precision=precision, compile=backend.compile, device=self.opts.device)
+        if backend.runtime == "onnx":
+            from ..export.onnx import OnnxEngine
+
+            return OnnxEngine(self._onnx_file(precision), providers=[backend.ort_provider], threads=self.opts.threads or _torch_threads())
+        from ..export.tensorrt import TensorRTEngine, build_plan, read_sidecar
+        from ..export.onnx import read_metadata
+
+        onnx_path = self._onnx_file("fp32")
+        plan = self.tmp / f"upsampler_{precision}.plan"
+        build_plan(onnx_path, plan, read_metadata(onnx_path), precision=precision, timing_cache=self.tmp / "timing.cache")
+        read_sidecar(plan)
+        return TensorRTEngine(plan)
+
+    def close(self) -> None:
+        import shutil
+
+        self.cache.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+# ------------------------------------------------------------------------------------------
+def time_engine(engine, inputs, warmup: int, repeats: int, max_seconds: float, device: str):
+    """Warm-up, then timed runs; returns (seconds per run, last output, PeakMemory)."""
+    from .memory import PeakMemory
+
+    out = None
+    for _ in range(max(0, warmup)):
+        out = engine(*inputs)
+        _sync(device)
+    times: list[float] = []
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        while len(times) < max(1, repeats):
+            _sync(device)
+            t = time.perf_counter()
+            out = engine(*inputs)
+            _sync(device)
+            times.append(time.perf_counter() - t)
+            if time.perf_counter() - start + times[-1] > max_seconds:
+                break
+    return times, out, mem
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100])."""
+    s = sorted(values)
+    if len(s) == 1:
+        return s[0]
+    pos = (len(s) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _load_model(opts: BenchOptions, feat_dim: int):
+    import torch
+
+    from ..model import LoftUp, LoftUpConfig, load_checkpoint
+
+    if opts.checkpoint is not None and opts.random_init:
+        raise ConfigError("--checkpoint and --random-init exclude each other; pick one")
+    if opts.checkpoint is not None:
+        return load_checkpoint(opts.checkpoint, feat_dim=feat_dim)
+    if not opts.random_init:
+        raise ConfigError("give --checkpoint PATH, or --random-init (latency does not depend on the weights)")
+    torch.manual_seed(opts.seed)
+    return LoftUp(LoftUpConfig(feat_dim=feat_dim, backbone=opts.backbone)).eval()
+
+
+def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport:
+    """Run the benchmark matrix and write JSON + PNG; returns the report.
+
+    model / backbone_spec: optional overrides (tests use a small model); backbone_spec needs
+    `name`, `embed_dim`, `patch_size`, `mean`, `std`.
+    """
+    import torch
+
+    from ..export.parity import TOLERANCES, compare, photo_batch, photo_features
+    from .memory import available_memory
+
+    for p in opts.precisions:
+        check_choice("precision", p, PRECISIONS)
+    if opts.device != "cpu" and not opts.device.startswith("cuda"):
+        raise ConfigError(f"--device must be cpu or cuda[:N], got {opts.device!r}")
+    names = expand_backends(opts.backends)
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+    if backbone_spec is None:
+        from ..backbones import get_spec
+
+        backbone_spec = get_spec(opts.backbone)
+    C, p = int(backbone_spec.embed_dim), int(backbone_spec.patch_size)
+    if model is None:
+        model = _load_model(opts, C)
+    cfg = model.cfg
+    if cfg.feat_dim != C:
+        raise ConfigError(f"the model upsamples {cfg.feat_dim} channels but backbone {backbone_spec.name} gives {C}")
+    if min(opts.sizes) < p:
+        raise ConfigError(f"sizes must be at least one patch ({p} px); got {min(opts.sizes)}")
+
+    console = _console()
+    env = environment(opts.device)
+    peaks = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
+    console.print(f"matrix-multiply peak on {opts.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    factory = EngineFactory(model, p, opts, log=lambda m: console.print(m))
+    plan = [(size, b, name, prec) for size in sorted(opts.sizes) for b in opts.batch_sizes for name in names for prec in opts.precisions]
+    rows: list[dict[str, Any]] = []
+    try:
+        with _progress(console, opts.progress) as progress:
+            task = progress.add_task("bench", total=len(plan))
+            reference: dict[tuple[int, int], Any] = {}
+            for size, b, name, prec in plan:
+                backend = BACKENDS[name]
+                lr_side = max(1, size // p)
+                row: dict[str, Any] = {"backend": name, "precision": prec, "batch": b, "size": size, "lr_size": lr_side,
+                                       "description": backend.description}
+                progress.update(task, description=f"{name} {prec} b{b} {size}px")
+                reason = unavailable_reason(backend, prec, opts.device)
+                need = estimated_bytes(backend, cfg, b, size, lr_side)
+                avail = available_memory()
+                if reason is None and opts.device == "cpu" and avail and need > 0.9 * avail:
+                    reason = (f"needs about {need / 2**30:.0f} GB (the full {size * size}x{lr_side * lr_side} attention matrix per head), "
+                              f"{avail / 2**30:.0f} GB available")
+                if reason:
+                    rows.append({**row, "status": "skipped", "reason": reason})
+                    progress.advance(task)
+                    continue
+                try:
+                    image, photos = photo_batch(b, size, size, backbone_spec.mean, backbone_spec.std)
+                    lr = photo_features(image, C, p)
+                    image, lr = image.to(opts.device), lr.to(opts.device)
+                    key = (b, size)
+                    if key not in reference:
+                        ref_engine = factory.get(BACKENDS["torch-sdpa"], "fp32")
+                        reference.clear()  # one size at a time: outputs at 896 are ~1 GB
+                        reference[key] = ref_engine(lr, image).float().cpu()
+                    engine = factory.get(backend, prec)
+                    times, out, mem = time_engine(engine, (lr, image), opts.warmup, opts.repeats, opts.max_seconds, opts.device)
+                    med = statistics.median(times)
+                    flops = upsampler_flops(cfg, b, size, size, lr_side, lr_side)
+                    err = compare(out, reference[key])
+                    tol = TOLERANCES[prec]
+                    err["passed"] = err["max_abs"] <= tol.max_abs and err["mean_cos"] >= tol.mean_cos and err["min_cos"] >= tol.min_cos
+                    row.update({
+                        "status": "ok",
+                        "engine": engine.describe(),
+                        "photos": photos,
+                        "warmup": opts.warmup,
+                        "repeats": len(times),
+                        "latency_ms": {"median": med * 1e3, "p90": percentile(times, 90) * 1e3, "mean": statistics.fmean(times) * 1e3,
+                                       "min": min(times) * 1e3, "all": [t * 1e3 for t in times]},
+                        "throughput": {"images_per_s": b / med, "megapixels_per_s": b * size * size / med / 1e6},
+                        "memory": {"method": mem.method, "peak_mb": mem.peak_bytes / 2**20,
+                                   "increase_mb": max(0, mem.peak_bytes - mem.baseline_bytes) / 2**20},
+                        "work": {"gflop": flops / 1e9, "achieved_gflops": flops / med / 1e9, "peak_gflops": peaks[prec],
+                                 "peak_precision": prec, "fraction_of_peak": flops / med / 1e9 / peaks[prec]},
+                        "parity": err,
+                    })
+                except Exception as e:  # one broken backend must not end the run
+                    first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+                    row.update({"status": "failed", "reason": f"{type(e).__name__}: {first[:300]}"})
+                rows.append(row)
+                progress.advance(task)
+    finally:
+        factory.close()
+
+    _ratios(rows)
+    data = {
+        "loftup_version": env["loftup"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "environment": env,
+        "model": {"feat_dim": cfg.feat_dim, "token_dim": cfg.token_dim, "backbone": backbone_spec.name, "patch_size": p,
+                  "parameters": sum(t.numel() for t in model.parameters()), "config": cfg.to_dict(),
+                  "source": str(opts.checkpoint) if opts.checkpoint else "random init"},
+        "flop_formula": FORMULA,
+        "gemm_peak_gflops": peaks,
+        "parity_reference": "PyTorch fp32, sdpa attention (exact), same inputs",
+        "tolerances": {k: vars(v) for k, v in TOLERANCES.items()},
+        "options": {"sizes": opts.sizes, "batch_sizes": opts.batch_sizes, "precisions": opts.precisions, "backends": names,
+                    "warmup": opts.warmup, "repeats": opts.repeats, "max_seconds": opts.max_seconds, "threads": opts.threads},
+        "rows": rows,
+    }
+    json_path, plot_path = _output_paths(opts.out, env)
+    from ..model.checkpoint import atomic_write
+
+    import json
+
+    atomic_write(json_path, lambda path: path.write_text(json.dumps(data, indent=2)))
+    if opts.plot:
+        plot_latency(rows, plot_path, title=f"LoftUp C={cfg.feat_dim} on {env['cpu'] if opts.device == 'cpu' else env.get('gpu')}")
+    else:
+        plot_path = None
+    console.print(render_table(rows))
+    return BenchReport(data=data, json_path=json_path, plot_path=plot_path)
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """latency ratio of each row to torch-reference fp32 at the same batch and size."""
+    ref = {(r["batch"], r["size"]): r["latency_ms"]["median"] for r in rows
+           if r["status"] == "ok" and r["backend"] == "torch-reference" and r["precision"] == "fp32"}
+    for r in rows:
+        if r["status"] == "ok":
+            base = ref.get((r["batch"], r["size"]))
+            r["ratio_to_torch_reference"] = r["latency_ms"]["median"] / base if base else None
+
+
+def _output_paths(out: Path, env: dict[str, Any]) -> tuple[Path, Path]:
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        return out, out.with_suffix(".png")
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in env["hostname"] or "host")
+    stem = f"bench-{host}-{env['device'].replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return out / f"{stem}.json", out / f"{stem}.png"
+
+
+# ------------------------------------------------------------------------------------------
+# presentation
+def _console():
+    import sys
+
+    from rich.console import Console
+
+    # not a terminal (a log file, a pipe): wide enough that the table is not wrapped
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+    def advance(self, *a, **k):
+        pass
+
+
+def _progress(console, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+
+
+def render_table(rows: list[dict[str, Any]]):
+    """A rich Table of the rows that ran, then the skipped / failed ones grouped with their reason."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="loftup bench (upsampler; latency per forward pass)")
+    for col in ("backend", "prec", "batch", "size", "median ms", "p90 ms", "img/s", "peak MB", "GFLOP/s", "% peak", "x ref", "parity max|d| / min cos"):
+        table.add_column(col, justify="left" if col in ("backend", "prec") else "right")
+    notes: dict[tuple[str, str, str], list[str]] = {}
+    for r in rows:
+        if r["status"] != "ok":
+            notes.setdefault((r["status"], r["backend"], r["reason"]), []).append(f"{r['precision']} b{r['batch']} {r['size']}px")
+            continue
+        lat, w, par = r["latency_ms"], r["work"], r["parity"]
+        ratio = r.get("ratio_to_torch_reference")
+        table.add_row(
+            r["backend"], r["precision"], str(r["batch"]), str(r["size"]), f"{lat['median']:.1f}", f"{lat['p90']:.1f}",
+            f"{r['throughput']['images_per_s']:.2f}", f"{r['memory']['peak_mb']:.0f}", f"{w['achieved_gflops']:.1f}",
+            f"{100 * w['fraction_of_peak']:.1f}", f"{ratio:.2f}" if ratio else "-",
+            f"{par['max_abs']:.1e} / {par['min_cos']:.5f}" + ("" if par["passed"] else " FAIL"),
+        )
+    lines = [Text(f"{status} {backend} ({', '.join(sorted(set(which)))}): {reason}", style="dim")
+             for (status, backend, reason), which in notes.items()]
+    return Group(table, *lines)
+
+
+def plot_latency(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """PNG: median latency vs output size, one line per backend and precision (smallest batch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if ok:
+        batch = min(r["batch"] for r in ok)
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in ok:
+            if r["batch"] == batch:
+                series.setdefault(f"{r['backend']} {r['precision']}", []).append((r["size"], r["latency_ms"]["median"]))
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", label=label)
+        ax.set_yscale("log")
+        ax.set_title(f"{title} (batch {batch})", fontsize=9)
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no backend ran", ha="center", va="center")
+    ax.set_xlabel("output size (pixels per side)")
+    ax.set_ylabel("median latency (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

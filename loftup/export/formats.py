@@ -1,0 +1,146 @@
+"""The one table of engine formats: name, file suffix, GPU need, precisions and accepted options.
+
+The CLI validates `loftup export` / `loftup bench` arguments against it, `load_engine` picks
+the runtime from a file's suffix with it, and bench reads which precisions a runtime takes.
+Only stdlib imports here: the CLI imports this module before any heavy dependency.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, check_choice
+
+SCOPES = ("pipeline", "upsampler")
+PRECISIONS = ("fp32", "fp16", "bf16")
+# How attention is written into the ONNX graph: "matmul" = MatMul/Softmax/MatMul (opset 18-20,
+# what TensorRT < 10.14 fuses itself), "op" = the ONNX `Attention` op (opset >= 23).
+ATTENTION_ENCODINGS = ("auto", "matmul", "op")
+OPSETS = (18, 19, 20, 21, 22, 23)
+ATTENTION_OP_MIN_OPSET = 23
+DEFAULT_OPSET = 20
+
+
+@dataclass(frozen=True)
+class EngineFormat:
+    """One row of the table. `suffixes[0]` is the suffix export writes."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    needs_gpu: bool
+    exportable: bool
+    precisions: tuple[str, ...]
+    options: frozenset[str]  # export options this format accepts beyond the common ones
+    runtime_module: str  # the Python module that runs the engine
+    install_hint: str
+    description: str
+
+    @property
+    def suffix(self) -> str:
+        return self.suffixes[0]
+
+    def runtime_installed(self) -> bool:
+        """True if the runtime module can be imported (checked without importing it)."""
+        return importlib.util.find_spec(self.runtime_module) is not None
+
+
+COMMON_OPTIONS = frozenset({"scope", "precision", "min_size", "opt_size", "max_size", "max_batch", "out", "force"})
+
+FORMATS: dict[str, EngineFormat] = {
+    f.name: f
+    for f in (
+        EngineFormat(
+            name="onnx",
+            suffixes=(".onnx",),
+            needs_gpu=False,
+            exportable=True,
+            # bf16 ONNX graphs have no kernels in ONNX Runtime's CPU provider; TensorRT gets bf16
+            # from an fp32 graph plus a builder flag instead.
+            precisions=("fp32", "fp16"),
+            options=COMMON_OPTIONS | {"opset", "attention"},
+            runtime_module="onnxruntime",
+            install_hint="pip install onnxruntime (or onnxruntime-gpu on a machine with an NVIDIA GPU)",
+            description="ONNX graph with metadata, run by ONNX Runtime (CPU, CUDA or TensorRT provider)",
+        ),
+        EngineFormat(
+            name="trt",
+            suffixes=(".plan", ".engine"),
+            needs_gpu=True,
+            exportable=True,
+            precisions=("fp32", "fp16", "bf16"),
+            options=COMMON_OPTIONS | {"opset", "attention", "workspace_mb", "timing_cache"},
+            runtime_module="tensorrt",
+            install_hint="pip install tensorrt (TensorRT 10, on a Linux or Windows machine with an NVIDIA GPU and driver)",
+            description="TensorRT 10 engine (.plan) plus a JSON sidecar with its metadata",
+        ),
+        EngineFormat(
+            name="torch",
+            suffixes=(".safetensors", ".bin", ".pth", ".pt", ".ckpt"),
+            needs_gpu=False,
+            exportable=False,
+            precisions=PRECISIONS,
+            options=frozenset(),
+            runtime_module="torch",
+            install_hint="pip install torch",
+            description="a LoftUp checkpoint (ours, official .bin, Lightning .ckpt) run by PyTorch",
+        ),
+    )
+}
+EXPORT_FORMATS = tuple(name for name, f in FORMATS.items() if f.exportable)
+
+
+def get_format(name: str) -> EngineFormat:
+    """The table row for `name`; ConfigError with a did-you-mean hint otherwise."""
+    return FORMATS[check_choice("format", name, FORMATS)]
+
+
+def export_format(name: str) -> EngineFormat:
+    """Like get_format, but only formats `loftup export` writes."""
+    return FORMATS[check_choice("export format", name, EXPORT_FORMATS)]
+
+
+def format_for_path(path: str | Path) -> EngineFormat:
+    """The format a file belongs to, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    for fmt in FORMATS.values():
+        if suffix in fmt.suffixes:
+            return fmt
+    known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
+    raise ConfigError(f"cannot tell the engine format of {Path(path).name!r} from its suffix; use one of: {known}")
+
+
+def resolve_attention(encoding: str, opset: int) -> str:
+    """'auto' -> 'op' at opset >= 23, else 'matmul'; an explicit 'op' needs opset >= 23."""
+    check_choice("attention encoding", encoding, ATTENTION_ENCODINGS)
+    if opset not in OPSETS:
+        raise ConfigError(f"opset {opset} is not supported; choose one of {', '.join(map(str, OPSETS))}")
+    if encoding == "auto":
+        return "op" if opset >= ATTENTION_OP_MIN_OPSET else "matmul"
+    if encoding == "op" and opset < ATTENTION_OP_MIN_OPSET:
+        raise ConfigError(
+            f"the ONNX Attention op needs opset >= {ATTENTION_OP_MIN_OPSET} (got {opset}); "
+            f"use --opset {ATTENTION_OP_MIN_OPSET} or --attention matmul"
+        )
+    return encoding
+
+
+def check_export_options(fmt: EngineFormat, precision: str, scope: str, sizes: tuple[int, int, int], max_batch: int, **given) -> None:
+    """Validate options against the format's row; ConfigError saying what to change."""
+    check_choice("scope", scope, SCOPES)
+    check_choice("precision", precision, PRECISIONS)
+    if precision not in fmt.precisions:
+        others = [f.name for f in FORMATS.values() if f.exportable and precision in f.precisions]
+        raise ConfigError(
+            f"--format {fmt.name} does not take precision {precision!r} (it takes {', '.join(fmt.precisions)})"
+            + (f"; {precision} is available with --format {others[0]}" if others else "")
+        )
+    unknown = sorted(k for k, v in given.items() if v is not None and k not in fmt.options)
+    if unknown:
+        raise ConfigError(f"--format {fmt.name} does not accept option(s) {', '.join(unknown)}")
+    lo, opt, hi = sizes
+    if not (0 < lo <= opt <= hi):
+        raise ConfigError(f"sizes must satisfy 0 < min-size <= opt-size <= max-size, got {lo}, {opt}, {hi}")
+    if max_batch < 1:
+        raise ConfigError(f"max batch must be at least 1, got {max_batch}")

@@ -1,0 +1,107 @@
+"""`loftup bench` on CPU with small models: every field in the JSON, skipped backends with reasons,
+a PNG plot, and the analytic FLOP formula against the figures in anchors.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loftup.cli import main
+
+pytestmark = pytest.mark.export
+
+ROW_FIELDS = {"backend", "precision", "batch", "size", "lr_size", "status", "engine", "warmup", "repeats", "latency_ms",
+              "throughput", "memory", "work", "parity", "ratio_to_torch_reference"}
+
+
+def test_flop_formula_matches_the_anchors():
+    from loftup.bench.flops import upsampler_macs
+    from loftup.model import LoftUpConfig
+
+    cfg = LoftUpConfig(feat_dim=384)
+    tmac = {s: upsampler_macs(cfg, 1, s, s, s // 14, s // 14)["total"] / 1e12 for s in (224, 448, 896)}
+    assert tmac[224] == pytest.approx(0.203, abs=0.001)
+    assert tmac[448] == pytest.approx(1.06, abs=0.01)
+    assert tmac[896] == pytest.approx(8.2, abs=0.05)
+    assert upsampler_macs(cfg, 2, 224, 224, 16, 16)["total"] == pytest.approx(2 * tmac[224] * 1e12)
+
+
+def _tiny_spec():
+    import dataclasses
+
+    from loftup.backbones import get_spec
+
+    return dataclasses.replace(get_spec("dinov2_vits14"), name="dinov2_tiny", embed_dim=32)
+
+
+def test_bench_writes_every_field_and_skips_with_reasons(tmp_path, capsys, model):
+    from loftup.bench.harness import BenchOptions, run_bench
+
+    opts = BenchOptions(sizes=[28, 42], batch_sizes=[1, 2], precisions=["fp32", "bf16"],
+                        backends=["torch-reference", "torch-sdpa", "onnxruntime", "triton", "tensorrt"],
+                        repeats=3, max_seconds=5, threads=2, out=tmp_path / "bench.json", progress=False)
+    report = run_bench(opts, model=model, backbone_spec=_tiny_spec())
+    captured = capsys.readouterr()
+    data = json.loads(report.json_path.read_text())
+    assert report.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"environment", "model", "flop_formula", "gemm_peak_gflops", "rows", "tolerances", "parity_reference"} <= set(data)
+    assert data["gemm_peak_gflops"]["fp32"] > 1 and data["gemm_peak_gflops"]["bf16"] > 1
+    assert data["model"]["feat_dim"] == 32 and data["environment"]["torch_threads"] == 2
+    rows = data["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    done = {(r["backend"], r["precision"]) for r in ok}
+    assert done == {("torch-reference", "fp32"), ("torch-reference", "bf16"), ("torch-sdpa", "fp32"), ("torch-sdpa", "bf16"),
+                    ("onnxruntime-cpu", "fp32")}
+    assert len(ok) == 5 * 2 * 2  # five (backend, precision) pairs x two sizes x two batch sizes
+    for r in ok:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["median"] <= lat["p90"] and len(lat["all"]) == r["repeats"] >= 1
+        assert r["throughput"]["images_per_s"] == pytest.approx(r["batch"] * 1e3 / lat["median"])
+        assert r["memory"]["peak_mb"] > 50 and "RSS" in r["memory"]["method"]
+        w = r["work"]
+        assert w["gflop"] > 0 and w["achieved_gflops"] == pytest.approx(w["gflop"] / lat["median"] * 1e3)
+        assert w["fraction_of_peak"] == pytest.approx(w["achieved_gflops"] / data["gemm_peak_gflops"][r["precision"]])
+        assert r["parity"]["passed"], r
+        assert r["ratio_to_torch_reference"] is not None
+    skipped = {(r["backend"], r["precision"]): r["reason"] for r in rows if r["status"] == "skipped"}
+    assert "NVIDIA GPU" in skipped[("triton", "fp32")] and "NVIDIA GPU" in skipped[("tensorrt", "fp32")]
+    assert "bf16" in skipped[("onnxruntime-cpu", "bf16")]
+    assert ("onnxruntime-cuda", "fp32") in skipped and ("onnxruntime-tensorrt", "fp32") in skipped
+    assert all(reason for reason in skipped.values())
+    assert not [r for r in rows if r["status"] == "failed"]
+    assert "median ms" in captured.err and "skipped triton" in captured.err  # the table and the reasons
+
+
+def test_bench_cli(tmp_path, capsys):
+    """The verb end to end, at a size where the real-size (C=384) upsampler is quick."""
+    code = main(["bench", "--random-init", "--sizes", "28", "--precisions", "fp32", "--backends", "torch-sdpa,tensorrt",
+                 "--warmup", "0", "--repeats", "1", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (json_file,) = tmp_path.glob("bench-*.json")  # named after the machine, timm-style
+    assert json_file.with_suffix(".png").is_file()
+    rows = json.loads(json_file.read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok", "skipped"] and rows[0]["lr_size"] == 2
+    assert "wrote" in captured.out and "median ms" in captured.err
+
+
+def test_bench_bad_arguments(capsys):
+    assert main(["bench", "--random-init", "--backends", "onnxruntme"]) == 2
+    assert "did you mean 'onnxruntime'" in capsys.readouterr().err
+    assert main(["bench", "--random-init", "--sizes", "224,abc"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err
+    assert main(["bench", "--sizes", "224"]) == 2
+    assert "--random-init" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_torch_compile_runs(tmp_path, model):
+    """torch.compile's first call compiles for ~a minute on 2 cores: slow marker."""
+    from loftup.bench.harness import BenchOptions, run_bench
+
+    report = run_bench(BenchOptions(sizes=[28], precisions=["fp32"], backends=["torch-compile"], repeats=2, out=tmp_path,
+                                    progress=False), model=model, backbone_spec=_tiny_spec())
+    (row,) = report.rows
+    assert row["status"] == "ok" and row["parity"]["passed"]
