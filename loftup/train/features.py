@@ -1,0 +1,87 @@
+"""Frozen-backbone features on the fly, optionally cached on disk by content hash.
+
+The cache key is the SHA-256 of the exact input tensor (shape, dtype, bytes) plus the
+backbone's identity (name, weights source) and the autocast dtype, so a cached entry is
+only reused for a bit-identical input: a second epoch with deterministic views (center crop,
+no flip) reads features instead of running the backbone; random views simply miss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def backbone_identity(backbone: nn.Module) -> str:
+    """A string naming the backbone and its weights (for cache keys and checkpoint metadata)."""
+    name = getattr(backbone, "name", type(backbone).__name__)
+    source = getattr(backbone, "weights_source", None)
+    if source is None:  # an ad-hoc module: hash its weights
+        h = hashlib.sha256()
+        for k, v in sorted(backbone.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        source = "sha256:" + h.hexdigest()[:16]
+    return f"{name}|{source}"
+
+
+class FeatureExtractor:
+    """images (B, 3, H, W) normalised -> raw backbone features (B, C, H/p, W/p), float32, no grad."""
+
+    def __init__(self, backbone: nn.Module, cache_dir: str | Path | None = None, autocast_dtype: torch.dtype | None = None):
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.autocast_dtype = autocast_dtype
+        self.identity = backbone_identity(backbone) + f"|{autocast_dtype}"
+        self.hits = 0
+        self.misses = 0
+
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self._autocast(images.device):
+            return self.backbone(images).float()
+
+    def key(self, image: torch.Tensor) -> str:
+        h = hashlib.sha256(self.identity.encode())
+        x = image.detach().to("cpu", torch.float32).contiguous()
+        h.update(str(tuple(x.shape)).encode())
+        h.update(x.numpy().tobytes())
+        return h.hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.safetensors"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cache_dir is None:
+            return self._run(images)
+        from safetensors.torch import load_file, save_file
+
+        from ..model.checkpoint import atomic_write
+
+        keys = [self.key(x) for x in images]
+        found: dict[int, torch.Tensor] = {}
+        for i, k in enumerate(keys):
+            p = self._path(k)
+            if p.is_file():
+                try:
+                    found[i] = load_file(str(p))["feats"]
+                except Exception:  # a damaged entry: recompute and overwrite
+                    pass
+        missing = [i for i in range(len(keys)) if i not in found]
+        self.hits += len(found)
+        self.misses += len(missing)
+        if missing:
+            feats = self._run(images[missing])
+            for j, i in enumerate(missing):
+                t = feats[j].detach().cpu().contiguous()
+                found[i] = t
+                atomic_write(self._path(keys[i]), lambda p, t=t: save_file({"feats": t}, str(p)))
+        return torch.stack([found[i] for i in range(len(keys))]).to(images.device)

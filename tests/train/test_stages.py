@@ -1,0 +1,150 @@
+"""Stage 1 learns the pseudo-GT; stage 2 distils from an EMA teacher that follows its decay rule."""
+
+import math
+
+import pytest
+import torch
+from conftest import TinyBackbone, write_photos
+
+from loftup.model import load_checkpoint
+from loftup.train import Trainer, build_config
+from loftup.train.data import collate
+from loftup.train.stage2 import EmaTeacher, Stage2Objective, TrainingError, affinity_loss, central
+
+SIZE = 28
+
+
+def config(stage, root, **kw):
+    base = dict(data=str(root / "photos"), out=str(root / f"s{stage}"), batch_size=4, size=SIZE, num_workers=0,
+                progress=False, log_every=5, seed=0)
+    base.update(kw)
+    return build_config(stage, "paper", **base)
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    write_photos(root / "photos", n=8, side=64)
+    result = Trainer(config(1, root, steps=30, masks="felzenszwalb"), backbone=TinyBackbone()).fit()
+    return root, result
+
+
+def test_stage1_loss_falls_on_superpixel_masks(stage1_run):
+    root, r = stage1_run
+    first, last = sum(r.losses[:3]) / 3, sum(r.losses[-3:]) / 3
+    print(f"stage 1 loss: first 3 steps {first:.4f}, last 3 steps {last:.4f}")
+    assert last < 0.35 * first
+    assert r.finished and (root / "s1" / "model.safetensors").is_file()
+    model = load_checkpoint(root / "s1" / "model.safetensors", feat_dim=16)
+    assert model.meta["stage"] == 1 and model.meta["step"] == 30
+    log = (root / "s1" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and len(log) == 1 + 6
+
+
+def fixed_batch(trainer, n=4, seed=123):
+    return trainer._to_device(collate([trainer.dataset[(i, SIZE, seed)] for i in range(n)]))
+
+
+def test_stage2_distils_and_the_teacher_follows_the_ema_rule(stage1_run):
+    root, _ = stage1_run
+    snaps = {}
+
+    def snapshot(trainer, step, metrics):
+        snaps[step] = {k: v.detach().clone().double() for k, v in trainer.core.state_dict().items()}
+
+    cfg = config(2, root, init=str(root / "s1" / "model.safetensors"), steps=20, lr=1e-3, ema_every=5)
+    tr = Trainer(cfg, backbone=TinyBackbone(), callbacks=[snapshot])
+    t0 = {k: v.detach().clone().double() for k, v in tr.objective.teacher.module.state_dict().items()}
+    s0 = {k: v.detach().clone().double() for k, v in tr.core.state_dict().items()}
+    assert all(torch.equal(t0[k], s0[k]) for k in t0)  # both start from the stage-1 weights
+    batch = fixed_batch(tr)
+
+    def fixed_loss():  # eval mode: BatchNorm running statistics stay untouched
+        tr.core.eval()
+        with torch.no_grad():
+            value = float(tr.objective.loss(tr, batch)[0])
+        tr.core.train()
+        return value
+
+    before = fixed_loss()
+    r = tr.fit()
+    after = fixed_loss()
+    print(f"stage 2 distillation loss on a fixed batch: {before:.5f} -> {after:.5f}; per step {r.losses[0]:.5f} .. {r.losses[-1]:.5f}")
+    assert min(r.losses) > 0 and after < 0.8 * before
+
+    # hand computation of the EMA: every 5 steps, T = 0.99 T + 0.01 S (parameters and float buffers)
+    teacher = tr.objective.teacher.module.state_dict()
+    assert tr.objective.teacher.updates == 4
+    for k, t in t0.items():
+        if not teacher[k].is_floating_point():
+            assert torch.equal(teacher[k].double(), snaps[20][k])  # counters are copied
+            continue
+        want = t
+        for step in (5, 10, 15, 20):
+            want = 0.99 * want + 0.01 * snaps[step][k]
+        assert torch.allclose(teacher[k].double(), want, rtol=1e-5, atol=1e-6), k
+    diffs = [float((teacher[k].double() - snaps[20][k]).abs().max()) for k in t0 if teacher[k].is_floating_point()]
+    assert max(diffs) > 1e-4  # the teacher lags the student
+    assert (root / "s2" / "teacher.safetensors").is_file()
+
+
+def test_ema_teacher_rule_in_isolation():
+    s = torch.nn.Linear(3, 2)
+    ema = EmaTeacher(s, decay=0.9, every=2)
+    w0 = s.weight.detach().clone()
+    with torch.no_grad():
+        s.weight.add_(1.0)
+    assert not ema.update(s, 1) and torch.equal(ema.module.weight, w0)
+    assert ema.update(s, 2)
+    assert torch.allclose(ema.module.weight, 0.9 * w0 + 0.1 * (w0 + 1.0), atol=1e-6)
+    assert not ema.module.weight.requires_grad and ema.module.weight is not s.weight
+
+
+def test_affinity_loss_matches_explicit_gram_matrices():
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 4, 6, 5), torch.randn(3, 4, 6, 5)  # P = 30 > C = 4: the C x C identity path
+    an = torch.nn.functional.normalize(a.flatten(2), dim=1)
+    bn = torch.nn.functional.normalize(b.flatten(2), dim=1)
+    direct = ((an.transpose(1, 2) @ an - bn.transpose(1, 2) @ bn) ** 2).mean()
+    assert torch.allclose(affinity_loss(a, b), direct, rtol=1e-5)
+    small_a, small_b = torch.randn(2, 40, 3, 3), torch.randn(2, 40, 3, 3)  # P = 9 <= C: explicit path
+    sa = torch.nn.functional.normalize(small_a.flatten(2), dim=1)
+    sb = torch.nn.functional.normalize(small_b.flatten(2), dim=1)
+    assert torch.allclose(affinity_loss(small_a, small_b), ((sa.transpose(1, 2) @ sa - sb.transpose(1, 2) @ sb) ** 2).mean())
+    assert float(affinity_loss(a, a * 3.0)) == pytest.approx(0.0, abs=1e-6)  # cosine: scale-free
+    assert central(torch.zeros(1, 1, 10, 10), 0.8).shape[-2:] == (8, 8)
+
+
+class ConstantUpsampler(torch.nn.Module):
+    """A broken 'upsampler' whose output ignores its input: the distillation signal is zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, lr, image):
+        B, _, H, W = image.shape
+        return self.w * torch.ones(B, 4, H, W)
+
+
+def test_identically_zero_distillation_loss_fails_loudly():
+    cfg = build_config(2, "paper", size=SIZE)
+    obj = Stage2Objective(cfg, ConstantUpsampler())
+
+    class FakeTrainer:
+        model = ConstantUpsampler()
+        features = staticmethod(lambda x: torch.zeros(x.shape[0], 4, 2, 2))
+        autocast = staticmethod(torch.no_grad)
+
+    batch = {
+        "image": torch.randn(1, 3, SIZE, SIZE), "t_images": torch.randn(1, 2, 3, SIZE, SIZE),
+        "t_masks": torch.zeros(1, 2, 0, SIZE, SIZE, dtype=torch.bool), "t_boxes": torch.tensor([[[0, 0, 10], [5, 5, 14]]]),
+    }
+    with pytest.raises(TrainingError, match="exactly zero"):
+        obj.loss(FakeTrainer(), batch)
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    write_photos(tmp_path / "photos", n=4, side=48)
+    r = Trainer(config(1, tmp_path, steps=2, precision="bf16", batch_size=2), backbone=TinyBackbone()).fit()
+    assert len(r.losses) == 2 and all(math.isfinite(x) for x in r.losses)
