@@ -64,7 +64,7 @@ class FeatureExtractor:
             return self._run(images)
         from safetensors.torch import load_file, save_file
 
-        from ..model.checkpoint import atomic_write
+        from ..io import atomic_write
 
         keys = [self.key(x) for x in images]
         found: dict[int, torch.Tensor] = {}

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..model.checkpoint import atomic_write
+from ..io import atomic_write
 
 STATE_FORMAT = "loftup-train-state"
 

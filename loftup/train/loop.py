@@ -444,7 +444,7 @@ class Trainer:
         return result
 
     def _write_summary(self, result: TrainResult) -> None:
-        from ..model.checkpoint import atomic_write
+        from ..io import atomic_write
 
         old = {}
         if self.run.summary.is_file():

@@ -278,7 +278,7 @@ def dump_yaml(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config (atomically) so a run can be resumed and reproduced."""
     import yaml
 
-    from ..model.checkpoint import atomic_write
+    from ..io import atomic_write
 
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     atomic_write(Path(path), lambda p: p.write_text(text))
