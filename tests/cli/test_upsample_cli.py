@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from cli_support import assert_one_line_error, run
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -27,21 +28,6 @@ def ckpt384(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "up384.safetensors"
     return save_checkpoint(LoftUp(LoftUpConfig(feat_dim=384, backbone="dinov2_vits14")), path)
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code != 0
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_upsample_bundled_photo_end_to_end(tmp_path, capsys, ckpt384):

@@ -4,26 +4,11 @@ import json
 
 import pytest
 import torch
+from cli_support import assert_one_line_error, run
 
-from loftup.cli import main
 from loftup.model import LoftUp, LoftUpConfig, save_checkpoint
 
 FAST = ["--backbone", "tiny_conv", "--size", "32", "--epochs", "3", "--lr", "1e-2", "--batch-size", "4"]
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code != 0
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def check_parity_fields(parity, probe, primary):
