@@ -4,7 +4,8 @@ For every (output size, batch, backend, precision): warm-up runs (compilation ha
 then timed runs (up to `repeats`, within `max_seconds`), reporting median and p90 latency,
 throughput, peak memory (process RSS on CPU, CUDA max allocated on GPU), achieved GFLOP/s
 from the analytic count in `loftup.bench.flops`, that as a fraction of a matrix-multiply peak
-measured on the same device in the same run, the latency ratio to torch-reference, and
+measured on the same device in the same run (before and after the rows: a drift means other
+load on the machine, and a warning is printed), the latency ratio to torch-reference, and
 parity against PyTorch fp32 (sdpa attention, which is exact) on the same inputs.
 
 Inputs are a bundled photo at each output size and stand-in low-res features of it (see
@@ -17,6 +18,7 @@ named after the machine (`bench-<host>-<device>-<time>.json`).
 from __future__ import annotations
 
 import math
+import os
 import platform
 import statistics
 import tempfile
@@ -128,9 +130,10 @@ def environment(device: str) -> dict[str, Any]:
     except OSError:
         pass
     env = {
+        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "hostname": platform.node(),
         "cpu": cpu,
-        "logical_cpus": __import__("os").cpu_count(),
+        "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -433,6 +436,12 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
         factory.close()
 
     _ratios(rows)
+    peaks_after = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
+    drift = max(abs(peaks_after[k] - peaks[k]) / peaks[k] for k in peaks)
+    if drift > 0.2:
+        console.print(f"[yellow]warning: the matrix-multiply peak changed by {100 * drift:.0f}% during the run "
+                      "(other load on the machine?); latencies are not comparable across rows[/yellow]")
+    env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     data = {
         "loftup_version": env["loftup"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -442,6 +451,7 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
                   "source": str(opts.checkpoint) if opts.checkpoint else "random init"},
         "flop_formula": FORMULA,
         "gemm_peak_gflops": peaks,
+        "gemm_peak_gflops_after": peaks_after,
         "parity_reference": "PyTorch fp32, sdpa attention (exact), same inputs",
         "tolerances": {k: vars(v) for k, v in TOLERANCES.items()},
         "options": {"sizes": opts.sizes, "batch_sizes": opts.batch_sizes, "precisions": opts.precisions, "backends": names,
@@ -449,7 +459,7 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
         "rows": rows,
     }
     json_path, plot_path = _output_paths(opts.out, env)
-    from ..model.checkpoint import atomic_write
+    from ..io import atomic_write
 
     import json
 

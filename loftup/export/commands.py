@@ -99,7 +99,7 @@ def default_out(opts: ExportOptions, scope: str, suffix: str) -> Path:
 
 
 def _move_into_place(staged: Path, final: Path) -> None:
-    from ..model.checkpoint import atomic_write
+    from ..io import atomic_write
 
     atomic_write(final, lambda tmp: os.replace(staged, tmp))
 

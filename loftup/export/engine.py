@@ -88,7 +88,7 @@ def now_iso() -> str:
 def base_metadata(model, backbone=None, *, fmt: str, scope: str, precision: str, source: str | Path | None = None) -> EngineMetadata:
     """Metadata common to every engine made from `model` (a LoftUp) and an optional backbone."""
     from .. import __version__
-    from ..model.checkpoint import file_sha256
+    from ..io import file_sha256
 
     check_choice("scope", scope, SCOPES)
     src = Path(source) if source else None

@@ -183,7 +183,7 @@ def _pin_float32(trt, network, names: set[str]) -> int:
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    from ..model.checkpoint import atomic_write
+    from ..io import atomic_write
 
     atomic_write(path, lambda p: p.write_bytes(data))
 
@@ -264,7 +264,7 @@ def build_plan(onnx_path: str | Path, plan_path: str | Path, metadata: EngineMet
 
 
 def write_sidecar(plan_path: str | Path, md: EngineMetadata) -> None:
-    from ..model.checkpoint import atomic_write
+    from ..io import atomic_write
 
     atomic_write(sidecar_path(plan_path), lambda p: p.write_text(md.to_json()))
 

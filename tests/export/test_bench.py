@@ -45,8 +45,10 @@ def test_bench_writes_every_field_and_skips_with_reasons(tmp_path, capsys, model
     captured = capsys.readouterr()
     data = json.loads(report.json_path.read_text())
     assert report.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {"environment", "model", "flop_formula", "gemm_peak_gflops", "rows", "tolerances", "parity_reference"} <= set(data)
+    assert {"environment", "model", "flop_formula", "gemm_peak_gflops", "gemm_peak_gflops_after", "rows", "tolerances",
+            "parity_reference"} <= set(data)
     assert data["gemm_peak_gflops"]["fp32"] > 1 and data["gemm_peak_gflops"]["bf16"] > 1
+    assert len(data["environment"]["load_average_start"]) == 3
     assert data["model"]["feat_dim"] == 32 and data["environment"]["torch_threads"] == 2
     rows = data["rows"]
     ok = [r for r in rows if r["status"] == "ok"]

@@ -22,7 +22,7 @@ def test_export_official_checkpoint_without_backbone(tmp_path, capsys, official_
     to upsampler, parity is checked and stored, the file appears only when complete."""
     from loftup.export.onnx import read_metadata
     from loftup.export.parity import ParityResult
-    from loftup.model.checkpoint import file_sha256
+    from loftup.io import file_sha256
 
     official = official_dir / "loftup_tiny.safetensors"
     out = tmp_path / "engines" / "tiny.onnx"

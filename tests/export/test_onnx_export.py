@@ -55,7 +55,9 @@ def test_traceable_position_embedding_clip():
 
 
 def _reference(model, backbone, scope):
-    return TorchEngine(with_attention_backend(model, "sdpa"), backbone if scope == "pipeline" else backbone)
+    """PyTorch fp32 (BatchNorm unfolded). With a backbone it also makes the upsampler scope's
+    low-res features, so both scopes see real (random-ViT) features of the photos."""
+    return TorchEngine(with_attention_backend(model, "sdpa"), backbone)
 
 
 @pytest.mark.parametrize("encoding", ["matmul", "op"])
@@ -118,7 +120,7 @@ def test_tensorrt_targeted_graph_uses_only_parser_ops(exports, scope):
 
 def test_metadata_round_trips(exports, checkpoint, backbone):
     from loftup import __version__
-    from loftup.model.checkpoint import file_sha256
+    from loftup.io import file_sha256
 
     md = read_metadata(exports[("pipeline", "op", "fp32")])
     assert (md.format, md.scope, md.feat_dim, md.precision, md.opset, md.attention) == ("onnx", "pipeline", C, "fp32", 23, "op")
