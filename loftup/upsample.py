@@ -140,7 +140,7 @@ def build_model(opts: UpsampleOptions, feat_dim: int, device: torch.device):
 def save_features(path: Path, hr: torch.Tensor, lr: torch.Tensor, fmt: str) -> Path:
     from safetensors.torch import save_file
 
-    from .model.checkpoint import atomic_write
+    from .io import atomic_write
 
     if fmt == "npy":
         path = path.with_suffix(".npy")
@@ -159,7 +159,7 @@ def save_features(path: Path, hr: torch.Tensor, lr: torch.Tensor, fmt: str) -> P
 
 
 def save_picture(path: Path, image, lr_normed: torch.Tensor, hr: torch.Tensor) -> Path:
-    from .model.checkpoint import atomic_write
+    from .io import atomic_write
     from .viz import pca_panel
 
     path = path.with_suffix(".png")

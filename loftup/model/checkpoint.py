@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_write, file_sha256, read_tensors  # noqa: F401  (re-exported)
+from ..io import atomic_write, read_tensors
 from .config import LoftUpConfig
 from .upsampler import LoftUp
 
