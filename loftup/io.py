@@ -91,3 +91,22 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {bad[:3]}")
     return obj, meta
+
+
+def state_dict_mismatch(model: torch.nn.Module, sd: dict[str, torch.Tensor], optional=("num_batches_tracked",)) -> str:
+    """'' if `sd` fits `model` exactly, else a summary of missing / unexpected keys and shape mismatches.
+
+    Keys ending in one of `optional` may be missing (older BatchNorm checkpoints lack the counter).
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in sd and not k.endswith(tuple(optional))]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {expected[k]}" for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+    problems = []
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    return "; ".join(problems)

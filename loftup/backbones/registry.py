@@ -42,7 +42,7 @@ from loftup.backbones.vit import (
     strip_wrapper_prefix,
 )
 from loftup.errors import CheckpointError, ConfigError, check_choice
-from loftup.io import read_tensors
+from loftup.io import read_tensors, state_dict_mismatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -175,24 +175,10 @@ def check_state_dict(
     model: nn.Module, sd: dict[str, torch.Tensor], source: str, name: str
 ) -> None:
     """CheckpointError naming missing / unexpected keys and shape mismatches, if any."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {expected[k]}"
-        for k in expected
-        if k in sd and tuple(sd[k].shape) != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
+    problems = state_dict_mismatch(model, sd, optional=())
     if problems:
         raise CheckpointError(
-            f"{source} does not fit backbone {name!r}: {'; '.join(problems)}; "
+            f"{source} does not fit backbone {name!r}: {problems}; "
             "pass a checkpoint of this architecture or choose the matching backbone"
         )
 

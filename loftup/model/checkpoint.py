@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_write, read_tensors
+from ..io import atomic_write, read_tensors, state_dict_mismatch
 from .config import LoftUpConfig
 from .upsampler import LoftUp
 
@@ -85,19 +85,9 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> LoftUpConfig:
 
 def load_into(model: LoftUp, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> LoftUp:
     """Strict load with a readable error for missing / unexpected keys and shape mismatches."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (file vs model), e.g. {shapes[0]}")
-        if missing:
-            parts.append(f"{len(missing)} missing keys, e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}")
-        raise CheckpointError(f"{source} does not fit this LoftUp model: " + "; ".join(parts))
+    problems = state_dict_mismatch(model, sd)
+    if problems:
+        raise CheckpointError(f"{source} does not fit this LoftUp model: {problems}")
     model.load_state_dict(sd, strict=False)
     return model
 
