@@ -133,7 +133,9 @@ class LoftUp(nn.Module):
 
     def __init__(self, cfg: LoftUpConfig | None = None, **overrides):
         super().__init__()
-        cfg = (cfg or LoftUpConfig()).replace(**overrides) if overrides else (cfg or LoftUpConfig())
+        cfg = cfg or LoftUpConfig()
+        if overrides:
+            cfg = cfg.replace(**overrides)
         self.cfg = cfg
         self.upsampler = LoftUpUpsampler(cfg)
         self.channelnorm = ChannelNorm(cfg.feat_dim)

@@ -57,7 +57,6 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 def init_distributed(device: str = "auto") -> DistContext:
     """A DistContext for this process; starts the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world <= 1:
