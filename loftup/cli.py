@@ -54,6 +54,7 @@ def upsample(
     batch_size: int = typer.Option(1, help="Images per forward pass (images of one size are batched)."),
     attn_backend: str = typer.Option("auto", help="Attention backend: auto, sdpa, triton, reference."),
     picture: bool = typer.Option(True, help="Write a PCA picture per image (input | low-res | bilinear | LoftUp)."),
+    features: bool = typer.Option(True, help="Write the feature files (--no-features: pictures only)."),
 ) -> None:
     """Upsample a backbone's features for an image or a folder and write features + PCA pictures."""
     from .upsample import UpsampleOptions, run_upsample
@@ -61,10 +62,10 @@ def upsample(
     opts = UpsampleOptions(
         backbone=backbone, checkpoint=checkpoint, random_init=random_init, weights=weights, size=size,
         input_size=input_size, out=out, format=format, device=device, dtype=dtype, batch_size=batch_size,
-        attn_backend=attn_backend, picture=picture,
+        attn_backend=attn_backend, picture=picture, features=features,
     )
     written = run_upsample(inputs, opts)
-    typer.echo(f"wrote {len(written)} feature file(s) to {out}")
+    typer.echo(f"wrote {len(written)} {'feature file' if features else 'picture'}(s) to {out}")
 
 
 @app.command()
@@ -83,7 +84,8 @@ def _register_optional_verbs() -> None:
     for module, names in (
         ("loftup.export.commands", ("export", "bench")),
         ("loftup.train.commands", ("train",)),
-        ("loftup.eval.commands", ("eval", "demo")),
+        ("loftup.eval.commands", ("eval",)),
+        ("loftup.demo", ("demo",)),
     ):
         try:
             mod = importlib.import_module(module)

@@ -6,8 +6,10 @@ from PIL import Image
 
 from .errors import InputError, closest
 
-# scikit-image's bundled colour photos (skimage.data.<name>()); grayscale ones are converted.
-SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "retina", "camera", "coins")
+# scikit-image's bundled photos (skimage.data.<name>()); grayscale ones are converted. "cat" is
+# skimage's alias of "chelsea"; brick, grass and gravel are grayscale texture photos.
+SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "retina", "camera", "coins",
+           "hubble_deep_field", "brick", "grass", "gravel")
 PREFIX = "sample:"
 
 

@@ -38,6 +38,7 @@ class UpsampleOptions:
     batch_size: int = 1
     attn_backend: str = "auto"
     picture: bool = True
+    features: bool = True  # False: pictures only (no feature files)
     seed: int = 0
 
 
@@ -170,7 +171,8 @@ def save_picture(path: Path, image, lr_normed: torch.Tensor, hr: torch.Tensor) -
 
 
 def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = True) -> list[Path]:
-    """Upsample every image named by `inputs`; returns the feature files written."""
+    """Upsample every image named by `inputs`; returns the files written (feature files, or the
+    pictures when opts.features is False)."""
     from .backbones import create_backbone, get_spec, image_to_tensor
     from .kernels import BACKENDS
 
@@ -181,6 +183,8 @@ def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = Tru
     for name in ("size", "input_size", "batch_size"):
         if getattr(opts, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(opts, name)}")
+    if not opts.features and not opts.picture:
+        raise ConfigError("--no-features with --no-picture would write nothing; keep one of them")
     if opts.checkpoint is None and not opts.random_init:
         raise ConfigError(
             "no trained LoftUp weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
@@ -215,9 +219,12 @@ def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = Tru
             for i, (item, image, _, _) in enumerate(pending):
                 target = out / item.rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                written.append(save_features(target, hr[i].cpu(), lr[i].cpu(), opts.format))
+                if opts.features:
+                    written.append(save_features(target, hr[i].cpu(), lr[i].cpu(), opts.format))
                 if opts.picture:
-                    save_picture(target, image, lr_normed[i].cpu(), hr[i].cpu())
+                    picture = save_picture(target, image, lr_normed[i].cpu(), hr[i].cpu())
+                    if not opts.features:
+                        written.append(picture)
                 if bar:
                     bar.advance(task)
             pending.clear()

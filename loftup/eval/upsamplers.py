@@ -96,10 +96,12 @@ class BackboneRunner:
         return max(p, h // p * p), max(p, w // p * p)
 
     def backbone_input(self, image: torch.Tensor) -> torch.Tensor:
+        """The image resized for the backbone: bilinear, as the exported pipeline does it
+        (loftup.export.engine.LoftUpPipeline), so a pipeline engine and its reference see the same input."""
         hw = self.input_hw(*image.shape[-2:])
         if tuple(image.shape[-2:]) == hw:
             return image
-        return F.interpolate(image, size=hw, mode="bicubic", align_corners=False)
+        return F.interpolate(image, size=hw, mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -381,6 +383,11 @@ def check_engine_fits(handle: EngineHandle, backbone_name: str, runner: Backbone
         raise InputError(
             f"engine {handle.path.name} upsamples {handle.feat_dim}-channel features but backbone {backbone_name!r} "
             f"gives {runner.embed_dim}; use an engine exported for this backbone"
+        )
+    if handle.scope == "pipeline" and runner.input_size is not None:
+        raise ConfigError(
+            f"engine {handle.path.name} is a pipeline engine: it resizes each image for its backbone itself, so "
+            "--input-size cannot apply to it; drop --input-size, or export with --scope upsampler"
         )
     for what, theirs, ours in (("mean", handle.mean, runner.mean), ("std", handle.std, runner.std)):
         if handle.scope == "pipeline" and theirs is not None and any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(theirs, ours)):

@@ -56,6 +56,17 @@ def test_upsample_folder_npy_batches_and_keeps_aspect(tmp_path, capsys, ckpt384,
     assert not list(out.rglob("*.png"))
 
 
+def test_pictures_only(tmp_path, capsys, ckpt384, photo):
+    out = tmp_path / "out"
+    code, stdout, err = run(BASE + [photo, "--checkpoint", ckpt384, "--out", out, "--no-features"], capsys)
+    assert code == 0, err
+    assert "1 picture(s)" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["chelsea.png"]
+    code, _, err = run(BASE + [photo, "--checkpoint", ckpt384, "--out", tmp_path / "none", "--no-features", "--no-picture"], capsys)
+    assert_one_line_error(code, err, "would write nothing")
+    assert not (tmp_path / "none").exists()
+
+
 def test_batched_equals_single(tmp_path, capsys, ckpt384, photo):
     Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(photo.parent / "flipped.png")
     for bs, name in ((1, "a"), (2, "b")):
