@@ -324,39 +324,42 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] | None = None) -> dic
 
 # ------------------------------------------------------------------------------------------
 # plots and the report
-def bar_plot(values: dict[str, float], path: Path, title: str, ylabel: str) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(fig, path: Path) -> Path:
     from .io import atomic_write
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    _pyplot().close(fig)
+    return path
+
+
+def bar_plot(values: dict[str, float], path: Path, title: str, ylabel: str) -> Path:
+    fig, ax = _pyplot().subplots(figsize=(6, 3.5), dpi=120)
     bars = ax.bar(range(len(values)), list(values.values()), color=["#4c72b0", "#dd8452", "#55a868"][: len(values)])
     ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(range(len(values)), list(values), fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def loss_plot(phases: dict[str, Any], path: Path) -> Path:
     """Training loss per step of both stages (from their log.csv files)."""
     import csv
 
-    import matplotlib
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import atomic_write
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=120)
+    fig, axes = _pyplot().subplots(1, 2, figsize=(9, 3.5), dpi=120)
     for ax, stage, what in zip(axes, ("stage1", "stage2"), ("MSE to mask-bicubic pseudo-GT", "distillation loss")):
         log = phases.get(stage, {}).get("log")
         if log and Path(log).is_file():
@@ -365,13 +368,10 @@ def loss_plot(phases: dict[str, Any], path: Path) -> Path:
             ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], marker=".")
         ax.set_title(f"{stage.replace('stage', 'stage ')}: {what}", fontsize=9)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("loss")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def render_markdown(record: dict[str, Any], root: Path) -> str:
@@ -415,7 +415,8 @@ def render_markdown(record: dict[str, Any], root: Path) -> str:
         m = bn["machine"]
         lines += ["", "## Latency", "", f"{bn['size']}x{bn['size']} photo ({bn['photo']}), batch 1, {bn['warmup']} warm-up run; "
                   f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} threads, torch {m['torch']}, "
-                  f"onnxruntime {m['onnxruntime']}, load average at start {m['load_average_start']}.", "",
+                  f"onnxruntime {m['onnxruntime']}, load averages at start "
+                  f"{' / '.join(f'{v:.2f}' for v in m['load_average_start'] or [])}.", "",
                   "| engine | median ms | p90 ms | runs | peak MB |", "|---|---|---|---|---|"]
         lines += [f"| {r['engine']} | {r['median_ms']} | {r['p90_ms']} | {r['runs']} | {r['peak_mb']} |" for r in bn["rows"]]
         p = bn["parity"]
@@ -432,7 +433,7 @@ def render_markdown(record: dict[str, Any], root: Path) -> str:
                   "fitted on the trained LoftUp's features.", "", mn["table"], "",
                   f"Engine vs reference: parity **{'passed' if par['passed'] else 'FAILED'}**; largest metric difference "
                   f"{worst[0]} {worst[1]:+.2e}; features: cosine min {par['feature_parity']['cosine_min']:.6f}, "
-                  f"max abs {par['feature_parity']['max_abs']:.2e}."]
+                  f"max abs {par['feature_parity']['max_abs']:.2e}.", ""]
         lines += [f"![{Path(p).stem}]({rel(p)})" for p in mn.get("pictures", [])]
     rp = ph.get("report", {})
     if rp.get("pictures"):

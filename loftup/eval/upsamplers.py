@@ -20,7 +20,6 @@ an nn.Module with `embed_dim`, `patch_size`, `mean`, `std` and `forward(image) -
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,14 +230,6 @@ def parse_baselines(text: str | None) -> list[str]:
 # engines: the one adapter onto loftup.export
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _first(meta: dict[str, Any], *keys: str) -> Any:
     for k in keys:
         if meta.get(k) not in (None, ""):
@@ -421,6 +412,8 @@ def resolve_reference(handle: EngineHandle, explicit: str | Path | None = None) 
                 f"engine {handle.path.name} was exported from {handle.reference}, which is not here; pass --reference CKPT"
             )
     if handle.reference_sha256 and explicit is None:
+        from ..io import file_sha256
+
         digest = file_sha256(ref)
         if digest != handle.reference_sha256:
             raise CheckpointError(
