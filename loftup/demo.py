@@ -188,6 +188,7 @@ class Demo:
     def stage2(self, photos: Path, init: Path) -> Path:
         plan = self.plan
         if plan.stage2_steps == 0:
+            self.log(f"[{self.PHASES.index('stage2') + 1}/{len(self.PHASES)}] stage 2 skipped (--stage2-steps 0)")
             self.record["phases"]["stage2"] = {"status": "skipped", "reason": "--stage2-steps 0"}
             return init
         with self.phase("stage2", f"stage 2: {plan.stage2_steps} steps of self-distillation, teacher crops at "
