@@ -22,6 +22,18 @@ from loftup.errors import ConfigError, InputError, check_choice
 RESAMPLE_MODES = ("bicubic", "bilinear", "lanczos", "nearest")
 
 
+def resize_for_backbone(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A normalised batch (B, 3, H, W) resized to `size` (multiples of the patch) for a backbone.
+
+    The one resize in front of a backbone on tensors: the exported pipeline
+    (loftup.export.engine.LoftUpPipeline) and the eval feature runner both use it, so a
+    pipeline engine and its PyTorch reference always see the same backbone input.
+    """
+    import torch.nn.functional as F
+
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+
+
 def load_image(path: str | Path):
     """Open an image file as an RGB `PIL.Image`; InputError if it is missing or unreadable."""
     from PIL import Image, UnidentifiedImageError

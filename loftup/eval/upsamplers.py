@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones.preprocess import resize_for_backbone
 from ..errors import (
     BackendUnavailableError,
     CheckpointError,
@@ -95,12 +96,11 @@ class BackboneRunner:
         return max(p, h // p * p), max(p, w // p * p)
 
     def backbone_input(self, image: torch.Tensor) -> torch.Tensor:
-        """The image resized for the backbone: bilinear, as the exported pipeline does it
-        (loftup.export.engine.LoftUpPipeline), so a pipeline engine and its reference see the same input."""
+        """The image resized for the backbone the way the exported pipeline does it."""
         hw = self.input_hw(*image.shape[-2:])
         if tuple(image.shape[-2:]) == hw:
             return image
-        return F.interpolate(image, size=hw, mode="bilinear", align_corners=False)
+        return resize_for_backbone(image, hw)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> torch.Tensor:

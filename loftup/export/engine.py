@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ..backbones.preprocess import resize_for_backbone
 from ..errors import CheckpointError, InputError, check_choice
 from .formats import PRECISIONS, SCOPES, format_for_path
 
@@ -187,8 +187,9 @@ class Engine:
 class LoftUpPipeline(nn.Module):
     """Backbone + upsampler: image (B, 3, H, W) normalised -> hr feats (B, C, H, W).
 
-    The backbone sees the image bilinearly resized to the largest multiples of its patch size
-    (an identity when H and W already are multiples), the upsampler the image itself.
+    The backbone sees the image resized (`resize_for_backbone`: bilinear) to the largest
+    multiples of its patch size (an identity when H and W already are multiples), the upsampler
+    the image itself.
     """
 
     def __init__(self, backbone, upsampler):
@@ -202,7 +203,7 @@ class LoftUpPipeline(nn.Module):
         H, W = image.shape[-2:]
         if H < p or W < p:
             raise InputError(f"image {H}x{W} is smaller than one {p}x{p} backbone patch")
-        x = F.interpolate(image, size=(H // p * p, W // p * p), mode="bilinear", align_corners=False)
+        x = resize_for_backbone(image, (H // p * p, W // p * p))
         return self.upsampler(self.backbone(x), image)
 
 

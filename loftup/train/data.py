@@ -514,9 +514,6 @@ class StepSampler:
     def steps_per_epoch(self) -> int:
         return self.n // self.G
 
-    def epoch_of(self, step: int) -> int:
-        return step // self.steps_per_epoch
-
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
             self._perm = np.random.default_rng([self.seed, epoch, 7]).permutation(self.n)
