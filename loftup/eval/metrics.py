@@ -138,7 +138,13 @@ def depth_scores(pred, gt, valid=None) -> dict[str, float]:
 
 
 class _ImageAverage:
-    """Averages per-image metric dicts (images without valid pixels are skipped)."""
+    """Averages per-image metric dicts (images without valid pixels are skipped).
+
+    Subclasses set `score(pred, gt, valid)` -> dict; update(pred, gt, valid) scores each image
+    of a batch with it.
+    """
+
+    score: staticmethod
 
     def __init__(self):
         self.sums: dict[str, float] = {}
@@ -151,6 +157,12 @@ class _ImageAverage:
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
         self.count += 1
 
+    def update(self, pred, gt, valid=None) -> None:
+        pred, gt = _np(pred), _np(gt)
+        valid = None if valid is None else _np(valid)
+        for i in range(gt.shape[0]):
+            self.add(self.score(pred[i], gt[i], None if valid is None else valid[i]))
+
     def compute(self) -> dict[str, float]:
         out = {k: v / self.count for k, v in self.sums.items()} if self.count else {}
         out["images"] = self.count
@@ -158,13 +170,9 @@ class _ImageAverage:
 
 
 class DepthMeter(_ImageAverage):
-    """Per-image depth scores averaged over a dataset. update(pred (B,H,W), gt (B,H,W))."""
+    """Per-image depth scores averaged over a dataset. update(pred (B,H,W), gt (B,H,W), valid (B,H,W))."""
 
-    def update(self, pred, gt, valid=None) -> None:
-        pred, gt = _np(pred), _np(gt)
-        valid = None if valid is None else _np(valid)
-        for i in range(gt.shape[0]):
-            self.add(depth_scores(pred[i], gt[i], None if valid is None else valid[i]))
+    score = staticmethod(depth_scores)
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,11 +209,7 @@ def normal_scores(pred, gt, valid=None) -> dict[str, float]:
 class NormalMeter(_ImageAverage):
     """Per-image normal scores averaged over a dataset. update(pred (B,H,W,3), gt (B,H,W,3), valid (B,H,W))."""
 
-    def update(self, pred, gt, valid=None) -> None:
-        pred, gt = _np(pred), _np(gt)
-        valid = None if valid is None else _np(valid)
-        for i in range(gt.shape[0]):
-            self.add(normal_scores(pred[i], gt[i], None if valid is None else valid[i]))
+    score = staticmethod(normal_scores)
 
 
 # ----------------------------------------------------------------------------------------
