@@ -15,7 +15,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .errors import BackendUnavailableError, ConfigError, InputError, check_choice
+from .devices import resolve_device
+from .errors import ConfigError, InputError, check_choice
 from .samples import PREFIX, is_sample, load_sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
@@ -47,18 +48,6 @@ class Item:
     rel: Path  # output path relative to the output folder, without suffix
     load: Callable  # -> PIL RGB image
     size: tuple[int, int]  # (H, W) of the original image
-
-
-def resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailableError(f"device {name!r} is not available (no CUDA build or no visible GPU); use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r} is not supported; use cpu or cuda")
-    return device
 
 
 def autocast(device: torch.device, dtype: str):

@@ -130,6 +130,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     """Evaluate the requested upsamplers on one probe; write results to opts.out; return them."""
     import torch
 
+    from ..devices import resolve_device
     from ..model import LoftUp, LoftUpConfig, load_checkpoint
     from . import report
     from .mini import flatten_mini, run_mini_benchmark
@@ -156,11 +157,12 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
 
     log = log or (lambda msg: None)
     baselines = _check(opts)
+    device = str(resolve_device(opts.device))
     atol = DEFAULT_ATOL if opts.atol is None else opts.atol
     rtol = DEFAULT_RTOL if opts.rtol is None else opts.rtol
     cfg = probe_config("seg" if opts.probe == "mini" else opts.probe, epochs=opts.epochs, batch_size=opts.batch_size,
                        lr=opts.lr, size=opts.size, input_size=opts.input_size, hidden_dim=opts.hidden_dim,
-                       max_train=opts.max_train, max_eval=opts.max_eval, seed=opts.seed, device=opts.device)
+                       max_train=opts.max_train, max_eval=opts.max_eval, seed=opts.seed, device=device)
     cfg = replace(cfg, **opts.extra)  # --set: applied as given (None included)
 
     # data first: a wrong folder fails before any model is loaded
@@ -175,7 +177,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     name = opts.backbone or (handle.backbone if handle else None) or (ckpt_model.cfg.backbone if ckpt_model else None) or DEFAULT_BACKBONE
     if handle is not None:
         check_engine_fits(handle, name)  # before loading the backbone: exported for another one?
-    backbone = load_backbone(name, opts.weights, opts.device)
+    backbone = load_backbone(name, opts.weights, device)
     runner = BackboneRunner(backbone, cfg.input_size)
 
     sources: dict[str, Any] = {}
@@ -184,7 +186,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     if handle is not None:
         check_engine_fits(handle, name, runner)
         reference_path = resolve_reference(handle, opts.reference)
-        ref_model = load_checkpoint(reference_path, feat_dim=runner.embed_dim).to(opts.device)
+        ref_model = load_checkpoint(reference_path, feat_dim=runner.embed_dim).to(device)
         sources["reference"] = LoftUpFeatures(runner, ref_model, "reference")
         sources["engine"] = EngineFeatures(runner, handle, "engine")
         shared, pairs = {"engine": "reference"}, [("reference", "engine")]
@@ -192,10 +194,10 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         if ckpt_model.cfg.feat_dim != runner.embed_dim:
             raise InputError(f"checkpoint {Path(opts.checkpoint).name} upsamples {ckpt_model.cfg.feat_dim}-channel features but "
                              f"backbone {name!r} gives {runner.embed_dim}; pass --backbone with the checkpoint's backbone")
-        sources["loftup"] = LoftUpFeatures(runner, ckpt_model.to(opts.device), "loftup")
+        sources["loftup"] = LoftUpFeatures(runner, ckpt_model.to(device), "loftup")
     elif opts.random_init:
         torch.manual_seed(opts.seed)
-        model = LoftUp(LoftUpConfig(feat_dim=runner.embed_dim, backbone=name)).eval().to(opts.device)
+        model = LoftUp(LoftUpConfig(feat_dim=runner.embed_dim, backbone=name)).eval().to(device)
         sources["loftup-random"] = LoftUpFeatures(runner, model, "loftup-random")
     for b in baselines:
         sources[b] = make_baseline(b, runner)

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..devices import resolve_device
+
 
 @dataclass
 class DistContext:
@@ -35,23 +37,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world > 1
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    from ..errors import ConfigError
-
-    if device in ("auto", "", None):
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
-        if dev.index is None:
-            dev = torch.device(f"cuda:{local_rank}")
-    return dev
 
 
 def init_distributed(device: str = "auto") -> DistContext:
