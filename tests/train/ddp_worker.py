@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import TinyBackbone  # noqa: E402
+from train_helpers import TinyBackbone  # noqa: E402
 
 from loftup.train import build_config, train  # noqa: E402
 

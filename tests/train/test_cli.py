@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import write_photos
+from train_helpers import write_photos
 
 from loftup.cli import main
 from loftup.model import LoftUp, LoftUpConfig, save_checkpoint

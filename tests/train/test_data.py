@@ -6,7 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import sa1b_json, write_photos, write_sa1b
+from train_helpers import sa1b_json, write_photos, write_sa1b
 
 from loftup.errors import ConfigError, InputError
 from loftup.train.data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover

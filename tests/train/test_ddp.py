@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyBackbone, write_photos
+from train_helpers import TinyBackbone, write_photos
 from safetensors.torch import load_file
 
 from loftup.model import LoftUp, LoftUpConfig, save_checkpoint

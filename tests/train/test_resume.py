@@ -5,7 +5,7 @@ import signal
 
 import pytest
 import torch
-from conftest import TinyBackbone, write_photos
+from train_helpers import TinyBackbone, write_photos
 from safetensors.torch import load_file
 
 from loftup.errors import CheckpointError, ConfigError

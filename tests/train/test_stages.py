@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import TinyBackbone, write_photos
+from train_helpers import TinyBackbone, write_photos
 
 from loftup.model import load_checkpoint
 from loftup.train import Trainer, build_config
