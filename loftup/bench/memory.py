@@ -25,14 +25,19 @@ def current_rss() -> int:
         return 0
 
 
-def _hwm() -> int:
+def _proc_kib(path: Path, key: str) -> int:
+    """The `key:  N kB` line of a /proc file, in bytes (0 if the file or line is missing)."""
     try:
-        for line in (_PROC / "status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in path.read_text().splitlines():
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def _hwm() -> int:
+    return _proc_kib(_PROC / "status", "VmHWM")
 
 
 def _reset_hwm() -> bool:
@@ -45,13 +50,7 @@ def _reset_hwm() -> bool:
 
 def available_memory() -> int:
     """MemAvailable in bytes (Linux), or 0 if unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(Path("/proc/meminfo"), "MemAvailable")
 
 
 class PeakMemory:
