@@ -30,6 +30,7 @@ Layouts (split = "train" or "val"):
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,42 +112,43 @@ def cityscapes_lut() -> np.ndarray:
 # file reading
 
 
+@contextlib.contextmanager
+def _reading(what: str, path: Path):
+    """An unreadable or damaged file becomes one InputError naming it."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {what} {path} ({type(exc).__name__}); replace or remove the file") from None
+
+
 def read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read image {path} ({type(exc).__name__}); replace or remove the file") from None
+    with _reading("image", path), Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def read_label_png(path: Path) -> np.ndarray:
     """Label map (H, W) int64 from a PNG of indices (palette or greyscale), unchanged values."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L", "I", "I;16", "1"):
-                img = img.convert("L")
-            return np.asarray(img).astype(np.int64)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read label map {path} ({type(exc).__name__}); replace or remove the file") from None
+    with _reading("label map", path), Image.open(path) as img:
+        if img.mode not in ("P", "L", "I", "I;16", "1"):
+            img = img.convert("L")
+        return np.asarray(img).astype(np.int64)
 
 
 def read_depth(path: Path, png_scale: float = 1e-3) -> np.ndarray:
     """Depth (H, W) float32 with 0 for invalid: .npy as stored, PNG / TIFF times png_scale."""
     from PIL import Image
 
-    try:
+    with _reading("depth map", path):
         if path.suffix == ".npy":
             depth = np.load(path).astype(np.float32)
         else:
             with Image.open(path) as img:
                 raw = np.asarray(img)
             depth = raw.astype(np.float32) * (1.0 if raw.dtype.kind == "f" else png_scale)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read depth map {path} ({type(exc).__name__}); replace or remove the file") from None
     if depth.ndim == 3:
         depth = depth[..., 0]
     depth[~np.isfinite(depth) | (depth < 0)] = 0
@@ -156,7 +158,8 @@ def read_depth(path: Path, png_scale: float = 1e-3) -> np.ndarray:
 def read_normals(path: Path) -> np.ndarray:
     """Normals (H, W, 3) float32 from .npy or an RGB PNG (rgb / 127.5 - 1); zero = invalid."""
     if path.suffix == ".npy":
-        n = np.load(path).astype(np.float32)
+        with _reading("normal map", path):
+            n = np.load(path).astype(np.float32)
         if n.ndim == 3 and n.shape[0] == 3 and n.shape[-1] != 3:
             n = n.transpose(1, 2, 0)
     else:
@@ -171,14 +174,11 @@ def read_alpha(path: Path) -> np.ndarray:
     """Alpha matte (H, W) float32 in [0, 1]: the A channel of RGBA / LA images, else the grey level."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-                a = np.asarray(img.convert("RGBA"))[..., 3]
-            else:
-                a = np.asarray(img.convert("L"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read alpha matte {path} ({type(exc).__name__}); replace or remove the file") from None
+    with _reading("alpha matte", path), Image.open(path) as img:
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            a = np.asarray(img.convert("RGBA"))[..., 3]
+        else:
+            a = np.asarray(img.convert("L"))
     return a.astype(np.float32) / 255.0
 
 

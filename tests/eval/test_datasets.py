@@ -177,3 +177,18 @@ def test_missing_davis_video_is_named(davis_dir):
     (davis_dir / "ImageSets" / "2017" / "val.txt").write_text("video0\nbreakdance\n")
     with pytest.raises(InputError, match="'breakdance'"):
         D.open_davis2017(davis_dir)
+
+
+@pytest.mark.parametrize("reader, name, what", [
+    (D.read_rgb, "x.png", "image"),
+    (D.read_label_png, "x.png", "label map"),
+    (D.read_depth, "x.png", "depth map"),
+    (D.read_depth, "x.npy", "depth map"),
+    (D.read_normals, "x.npy", "normal map"),
+    (D.read_alpha, "x.png", "alpha matte"),
+])
+def test_damaged_file_is_named(tmp_path, reader, name, what):
+    bad = tmp_path / name
+    bad.write_bytes(b"not what the suffix says")
+    with pytest.raises(InputError, match=f"cannot read {what} .*{name}.*replace or remove the file"):
+        reader(bad)
