@@ -20,7 +20,6 @@ an nn.Module with `embed_dim`, `patch_size`, `mean`, `std` and `forward(image) -
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +30,6 @@ from torch import nn
 
 from ..backbones.preprocess import resize_for_backbone
 from ..errors import (
-    BackendUnavailableError,
     CheckpointError,
     ConfigError,
     InputError,
@@ -230,42 +228,15 @@ def parse_baselines(text: str | None) -> list[str]:
 # engines: the one adapter onto loftup.export
 
 
-def _first(meta: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if meta.get(k) not in (None, ""):
-            return meta[k]
-    return None
-
-
-def _flatten_meta(raw: Any) -> dict[str, Any]:
-    """Engine metadata as one flat dict: a dataclass (`to_dict`) or a mapping; JSON strings are
-    parsed, nested dicts merged in (top-level keys win)."""
-    if hasattr(raw, "to_dict"):
-        raw = raw.to_dict()
-    meta = dict(raw or {})
-    out: dict[str, Any] = {}
-    for k, v in meta.items():
-        if isinstance(v, str) and v[:1] in "{[":
-            try:
-                v = json.loads(v)
-            except ValueError:
-                pass
-        if isinstance(v, dict):
-            for kk, vv in _flatten_meta(v).items():
-                out.setdefault(kk, vv)
-        out[k] = v
-    return out
-
-
 @dataclass
 class EngineHandle:
-    """What eval needs from an engine, whatever its format.
+    """What eval needs from an engine, whatever its format (`loftup.export.engine.load_engine`).
 
-    metadata (normalised): backbone, feat_dim, scope ("upsampler" | "pipeline"), reference
-    (path or file name of the source checkpoint, may be None), reference_sha256, mean / std
-    (the image normalisation the engine expects, may be None).
-    A pipeline engine is called on the image at the output size and resizes it for its
-    backbone itself; an upsampler engine on raw backbone features + the guidance image.
+    From its metadata: backbone, feat_dim, scope ("upsampler" | "pipeline"), reference (the
+    source checkpoint's file name) and its sha256, mean / std (the image normalisation a
+    pipeline engine expects). A pipeline engine is called on the image at the output size and
+    resizes it for its backbone itself; an upsampler engine on raw backbone features + the
+    guidance image.
     """
 
     path: Path
@@ -279,81 +250,26 @@ class EngineHandle:
     std: tuple[float, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @staticmethod
-    def _to_torch(out: Any) -> torch.Tensor:
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        if isinstance(out, dict):
-            out = next(iter(out.values()))
-        return torch.as_tensor(out).float()
-
     def run_upsampler(self, lr: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        return self._to_torch(self.engine(lr, guidance))
+        return self.engine(lr, guidance).float()
 
     def run_pipeline(self, image: torch.Tensor) -> torch.Tensor:
-        return self._to_torch(self.engine(image))
-
-
-class _CheckpointEngine:
-    """Stand-in for loftup.export's engine when that package is absent: our PyTorch checkpoint."""
-
-    def __init__(self, path: Path):
-        from ..model import load_checkpoint
-
-        self.model = load_checkpoint(path)
-        cfg = self.model.cfg
-        self.metadata = {"backbone": cfg.backbone, "feat_dim": cfg.feat_dim, "scope": "upsampler",
-                         "reference_checkpoint": str(path), "format": "pytorch"}
-
-    @torch.no_grad()
-    def __call__(self, lr, image):
-        return self.model(lr, image)
-
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+        return self.engine(image).float()
 
 
 def open_engine(path: str | Path) -> EngineHandle:
-    """The one adapter onto `loftup.export.engine.load_engine(path)`.
+    """An engine file (.onnx, .plan or a LoftUp checkpoint) opened with `load_engine`."""
+    from ..export.engine import load_engine
 
-    Assumes: `load_engine(path)` returns an engine whose `.metadata` is an EngineMetadata
-    (or a mapping) with backbone, feat_dim (or C), scope, source_checkpoint + source_sha256
-    (other spellings accepted), mean / std; it is called as `engine(lr_feats, image)` (scope
-    "upsampler") or `engine(images)` (scope "pipeline") on torch tensors and returns the
-    high-res features (a tensor or array, or a one-element list / dict of them). If
-    `loftup.export` is not installed, our own PyTorch checkpoints still load here.
-    """
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"engine {path} does not exist; pass --engine with an .onnx, .plan or checkpoint file")
-    try:
-        from ..export.engine import load_engine
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("loftup.export"):
-            raise
-        if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise BackendUnavailableError(
-                f"cannot run engine {path.name}: loftup.export is not installed; evaluate a checkpoint with --checkpoint instead"
-            ) from None
-        engine = _CheckpointEngine(path)
-    else:
-        engine = load_engine(path)
-    meta = _flatten_meta(getattr(engine, "metadata", {}) or {})
-    feat_dim = _first(meta, "feat_dim", "C", "channels", "embed_dim")
-    scope = str(_first(meta, "scope") or "upsampler")
-    if scope not in ("upsampler", "pipeline"):
-        raise ConfigError(f"engine {path.name} has unknown scope {scope!r} in its metadata; expected upsampler or pipeline")
+    engine = load_engine(path)
+    md = engine.metadata
     return EngineHandle(
-        path=path,
-        engine=engine,
-        backbone=_first(meta, "backbone", "backbone_name"),
-        feat_dim=int(feat_dim) if feat_dim is not None else None,
-        scope=scope,
-        reference=_first(meta, "reference_checkpoint", "reference", "source_checkpoint", "checkpoint", "source"),
-        reference_sha256=_first(meta, "reference_sha256", "source_sha256", "checkpoint_sha256", "sha256"),
-        mean=tuple(meta["mean"]) if meta.get("mean") else None,
-        std=tuple(meta["std"]) if meta.get("std") else None,
-        metadata=meta,
+        path=path, engine=engine, backbone=md.backbone, feat_dim=int(md.feat_dim), scope=md.scope,
+        reference=md.source_checkpoint, reference_sha256=md.source_sha256,
+        mean=tuple(md.mean) if md.mean else None, std=tuple(md.std) if md.std else None, metadata=md.to_dict(),
     )
 
 
@@ -399,7 +315,7 @@ def resolve_reference(handle: EngineHandle, explicit: str | Path | None = None) 
         if not ref.is_file():
             raise CheckpointError(f"reference checkpoint {ref} does not exist; pass --reference with the checkpoint the engine was exported from")
     else:
-        if handle.path.suffix in CHECKPOINT_SUFFIXES and not handle.reference:
+        if handle.metadata.get("format") == "torch":  # a checkpoint is its own reference
             return handle.path
         if not handle.reference:
             raise CheckpointError(
