@@ -77,8 +77,8 @@ def backbones() -> None:
         typer.echo(line)
 
 
-def _register_optional_verbs() -> None:
-    """Verbs implemented in their own subpackages; each module imports only typer at top level."""
+def _register_verbs() -> None:
+    """Verbs implemented in their own modules; each imports only typer at top level."""
     import importlib
 
     for module, names in (
@@ -87,19 +87,12 @@ def _register_optional_verbs() -> None:
         ("loftup.eval.commands", ("eval",)),
         ("loftup.demo", ("demo",)),
     ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
+        mod = importlib.import_module(module)
         for name in names:
-            fn = getattr(mod, f"{name}_command", None)
-            if fn is not None:
-                app.command(name)(fn)
+            app.command(name)(getattr(mod, f"{name}_command"))
 
 
-_register_optional_verbs()
+_register_verbs()
 
 
 def main(argv: list[str] | None = None) -> int:
