@@ -1,18 +1,22 @@
 """File I/O shared by every part of loftup: atomic writes, hashes, reading tensors safely.
 
-Pickled checkpoints are only read with `torch.load(weights_only=True)`; TorchScript archives
-(OpenAI's CLIP download) through `torch.jit.load`, keeping only their tensors.
+Loader policy (README: Security): nothing in a file a user hands us is ever run. A weights
+file's format is judged by its bytes before any loader opens it; safetensors are read with
+safetensors, torch.save files with `torch.load(weights_only=True)`, and TorchScript archives
+(OpenAI's CLIP download) as plain data by loftup.torchscript - never by `torch.jit.load`.
+Everything else is refused with one CheckpointError line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import tempfile
-import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -46,39 +50,133 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _is_torchscript(path: Path) -> bool:
+SAFETENSORS = "safetensors"
+TORCH_ZIP = "torch.save zip"
+TORCH_PICKLE = "torch.save pickle"
+TORCHSCRIPT = "TorchScript archive"
+CONVERT_HINT = "if you trust the file, convert it to safetensors yourself (README: Security)"
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    """The first non-empty line of `text`, shortened; '' if there is none."""
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "").rstrip(".;:, ")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def checkpoint_format(path: str | Path) -> str:
+    """What a weights file is, judged by its bytes (never by its suffix) before any loader opens it.
+
+    One of SAFETENSORS, TORCH_ZIP, TORCH_PICKLE or TORCHSCRIPT; CheckpointError for anything else
+    (ONNX, TensorRT plans, random bytes, zips that are not PyTorch's, empty files).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 9:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= size - 8 and head[8:9] == b"{":
+            return SAFETENSORS
+        if head[8:9] == b"{" and n < 1 << 32:
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: a truncated safetensors file (header of {n} bytes, file of {size}); download or save it again"
+            )
+    if head[:4] == b"PK\x03\x04":
+        from .torchscript import is_torchscript_archive
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except Exception as exc:  # BadZipFile, NotImplementedError, ... on damaged archives
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: damaged zip archive ({_one_line(exc) or type(exc).__name__}); download or export it again"
+            ) from None
+        if is_torchscript_archive(names):
+            return TORCHSCRIPT
+        if any(re.fullmatch(r"[^/]+/data\.pkl", n) for n in names):
+            return TORCH_ZIP
+        raise CheckpointError(f"cannot read checkpoint {path}: a zip archive that is not a PyTorch checkpoint (no data.pkl)")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return TORCH_PICKLE  # legacy (pre-1.6) torch.save files are a plain pickle stream
+    raise CheckpointError(
+        f"cannot read checkpoint {path}: it is not a safetensors, PyTorch or TorchScript file "
+        f"({'empty' if not size else 'unknown content'}); give a .safetensors/.bin/.pth/.ckpt weights file"
+    )
+
+
+def load_weights_only(path: str | Path, what: str = "checkpoint") -> Any:
+    """torch.load(weights_only=True) of a torch.save file, after checking by content that it is one.
+
+    TorchScript archives and anything else are refused before torch opens the file; every
+    failure is one CheckpointError line that says what to do (never "set weights_only=False").
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{what} file not found: {path}")
+    kind = checkpoint_format(path)
+    if kind not in (TORCH_ZIP, TORCH_PICKLE):
+        raise CheckpointError(f"cannot read {what} {path}: it is a {kind}, not a torch.save file; give the file loftup wrote")
     try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("constants.pkl") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+        with open(path, "rb") as f:  # a file object: torch.load would pick a reader by suffix for a path
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused a global, or the bytes are damaged
+        if "Unsupported operand" in str(exc) or "Weights only load failed" not in str(exc):
+            raise CheckpointError(
+                f"cannot read {what} {path}: a damaged pickle ({_refusal(exc)}); the file is damaged or truncated - get it again"
+            ) from None
+        raise CheckpointError(
+            f"cannot read {what} {path}: it holds Python objects, not only tensors ({_refusal(exc)}); "
+            f"loftup never unpickles code - {CONVERT_HINT}"
+        ) from None
+    except Exception as exc:  # each torch version raises its own types for damaged files
+        raise CheckpointError(
+            f"cannot read {what} {path}: {_one_line(exc) or type(exc).__name__}; the file is damaged or truncated - get it again"
+        ) from None
+
+
+def _refusal(exc: Exception) -> str:
+    """The useful part of torch's weights-only refusal ('Unsupported global: GLOBAL x.Y ...')."""
+    text = str(exc)
+    g = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if g:
+        return g.group(1)
+    m = re.search(r"(Unsupported (?:global|operand)[^\n]*|Trying to [^\n]*)", text)
+    return _one_line(m.group(1) if m else (_one_line(text) or "the weights-only unpickler refused it"), 120)
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and string metadata of a checkpoint file (.safetensors, weights-only pickle, TorchScript).
+    """Tensors and string metadata of a weights file: safetensors, a torch.save file or a TorchScript archive.
 
-    Unwraps a top-level {"state_dict": ...} or {"model": ...}; CheckpointError says which file
-    could not be read and why.
+    The format is judged by content (`checkpoint_format`). torch.save files are read with
+    weights_only=True; TorchScript archives as data, never through torch.jit.load (see
+    loftup.torchscript). Unwraps a top-level {"state_dict": ...} or {"model": ...}.
+    CheckpointError (one line) says which file could not be read, why, and what to do.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}; give the path of a .bin/.pth/.ckpt/.safetensors file")
     meta: dict[str, str] = {}
     try:
-        if path.suffix == ".safetensors":
+        kind = checkpoint_format(path)
+        if kind == SAFETENSORS:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
                 obj = {k: f.get_tensor(k) for k in f.keys()}
-        elif _is_torchscript(path):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated
-                obj = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        elif kind == TORCHSCRIPT:
+            from .torchscript import read_torchscript_weights
+
+            with zipfile.ZipFile(path) as z:
+                obj = read_torchscript_weights(z, path.stat().st_size)
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_weights_only(path)
+    except CheckpointError as exc:
+        if str(path) in str(exc):
+            raise
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     except Exception as exc:  # each reader raises its own types for damaged files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = _one_line(exc) or type(exc).__name__
         raise CheckpointError(
             f"cannot read checkpoint {path}: {first} - the file is damaged, truncated or not a checkpoint; get it again"
         ) from None
@@ -86,10 +184,10 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path} holds no state dict (got {type(obj).__name__})")
+        raise CheckpointError(f"{path} holds no state dict (got {type(obj).__name__}); give a weights file")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:3]}")
+        raise CheckpointError(f"{path}: entries that are not tensors: {[str(k)[:40] for k in bad[:3]]}; give a plain weights file")
     return obj, meta
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_write
+from ..io import atomic_write, load_weights_only
 
 STATE_FORMAT = "loftup-train-state"
 
@@ -69,14 +69,10 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read a training-state file with weights_only=True (no arbitrary unpickling)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read training state {path}: {first}") from None
+    """Read a training-state file with weights_only=True (no arbitrary unpickling, see loftup.io)."""
+    state = load_weights_only(path, "training state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a loftup training-state file")
+        raise CheckpointError(f"{path} is not a loftup training-state file; resume only runs that loftup wrote")
     return state
 
 
