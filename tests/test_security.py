@@ -242,3 +242,48 @@ def test_non_checkpoint_formats_are_named(tmp_path, good_files):
     save_file({"x": torch.zeros(1)}, str(state))
     with pytest.raises(CheckpointError, match="is a safetensors, not a torch.save file"):
         load_weights_only(state, "training state")
+
+
+# -- every CLI verb that takes a checkpoint or weights ----------------------------------------
+@pytest.fixture(scope="module")
+def verb_inputs(tmp_path_factory):
+    """Small inputs each verb needs to get as far as reading its checkpoint."""
+    import numpy as np
+    from eval_fixtures import write_cocostuff  # also registers the tiny_conv backbone
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("verbs")
+    photos = root / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    torch.manual_seed(0)
+    tiny = save_checkpoint(LoftUp(LoftUpConfig(feat_dim=16, backbone="tiny_conv")).eval(), root / "tiny16.safetensors")
+    return {"photos": photos, "coco": write_cocostuff(root / "coco"), "tiny": tiny}
+
+
+UPSAMPLE = ["upsample", "sample:astronaut", "--backbone", "dinov2_vits14", "--size", "56", "--input-size", "28"]
+TRAIN = ["train", "--backbone", "dinov2_vits14", "--backbone-weights", "random", "--size", "28", "--batch-size", "2",
+         "--steps", "1", "--num-workers", "0", "--no-progress"]
+EVAL = ["eval", "--probe", "seg", "--backbone", "tiny_conv", "--size", "32", "--epochs", "1", "--batch-size", "4"]
+VERBS = {
+    "upsample --checkpoint": lambda p, d, out: UPSAMPLE + ["--weights", "random", "--checkpoint", p, "--out", out],
+    "upsample --weights": lambda p, d, out: UPSAMPLE + ["--weights", p, "--random-init", "--out", out],
+    "export --checkpoint": lambda p, d, out: ["export", "--checkpoint", p, "--scope", "upsampler", "--out", out / "m.onnx"],
+    "bench --checkpoint": lambda p, d, out: ["bench", "--checkpoint", p, "--sizes", "28", "--backends", "torch-sdpa",
+                                            "--repeats", "1", "--out", out],
+    "train --init (stage 1)": lambda p, d, out: TRAIN + ["--stage", "1", "--data", d["photos"], "--out", out, "--init", p],
+    "train --init (stage 2)": lambda p, d, out: TRAIN + ["--stage", "2", "--data", d["photos"], "--out", out, "--init", p],
+    "eval --engine": lambda p, d, out: EVAL + ["--engine", p, "--data", d["coco"], "--out", out],
+    "eval --reference": lambda p, d, out: EVAL + ["--engine", d["tiny"], "--reference", p, "--data", d["coco"], "--out", out],
+}
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_cli_verbs_never_run_torchscript(tmp_path, capsys, verb_inputs, verb):
+    path = payload_archive(tmp_path / "ViT-B-16.pt", tmp_path / "MARKER")
+    code, _, err = run(VERBS[verb](path, verb_inputs, tmp_path / "out"), capsys)
+    assert_one_line_error(code, err, str(path), only_line=False)
+    assert "__setstate__" in err
+    assert not (tmp_path / "MARKER").exists()
