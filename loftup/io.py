@@ -208,3 +208,42 @@ def state_dict_mismatch(model: torch.nn.Module, sd: dict[str, torch.Tensor], opt
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
     return "; ".join(problems)
+
+
+def rgb_image(img, name: str = "image"):
+    """An 8-bit RGB `PIL.Image` of any PIL image, scaling high-bit-depth images instead of clipping them.
+
+    - 16-bit modes (I;16*, and mode I with values in 0..65535, e.g. 16-bit PNG/TIFF/PGM): v / 257;
+    - mode I with other values (32-bit integer data): stretched from its min..max to 0..255;
+    - mode F (float): x 255 when the values lie in [0, 1], else stretched from min..max to 0..255;
+    - every other mode (1, L, P, LA, PA, RGBA, CMYK, YCbCr, ...) through PIL's convert("RGB").
+    `convert("RGB")` alone clips 16-bit grey to 255 (an almost white picture). InputError names
+    `name` for non-finite float pixels or a mode PIL cannot convert.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from .errors import InputError
+
+    mode = img.mode
+    if mode in ("I", "F") or mode.startswith("I;"):
+        values = np.asarray(img).astype(np.float64)
+        if values.size and not np.isfinite(values).all():
+            raise InputError(f"{name} has NaN or infinite pixel values; save it as an 8- or 16-bit image")
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if mode == "F" and lo >= 0.0 and hi <= 1.0:
+            values = values * 255.0
+        elif mode != "F" and lo >= 0.0 and hi <= 65535.0:
+            values = values / 257.0
+        elif hi > lo:
+            values = (values - lo) * (255.0 / (hi - lo))
+        else:
+            values = np.full_like(values, 0.0 if lo <= 0 else 255.0)
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise InputError(
+            f"cannot convert {name} (PIL mode {mode}) to RGB ({_one_line(exc) or type(exc).__name__}); save it as an RGB or greyscale PNG/JPEG"
+        ) from None

@@ -35,15 +35,17 @@ def resize_for_backbone(image: torch.Tensor, size: tuple[int, int]) -> torch.Ten
 
 
 def load_image(path: str | Path):
-    """Open an image file as an RGB `PIL.Image`; InputError if it is missing or unreadable."""
+    """Open an image file as an 8-bit RGB `PIL.Image` (see loftup.io.rgb_image); InputError if it is missing or unreadable."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
+    from loftup.io import rgb_image
+
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return rgb_image(img, str(path))  # 16-bit and float images are scaled, not clipped
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(
             f"cannot read {path} as an image ({type(exc).__name__}); "

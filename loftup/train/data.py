@@ -38,6 +38,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..io import rgb_image
 from .rle import polygons_rasterize, rle_counts, rle_sample
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -368,7 +369,7 @@ class MaskedImageDataset:
 
         with Image.open(io.BytesIO(self._read(rec.image))) as im:
             im.load()
-            img = im.convert("RGB")
+            img = rgb_image(im, rec.image.member or str(rec.image.path))  # 16-bit and float images scaled, not clipped
         specs = None
         if rec.mask_kind == "sa1b":
             specs = parse_sa1b_json(self._read(rec.mask_ref))
