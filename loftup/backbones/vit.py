@@ -144,6 +144,38 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
+class PreNormBlock(nn.Module):
+    """timm's plain ViT block (SigLIP, RADIO): x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    No LayerScale; LayerNorm eps 1e-6, exact GELU. State-dict keys norm1, attn.qkv,
+    attn.proj, norm2, mlp.fc1, mlp.fc2 (timm `Block`).
+    """
+
+    def __init__(self, dim: int, num_heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def init_vit_weights(module: nn.Module, generator: torch.Generator | None = None) -> None:
+    """timm-style random init of every Linear (trunc normal 0.02, zero bias) and LayerNorm."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02, generator=generator)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
 class DinoViT(nn.Module):
     """DINOv2 ViT. Input: (B, 3, H, W), ImageNet-normalised, H and W multiples of 14."""
 
@@ -231,7 +263,7 @@ class DinoViT(nn.Module):
         if x.shape[-2] % p or x.shape[-1] % p or x.shape[-2] < p or x.shape[-1] < p:
             raise InputError(
                 f"image size {tuple(x.shape[-2:])} is not a positive multiple of the patch size "
-                f"{p}; resize it (see loftup.backbones.image_to_tensor)"
+                f"{p}; resize it (see loftup.pipeline.backbone_input)"
             )
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -237,40 +237,41 @@ class EngineFactory:
         self.export_sizes = (max(2 * patch, sizes[0] // 2), sizes[len(sizes) // 2], sizes[-1])
         self.max_batch = max(max(opts.batch_sizes), 2)
 
+    def reference(self):
+        """The parity reference (`loftup.export.engine.reference_engine`), upsampler form."""
+        if ("reference", "fp32") not in self.cache:
+            from ..export.engine import reference_engine
+
+            self.cache[("reference", "fp32")] = reference_engine(self.model, device=self.opts.device)
+        return self.cache[("reference", "fp32")]
+
     def get(self, backend: BenchBackend, precision: str):
         key = (backend.name, precision)
         if key not in self.cache:
             self.cache[key] = self._make(backend, precision)
         return self.cache[key]
 
-    def _onnx_file(self, precision: str) -> Path:
-        from ..export.onnx import export_onnx
+    def _engine_file(self, fmt: str, precision: str) -> Path:
+        """An upsampler-scope engine written by the same `export_model` that `loftup export` uses."""
+        from ..export.exporter import export_model
 
-        path = self.tmp / f"upsampler_{precision}.onnx"
+        path = self.tmp / f"upsampler_{precision}{FORMATS[fmt].suffix}"
         if not path.exists():
-            self.log(f"exporting the upsampler to ONNX ({precision}) for the onnxruntime backends")
-            export_onnx(self.model, path, scope="upsampler", precision=precision, opset=20, sizes=self.export_sizes,
-                        max_batch=self.max_batch, patch_size=self.patch)
+            self.log(f"exporting the upsampler to {fmt} ({precision}) for the {fmt} backends")
+            export_model(self.model, None, path, fmt=fmt, scope="upsampler", precision=precision, opset=20,
+                         sizes=self.export_sizes, max_batch=self.max_batch, patch_size=self.patch, check=False,
+                         timing_cache=self.tmp / "timing.cache" if fmt == "trt" else None)
         return path
 
     def _make(self, backend: BenchBackend, precision: str):
-        from ..export.engine import TorchEngine, with_attention_backend
+        from ..export.engine import TorchEngine, load_engine, with_attention_backend
 
         if backend.runtime == "torch":
             model = with_attention_backend(self.model, backend.attn_backend)
             return TorchEngine(model, None, precision=precision, compile=backend.compile, device=self.opts.device)
-        if backend.runtime == "onnx":
-            from ..export.onnx import OnnxEngine
-
-            return OnnxEngine(self._onnx_file(precision), providers=[backend.ort_provider], threads=self.opts.threads or _torch_threads())
-        from ..export.tensorrt import TensorRTEngine, build_plan, read_sidecar
-        from ..export.onnx import read_metadata
-
-        onnx_path = self._onnx_file("fp32")
-        plan = self.tmp / f"upsampler_{precision}.plan"
-        build_plan(onnx_path, plan, read_metadata(onnx_path), precision=precision, timing_cache=self.tmp / "timing.cache")
-        read_sidecar(plan)
-        return TensorRTEngine(plan)
+        path = self._engine_file(backend.runtime, precision)
+        return load_engine(path, providers=[backend.ort_provider] if backend.ort_provider else None,
+                           threads=self.opts.threads or _torch_threads())
 
     def close(self) -> None:
         import shutil
@@ -318,19 +319,99 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def _load_model(opts: BenchOptions, feat_dim: int):
-    import torch
+def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
+    """Cheap validation before anything is loaded or timed; (options with the device resolved, backends)."""
+    from ..devices import resolve_device
 
-    from ..model import LoftUp, LoftUpConfig, load_checkpoint
+    for p in opts.precisions:
+        check_choice("precision", p, PRECISIONS)
+    if opts.repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1 (timed runs per row), got {opts.repeats}")
+    if opts.warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, got {opts.warmup}")
+    if not opts.max_seconds > 0:
+        raise ConfigError(f"--max-seconds must be positive, got {opts.max_seconds}")
+    opts = replace(opts, device=str(resolve_device(opts.device)))  # one-line error for a missing / unknown device
+    names = expand_backends(opts.backends)
+    out = Path(opts.out)
+    if out.suffix.lower() == ".json" and out.exists():
+        raise ConfigError(f"{out} already exists; bench never overwrites a result - choose another --out")
+    if out.suffix.lower() != ".json" and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder or a new .json path")
+    from ..export.exporter import check_writable_folder
 
-    if opts.checkpoint is not None and opts.random_init:
-        raise ConfigError("--checkpoint and --random-init exclude each other; pick one")
-    if opts.checkpoint is not None:
-        return load_checkpoint(opts.checkpoint, feat_dim=feat_dim)
-    if not opts.random_init:
-        raise ConfigError("give --checkpoint PATH, or --random-init (latency does not depend on the weights)")
-    torch.manual_seed(opts.seed)
-    return LoftUp(LoftUpConfig(feat_dim=feat_dim, backbone=opts.backbone)).eval()
+    check_writable_folder(out.parent if out.suffix.lower() == ".json" else out)
+    return opts, names
+
+
+@dataclass
+class BenchContext:
+    """What every row of one run shares: the model, its workload, engines, peaks, the reference."""
+
+    opts: BenchOptions
+    model: Any
+    spec: Any  # name, embed_dim, patch_size, mean, std
+    factory: "EngineFactory"
+    peaks: dict[str, float]
+    reference: dict[tuple[int, int], Any] = field(default_factory=dict)
+
+
+def plan_rows(opts: BenchOptions, names: list[str]) -> list[tuple[int, int, str, str]]:
+    """(size, batch, backend, precision) for every row, in run order."""
+    return [(size, b, name, prec) for size in sorted(opts.sizes) for b in opts.batch_sizes for name in names for prec in opts.precisions]
+
+
+def run_row(ctx: BenchContext, size: int, b: int, name: str, prec: str) -> dict[str, Any]:
+    """One row: skipped (with the reason), failed (with the error) or timed and compared."""
+    from ..export.parity import TOLERANCES, compare, photo_batch, photo_features
+    from .memory import available_memory
+
+    opts, cfg, p = ctx.opts, ctx.model.cfg, int(ctx.spec.patch_size)
+    backend = BACKENDS[name]
+    lr_side = max(1, size // p)
+    row: dict[str, Any] = {"backend": name, "precision": prec, "batch": b, "size": size, "lr_size": lr_side,
+                           "description": backend.description}
+    reason = unavailable_reason(backend, prec, opts.device)
+    need = estimated_bytes(backend, cfg, b, size, lr_side)
+    avail = available_memory()
+    if reason is None and opts.device == "cpu" and avail and need > 0.9 * avail:
+        reason = (f"needs about {need / 2**30:.0f} GB (the full {size * size}x{lr_side * lr_side} attention matrix per head), "
+                  f"{avail / 2**30:.0f} GB available")
+    if reason:
+        return {**row, "status": "skipped", "reason": reason}
+    try:
+        image, photos = photo_batch(b, size, size, ctx.spec.mean, ctx.spec.std)
+        lr = photo_features(image, cfg.feat_dim, p)
+        image, lr = image.to(opts.device), lr.to(opts.device)
+        key = (b, size)
+        if key not in ctx.reference:
+            ctx.reference.clear()  # one size at a time: outputs at 896 are ~1 GB
+            ctx.reference[key] = ctx.factory.reference()(lr, image).float().cpu()
+        engine = ctx.factory.get(backend, prec)
+        times, out, mem = time_engine(engine, (lr, image), opts.warmup, opts.repeats, opts.max_seconds, opts.device)
+        med = statistics.median(times)
+        flops = upsampler_flops(cfg, b, size, size, lr_side, lr_side)
+        err = compare(out, ctx.reference[key])
+        err["passed"] = TOLERANCES[prec].passes(err)
+        return {
+            **row,
+            "status": "ok",
+            "engine": engine.describe(),
+            "photos": photos,
+            "warmup": opts.warmup,
+            "repeats": len(times),
+            "latency_ms": {"median": med * 1e3, "p90": percentile(times, 90) * 1e3, "mean": statistics.fmean(times) * 1e3,
+                           "min": min(times) * 1e3, "all": [t * 1e3 for t in times]},
+            "throughput": {"images_per_s": b / med, "megapixels_per_s": b * size * size / med / 1e6},
+            "memory": {"method": mem.method, "peak_mb": mem.peak_bytes / 2**20,
+                       "increase_mb": max(0, mem.peak_bytes - mem.baseline_bytes) / 2**20},
+            "work": {"gflop": flops / 1e9, "achieved_gflops": flops / med / 1e9, "peak_gflops": ctx.peaks[prec],
+                     "peak_precision": prec, "fraction_of_peak": flops / med / 1e9 / ctx.peaks[prec]},
+            "parity": err,
+        }
+    except Exception as e:  # one broken backend must not end the run
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        return {**row, "status": "failed", "reason": f"{type(e).__name__}: {first[:300]}"}
 
 
 def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport:
@@ -341,14 +422,9 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
     """
     import torch
 
-    from ..devices import resolve_device
-    from ..export.parity import TOLERANCES, compare, photo_batch, photo_features
-    from .memory import available_memory
+    from ..model import load_or_init
 
-    for p in opts.precisions:
-        check_choice("precision", p, PRECISIONS)
-    opts = replace(opts, device=str(resolve_device(opts.device)))  # one-line error for a missing / unknown device
-    names = expand_backends(opts.backends)
+    opts, names = check_options(opts)
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
     if backbone_spec is None:
@@ -357,10 +433,9 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
         backbone_spec = get_spec(opts.backbone)
     C, p = int(backbone_spec.embed_dim), int(backbone_spec.patch_size)
     if model is None:
-        model = _load_model(opts, C)
-    cfg = model.cfg
-    if cfg.feat_dim != C:
-        raise ConfigError(f"the model upsamples {cfg.feat_dim} channels but backbone {backbone_spec.name} gives {C}")
+        model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=C, backbone=opts.backbone, seed=opts.seed)
+    if model.cfg.feat_dim != C:
+        raise ConfigError(f"the model upsamples {model.cfg.feat_dim} channels but backbone {backbone_spec.name} gives {C}")
     if min(opts.sizes) < p:
         raise ConfigError(f"sizes must be at least one patch ({p} px); got {min(opts.sizes)}")
 
@@ -368,67 +443,18 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
     env = environment(opts.device)
     peaks = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
     console.print(f"matrix-multiply peak on {opts.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
-    factory = EngineFactory(model, p, opts, log=lambda m: console.print(m))
-    plan = [(size, b, name, prec) for size in sorted(opts.sizes) for b in opts.batch_sizes for name in names for prec in opts.precisions]
+    ctx = BenchContext(opts, model, backbone_spec, EngineFactory(model, p, opts, log=lambda m: console.print(m)), peaks)
+    plan = plan_rows(opts, names)
     rows: list[dict[str, Any]] = []
     try:
         with _progress(console, opts.progress) as progress:
             task = progress.add_task("bench", total=len(plan))
-            reference: dict[tuple[int, int], Any] = {}
             for size, b, name, prec in plan:
-                backend = BACKENDS[name]
-                lr_side = max(1, size // p)
-                row: dict[str, Any] = {"backend": name, "precision": prec, "batch": b, "size": size, "lr_size": lr_side,
-                                       "description": backend.description}
                 progress.update(task, description=f"{name} {prec} b{b} {size}px")
-                reason = unavailable_reason(backend, prec, opts.device)
-                need = estimated_bytes(backend, cfg, b, size, lr_side)
-                avail = available_memory()
-                if reason is None and opts.device == "cpu" and avail and need > 0.9 * avail:
-                    reason = (f"needs about {need / 2**30:.0f} GB (the full {size * size}x{lr_side * lr_side} attention matrix per head), "
-                              f"{avail / 2**30:.0f} GB available")
-                if reason:
-                    rows.append({**row, "status": "skipped", "reason": reason})
-                    progress.advance(task)
-                    continue
-                try:
-                    image, photos = photo_batch(b, size, size, backbone_spec.mean, backbone_spec.std)
-                    lr = photo_features(image, C, p)
-                    image, lr = image.to(opts.device), lr.to(opts.device)
-                    key = (b, size)
-                    if key not in reference:
-                        ref_engine = factory.get(BACKENDS["torch-sdpa"], "fp32")
-                        reference.clear()  # one size at a time: outputs at 896 are ~1 GB
-                        reference[key] = ref_engine(lr, image).float().cpu()
-                    engine = factory.get(backend, prec)
-                    times, out, mem = time_engine(engine, (lr, image), opts.warmup, opts.repeats, opts.max_seconds, opts.device)
-                    med = statistics.median(times)
-                    flops = upsampler_flops(cfg, b, size, size, lr_side, lr_side)
-                    err = compare(out, reference[key])
-                    tol = TOLERANCES[prec]
-                    err["passed"] = err["max_abs"] <= tol.max_abs and err["mean_cos"] >= tol.mean_cos and err["min_cos"] >= tol.min_cos
-                    row.update({
-                        "status": "ok",
-                        "engine": engine.describe(),
-                        "photos": photos,
-                        "warmup": opts.warmup,
-                        "repeats": len(times),
-                        "latency_ms": {"median": med * 1e3, "p90": percentile(times, 90) * 1e3, "mean": statistics.fmean(times) * 1e3,
-                                       "min": min(times) * 1e3, "all": [t * 1e3 for t in times]},
-                        "throughput": {"images_per_s": b / med, "megapixels_per_s": b * size * size / med / 1e6},
-                        "memory": {"method": mem.method, "peak_mb": mem.peak_bytes / 2**20,
-                                   "increase_mb": max(0, mem.peak_bytes - mem.baseline_bytes) / 2**20},
-                        "work": {"gflop": flops / 1e9, "achieved_gflops": flops / med / 1e9, "peak_gflops": peaks[prec],
-                                 "peak_precision": prec, "fraction_of_peak": flops / med / 1e9 / peaks[prec]},
-                        "parity": err,
-                    })
-                except Exception as e:  # one broken backend must not end the run
-                    first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-                    row.update({"status": "failed", "reason": f"{type(e).__name__}: {first[:300]}"})
-                rows.append(row)
+                rows.append(run_row(ctx, size, b, name, prec))
                 progress.advance(task)
     finally:
-        factory.close()
+        ctx.factory.close()
 
     _ratios(rows)
     peaks_after = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
@@ -437,11 +463,23 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
         console.print(f"[yellow]warning: the matrix-multiply peak changed by {100 * drift:.0f}% during the run "
                       "(other load on the machine?); latencies are not comparable across rows[/yellow]")
     env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    data = {
+    data = report_data(opts, names, env, model, backbone_spec, peaks, peaks_after, rows)
+    report = write_report(data, opts, env, plot_title=f"LoftUp C={model.cfg.feat_dim} on {env['cpu'] if opts.device == 'cpu' else env.get('gpu')}")
+    console.print(render_table(rows))
+    return report
+
+
+def report_data(opts: BenchOptions, names: list[str], env: dict[str, Any], model, spec, peaks, peaks_after,
+                rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON document of one run."""
+    from ..export.parity import TOLERANCES
+
+    cfg = model.cfg
+    return {
         "loftup_version": env["loftup"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "environment": env,
-        "model": {"feat_dim": cfg.feat_dim, "token_dim": cfg.token_dim, "backbone": backbone_spec.name, "patch_size": p,
+        "model": {"feat_dim": cfg.feat_dim, "token_dim": cfg.token_dim, "backbone": spec.name, "patch_size": int(spec.patch_size),
                   "parameters": sum(t.numel() for t in model.parameters()), "config": cfg.to_dict(),
                   "source": str(opts.checkpoint) if opts.checkpoint else "random init"},
         "flop_formula": FORMULA,
@@ -453,17 +491,20 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
                     "warmup": opts.warmup, "repeats": opts.repeats, "max_seconds": opts.max_seconds, "threads": opts.threads},
         "rows": rows,
     }
-    json_path, plot_path = _output_paths(opts.out, env)
-    from ..io import atomic_write
 
+
+def write_report(data: dict[str, Any], opts: BenchOptions, env: dict[str, Any], plot_title: str) -> BenchReport:
+    """JSON (atomically; never over an existing file) and the PNG plot next to it."""
     import json
 
+    from ..io import atomic_write
+
+    json_path, plot_path = _output_paths(opts.out, env)
     atomic_write(json_path, lambda path: path.write_text(json.dumps(data, indent=2)))
     if opts.plot:
-        plot_latency(rows, plot_path, title=f"LoftUp C={cfg.feat_dim} on {env['cpu'] if opts.device == 'cpu' else env.get('gpu')}")
+        plot_latency(data["rows"], plot_path, title=plot_title)
     else:
         plot_path = None
-    console.print(render_table(rows))
     return BenchReport(data=data, json_path=json_path, plot_path=plot_path)
 
 

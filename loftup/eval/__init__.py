@@ -32,14 +32,12 @@ _EXPORTS = {
     "EngineFeatures": "upsamplers",
     "make_baseline": "upsamplers",
     "open_engine": "upsamplers",
-    "load_backbone": "upsamplers",
-    "register_backbone": "upsamplers",
 }
 
 __all__ = [  # noqa: RUF022 - grouped like _EXPORTS
     "BackboneRunner", "EngineFeatures", "EvalOptions", "FeatureSource", "LoftUpFeatures", "ParityReport", "ProbeConfig",
-    "evaluate", "evaluate_video", "load_backbone", "load_mini_images", "make_baseline", "open_engine", "parity_report",
-    "probe_config", "propagate_labels", "register_backbone", "run_eval", "run_mini_benchmark", "run_probe", "train_head",
+    "evaluate", "evaluate_video", "load_mini_images", "make_baseline", "open_engine", "parity_report",
+    "probe_config", "propagate_labels", "run_eval", "run_mini_benchmark", "run_probe", "train_head",
 ]
 
 

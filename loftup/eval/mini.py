@@ -247,7 +247,7 @@ def run_mini_benchmark(upsamplers: dict[str, Any], out_dir: str | Path | None, q
     Writes mini.json, mini.md (the table) and, with plot, one picture per image to out_dir
     (if given). Returns {"settings", "upsamplers": {name: {image: {task: metrics}}}, "table", "seconds"}.
     """
-    from .probes import feature_parity
+    from ..export.parity import compare
 
     shared = dict(shared or {})
     size = size or (112 if quick else 224)
@@ -277,7 +277,7 @@ def run_mini_benchmark(upsamplers: dict[str, Any], out_dir: str | Path | None, q
             if owner:
                 a, b = feats_of[owner][k], feats
                 H, W = img.image.shape[:2]
-                par = feature_parity(a.T.reshape(1, -1, H, W), b.T.reshape(1, -1, H, W))
+                par = compare(a.T.reshape(1, -1, H, W), b.T.reshape(1, -1, H, W))
                 results["feature_parity"][f"{owner}~{name}"].append({"image": img.name, **par})
             scores, preds = apply_image_probes(probes, feats, img, holdout, seed)
             results["upsamplers"][name][img.name] = scores

@@ -66,8 +66,8 @@ def summarize_features(batches: list[dict[str, float]]) -> dict[str, float]:
         return {"batches": 0}
     return {
         "batches": len(batches),
-        "cosine_min": min(b["cosine_min"] for b in batches),
-        "cosine_mean": sum(b["cosine_mean"] for b in batches) / len(batches),
+        "min_cos": min(b["min_cos"] for b in batches),
+        "mean_cos": sum(b["mean_cos"] for b in batches) / len(batches),
         "max_abs": max(b["max_abs"] for b in batches),
         "mean_abs": sum(b["mean_abs"] for b in batches) / len(batches),
     }
@@ -109,7 +109,7 @@ class ParityReport:
                 f"engine {self.engine.get(p, float('nan')):.6g}, delta {self.delta.get(p, float('nan')):+.3g} "
                 f"(tolerance {self.atol:g} + {self.rtol:g}*|ref|)")
         if self.features.get("batches"):
-            line += (f"; features over {self.features['batches']} batches: cosine min {self.features['cosine_min']:.6f}, "
+            line += (f"; features over {self.features['batches']} batches: cosine min {self.features['min_cos']:.6f}, "
                      f"max abs {self.features['max_abs']:.3g}")
         return line
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, check_choice
+from ..export.parity import compare
 from . import metrics as M
 from .datasets import IGNORE, SampleList, Video, resize_sample
 
@@ -443,17 +444,6 @@ def _feature_batches(source, data, cfg, task, relative, order):
         yield idx, feats, {k: v for k, v in batch.items() if k != "image"}
 
 
-def feature_parity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """Per-pixel cosine (mean and min over pixels) and max / mean abs difference of two feature maps."""
-    if a.shape != b.shape:
-        raise ConfigError(f"features differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    a, b = a.float(), b.float()
-    cos = F.cosine_similarity(a, b, dim=1, eps=1e-12)
-    diff = (a - b).abs()
-    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "max_abs": float(diff.max()),
-            "mean_abs": float(diff.mean())}
-
-
 @dataclass
 class EvalResult:
     """Metrics per source, per-batch feature parity per compared pair, samples for pictures."""
@@ -491,7 +481,7 @@ def evaluate(task: Task, heads: dict[str, nn.Module], sources: dict[str, Any], d
                 preds[name] = task.predict(heads[name], feats[name], size, src.pred_resize)
                 task.update(meters[name], preds[name], targets)
             for a, b in pairs:
-                parity[f"{a}~{b}"].append({"batch": len(parity[f"{a}~{b}"]), "images": len(idx), **feature_parity(feats[a], feats[b])})
+                parity[f"{a}~{b}"].append({"batch": len(parity[f"{a}~{b}"]), "images": len(idx), **compare(feats[a], feats[b])})
             for j in range(len(idx)):
                 if len(samples) >= cfg.plot_samples:
                     break
@@ -598,7 +588,7 @@ def evaluate_video(sources: dict[str, Any], videos: list[Video], cfg: ProbeConfi
                     feats_all[name].append(src.features(chunk, out_size).float())
                 for a, b in pairs:
                     parity[f"{a}~{b}"].append({"batch": len(parity[f"{a}~{b}"]), "video": video.name, "images": len(chunk),
-                                               **feature_parity(feats_all[a][-1], feats_all[b][-1])})
+                                               **compare(feats_all[a][-1], feats_all[b][-1])})
             gt0 = onehot(torch.from_numpy(labels[0]).to(device), n_obj + 1)
             for name, src in sources.items():
                 feats = torch.cat(feats_all[name])
@@ -633,7 +623,6 @@ __all__ = [
     "Task",
     "evaluate",
     "evaluate_video",
-    "feature_parity",
     "make_task",
     "probe_config",
     "propagate_labels",

@@ -110,6 +110,12 @@ def _check(opts: EvalOptions) -> list[str]:
         raise ConfigError("--reference is only used with --engine (it is the checkpoint the engine was exported from)")
     if opts.probe != "mini" and opts.data is None:
         raise InputError(f"the {opts.probe} probe needs a dataset: pass --data DIR (or use --probe mini, which needs none)")
+    for key in ("size", "input_size", "epochs", "batch_size", "hidden_dim", "max_train", "max_eval"):
+        value = getattr(opts, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer, got {value} (leave it out for the default)")
+    if opts.lr is not None and not opts.lr > 0:
+        raise ConfigError(f"--lr must be positive, got {opts.lr}")
     return baselines
 
 
@@ -126,37 +132,125 @@ def open_data(probe: str, root: Path, layout: str = "auto") -> tuple[Any, Any]:
     return D.open_matting(root, "train"), D.open_matting(root, "val")
 
 
-def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Evaluate the requested upsamplers on one probe; write results to opts.out; return them."""
-    import torch
+@dataclass
+class EvalPlan:
+    """What one `loftup eval` run evaluates: the backbone runner and the named upsamplers."""
 
-    from ..devices import resolve_device
-    from ..model import LoftUp, LoftUpConfig, load_checkpoint
-    from . import report
-    from .mini import flatten_mini, run_mini_benchmark
-    from .parity import (
-        DEFAULT_ATOL,
-        DEFAULT_RTOL,
-        PRIMARY,
-        compare_metrics,
-        parity_report,
-        run_probe,
-        summarize_features,
-    )
-    from .probes import probe_config
+    backbone: str
+    runner: Any
+    sources: dict[str, Any]
+    shared: dict[str, str] = field(default_factory=dict)  # engine -> reference: fitted on the reference's features
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (reference, engine): feature parity
+    handle: Any = None
+    reference_path: Optional[Path] = None
+
+
+def check_out(out: Path) -> None:
+    """`--out` must be a folder (new or existing) that can be written; checked before any work."""
+    from ..export.exporter import check_writable_folder
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for results.json and results.md")
+    check_writable_folder(out)
+
+
+def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> EvalPlan:
+    """Load the backbone and build every upsampler under test (engine + its reference, or a model)."""
+    from ..backbones import create_backbone
+    from ..model import load_checkpoint, load_or_init
     from .upsamplers import (
         BackboneRunner,
         EngineFeatures,
         LoftUpFeatures,
         check_engine_fits,
-        load_backbone,
         make_baseline,
         open_engine,
         resolve_reference,
     )
 
+    handle = open_engine(opts.engine) if opts.engine else None
+    ckpt_model = load_checkpoint(opts.checkpoint) if opts.checkpoint else None
+    name = opts.backbone or (handle.backbone if handle else None) or (ckpt_model.cfg.backbone if ckpt_model else None) or DEFAULT_BACKBONE
+    if handle is not None:
+        check_engine_fits(handle, name)  # before loading the backbone: exported for another one?
+    backbone = create_backbone(name, weights=opts.weights, device=device)
+    runner = BackboneRunner(backbone, cfg.input_size)
+    plan = EvalPlan(name, runner, {}, handle=handle)
+    if handle is not None:
+        check_engine_fits(handle, name, runner)
+        plan.reference_path = resolve_reference(handle, opts.reference)
+        ref_model = load_checkpoint(plan.reference_path, feat_dim=runner.embed_dim).to(device)
+        plan.sources["reference"] = LoftUpFeatures(runner, ref_model, "reference", reference=True)
+        plan.sources["engine"] = EngineFeatures(runner, handle, "engine")
+        plan.shared, plan.pairs = {"engine": "reference"}, [("reference", "engine")]
+    elif ckpt_model is not None:
+        if ckpt_model.cfg.feat_dim != runner.embed_dim:
+            raise InputError(f"checkpoint {Path(opts.checkpoint).name} upsamples {ckpt_model.cfg.feat_dim}-channel features but "
+                             f"backbone {name!r} gives {runner.embed_dim}; pass --backbone with the checkpoint's backbone")
+        plan.sources["loftup"] = LoftUpFeatures(runner, ckpt_model.to(device), "loftup")
+    elif opts.random_init:
+        model = load_or_init(None, random_init=True, feat_dim=runner.embed_dim, backbone=name, seed=opts.seed).to(device)
+        plan.sources["loftup-random"] = LoftUpFeatures(runner, model, "loftup-random")
+    for b in baselines:
+        plan.sources[b] = make_baseline(b, runner)
+    return plan
+
+
+def run_mini(opts: EvalOptions, plan: EvalPlan, out: Path, atol: float, rtol: float, log) -> tuple[dict[str, Any], str, Any]:
+    """The offline mini benchmark: (results to merge, table, ParityReport or None)."""
+    from .mini import flatten_mini, run_mini_benchmark
+    from .parity import ParityReport, compare_metrics, summarize_features
+
+    mini = run_mini_benchmark(plan.sources, out, quick=opts.quick, plot=opts.plot, seed=opts.seed, shared=plan.shared,
+                              size=opts.size, log=log)
+    parity = None
+    if plan.handle is not None:
+        ref, eng = flatten_mini(mini["upsamplers"]["reference"]), flatten_mini(mini["upsamplers"]["engine"])
+        delta, failures = compare_metrics(ref, eng, atol, rtol)
+        feats = [dict(b, batch=i) for i, b in enumerate(mini["feature_parity"]["reference~engine"])]
+        parity = ParityReport("mini", "voc/seg/miou", ref, eng, delta, summarize_features(feats), feats, atol, rtol, failures)
+    return {"metrics": mini["upsamplers"], "mini": mini}, mini["table"], parity
+
+
+def run_task(opts: EvalOptions, plan: EvalPlan, cfg, data, out: Path, atol: float, rtol: float, log) -> tuple[dict[str, Any], str, Any]:
+    """One dataset probe: (results to merge, table, ParityReport or None)."""
+    from . import report
+    from .parity import PRIMARY, parity_report, run_probe
+
+    train, val = data
+    result, info = run_probe(opts.probe, plan.sources, cfg, train, val, plan.shared, plan.pairs, opts.progress, log)
+    results = {"metrics": result.metrics, "config": cfg.to_dict(), **info}
+    parity = parity_report(opts.probe, result, PRIMARY[opts.probe], atol=atol, rtol=rtol) if plan.handle is not None else None
+    table = report.metrics_table(opts.probe, result.metrics, parity.delta if parity else None)
+    if opts.plot:
+        n_classes = (train or val).meta.get("num_classes") if opts.probe == "seg" else None
+        pic = report.plot_samples(opts.probe, result.samples, out / f"{opts.probe}_predictions.png", n_classes)
+        results["pictures"] = [str(pic)] if pic else []
+    return results, table, parity
+
+
+def write_results(out: Path, results: dict[str, Any], table: str, parity) -> None:
+    """results.json and results.md, each written atomically."""
+    from . import report
+
+    report.write_json(out / "results.json", results)
+    text = f"# loftup eval: {results['probe']} ({results['backbone']})\n\n{table}\n"
+    if parity is not None:
+        text += f"\n{parity.summary()}\n"
+    report.write_text(out / "results.md", text)
+
+
+def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate the requested upsamplers on one probe; write results to opts.out; return them."""
+    from ..devices import resolve_device
+    from .parity import DEFAULT_ATOL, DEFAULT_RTOL
+    from .probes import probe_config
+
     log = log or (lambda msg: None)
     baselines = _check(opts)
+    out = Path(opts.out)
+    check_out(out)
     device = str(resolve_device(opts.device))
     atol = DEFAULT_ATOL if opts.atol is None else opts.atol
     rtol = DEFAULT_RTOL if opts.rtol is None else opts.rtol
@@ -166,85 +260,27 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     cfg = replace(cfg, **opts.extra)  # --set: applied as given (None included)
 
     # data first: a wrong folder fails before any model is loaded
-    train = val = None
-    if opts.probe != "mini":
-        train, val = open_data(opts.probe, Path(opts.data), opts.layout)
+    data = open_data(opts.probe, Path(opts.data), opts.layout) if opts.probe != "mini" else (None, None)
+    plan = plan_eval(opts, cfg, device, baselines)
+    log(f"backbone {plan.backbone} ({plan.runner.embed_dim} channels, patch {plan.runner.patch_size}); upsamplers: {', '.join(plan.sources)}")
+    if plan.handle is not None:
+        log(f"engine {plan.handle.path.name} (scope {plan.handle.scope}) vs reference {plan.reference_path}")
 
-    handle = open_engine(opts.engine) if opts.engine else None
-    ckpt_model = None
-    if opts.checkpoint:
-        ckpt_model = load_checkpoint(opts.checkpoint)
-    name = opts.backbone or (handle.backbone if handle else None) or (ckpt_model.cfg.backbone if ckpt_model else None) or DEFAULT_BACKBONE
-    if handle is not None:
-        check_engine_fits(handle, name)  # before loading the backbone: exported for another one?
-    backbone = load_backbone(name, opts.weights, device)
-    runner = BackboneRunner(backbone, cfg.input_size)
-
-    sources: dict[str, Any] = {}
-    shared, pairs = {}, []
-    reference_path = None
-    if handle is not None:
-        check_engine_fits(handle, name, runner)
-        reference_path = resolve_reference(handle, opts.reference)
-        ref_model = load_checkpoint(reference_path, feat_dim=runner.embed_dim).to(device)
-        sources["reference"] = LoftUpFeatures(runner, ref_model, "reference")
-        sources["engine"] = EngineFeatures(runner, handle, "engine")
-        shared, pairs = {"engine": "reference"}, [("reference", "engine")]
-    elif ckpt_model is not None:
-        if ckpt_model.cfg.feat_dim != runner.embed_dim:
-            raise InputError(f"checkpoint {Path(opts.checkpoint).name} upsamples {ckpt_model.cfg.feat_dim}-channel features but "
-                             f"backbone {name!r} gives {runner.embed_dim}; pass --backbone with the checkpoint's backbone")
-        sources["loftup"] = LoftUpFeatures(runner, ckpt_model.to(device), "loftup")
-    elif opts.random_init:
-        torch.manual_seed(opts.seed)
-        model = LoftUp(LoftUpConfig(feat_dim=runner.embed_dim, backbone=name)).eval().to(device)
-        sources["loftup-random"] = LoftUpFeatures(runner, model, "loftup-random")
-    for b in baselines:
-        sources[b] = make_baseline(b, runner)
-    log(f"backbone {name} ({runner.embed_dim} channels, patch {runner.patch_size}); upsamplers: {', '.join(sources)}")
-    if handle is not None:
-        log(f"engine {handle.path.name} (scope {handle.scope}) vs reference {reference_path}")
-
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     results: dict[str, Any] = {
-        "probe": opts.probe, "backbone": name, "options": settings, "reference": str(reference_path) if reference_path else None,
-        "upsamplers": {n: s.describe() for n, s in sources.items()},
+        "probe": opts.probe, "backbone": plan.backbone, "options": settings,
+        "reference": str(plan.reference_path) if plan.reference_path else None,
+        "upsamplers": {n: s.describe() for n, s in plan.sources.items()},
     }
-    parity = None
+    out.mkdir(parents=True, exist_ok=True)
     if opts.probe == "mini":
-        mini = run_mini_benchmark(sources, out, quick=opts.quick, plot=opts.plot, seed=opts.seed, shared=shared,
-                                  size=opts.size, log=log)
-        results.update(metrics=mini["upsamplers"], mini=mini)
-        table = mini["table"]
-        if handle is not None:
-            delta, failures = compare_metrics(flatten_mini(mini["upsamplers"]["reference"]),
-                                              flatten_mini(mini["upsamplers"]["engine"]), atol, rtol)
-            from .parity import ParityReport
-
-            feats = [dict(b, batch=i) for i, b in enumerate(mini["feature_parity"]["reference~engine"])]
-            parity = ParityReport("mini", "voc/seg/miou", flatten_mini(mini["upsamplers"]["reference"]),
-                                  flatten_mini(mini["upsamplers"]["engine"]), delta, summarize_features(feats), feats,
-                                  atol, rtol, failures)
+        found, table, parity = run_mini(opts, plan, out, atol, rtol, log)
     else:
-        result, info = run_probe(opts.probe, sources, cfg, train, val, shared, pairs, opts.progress, log)
-        results.update(metrics=result.metrics, config=cfg.to_dict(), **info)
-        if handle is not None:
-            parity = parity_report(opts.probe, result, PRIMARY[opts.probe], atol=atol, rtol=rtol)
-        table = report.metrics_table(opts.probe, result.metrics, parity.delta if parity else None)
-        if opts.plot:
-            n_classes = (train or val).meta.get("num_classes") if opts.probe == "seg" else None
-            pic = report.plot_samples(opts.probe, result.samples, out / f"{opts.probe}_predictions.png", n_classes)
-            results["pictures"] = [str(pic)] if pic else []
-    results["table"] = table
+        found, table, parity = run_task(opts, plan, cfg, data, out, atol, rtol, log)
+    results.update(found, table=table)
     if parity is not None:
         results["parity"] = parity.to_dict()
-    report.write_json(out / "results.json", results)
-    text = f"# loftup eval: {opts.probe} ({name})\n\n{table}\n"
-    if parity is not None:
-        text += f"\n{parity.summary()}\n"
-    report.write_text(out / "results.md", text)
+    write_results(out, results, table, parity)
     results["parity_report"] = parity
     results["out"] = out
     return results

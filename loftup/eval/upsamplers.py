@@ -13,64 +13,40 @@ engine from `loftup.export`: ONNX, TensorRT, our checkpoint). Sources built on o
 `BackboneRunner` share its backbone pass, so several upsamplers on one batch cost one
 backbone forward.
 
-Backbones come from `loftup.backbones.create_backbone`; `register_backbone(name, factory)`
-adds others (the documented hook tests use for a tiny fixed conv backbone). A factory returns
-an nn.Module with `embed_dim`, `patch_size`, `mean`, `std` and `forward(image) -> (B, C, h, w)`.
+Backbones come from `loftup.backbones.create_backbone` (`loftup.backbones.register_backbone`
+adds others, e.g. the tiny conv backbone of the tests). Every backbone input and guidance
+image comes from `loftup.pipeline`, the same rule as the exported engines.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.preprocess import resize_for_backbone
 from ..errors import (
     CheckpointError,
     ConfigError,
     InputError,
     check_choice,
 )
+from ..pipeline import backbone_input, guidance_image
 
 BASELINES = ("lowres", "nearest", "bilinear", "bicubic")
-BACKBONE_FACTORIES: dict[str, Callable[[str], nn.Module]] = {}
-
-
-def register_backbone(name: str, factory: Callable[[str], nn.Module]) -> None:
-    """Make `name` resolvable by `load_backbone` (and so by `loftup eval --backbone name`).
-
-    factory(weights) -> module with embed_dim, patch_size, mean, std; called with the
-    `weights` string the user passed. Registered names take precedence over the registry.
-    """
-    BACKBONE_FACTORIES[name] = factory
-
-
-def load_backbone(name: str, weights: str = "default", device: str | torch.device = "cpu") -> nn.Module:
-    """A frozen backbone by name: a registered factory, else `create_backbone(name, weights)`."""
-    if name in BACKBONE_FACTORIES:
-        model = BACKBONE_FACTORIES[name](weights)
-        model.name = getattr(model, "name", name)
-    else:
-        from ..backbones import create_backbone, list_backbones
-
-        check_choice("backbone", name, list(list_backbones()) + list(BACKBONE_FACTORIES))
-        model = create_backbone(name, weights=weights, device=device)
-    return model.to(device).eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------------------
 
 
 class BackboneRunner:
-    """Runs a frozen backbone on a batch, resized to multiples of its patch; remembers the last call.
+    """Runs a frozen backbone on the guidance image of a batch; remembers the last call.
 
-    input_size: None -> the image's own size rounded down to multiples of the patch;
-    int -> shorter side scaled to input_size, aspect ratio kept (as `loftup upsample
-    --input-size`), then rounded down to the patch; (H, W) -> exactly that, rounded down.
+    input_size: the pipeline's backbone input rule (`loftup.pipeline.backbone_input_size`):
+    None -> the guidance image's own size rounded down to the patch; int -> shorter side.
     """
 
     def __init__(self, backbone: nn.Module, input_size: int | tuple[int, int] | None = None):
@@ -82,31 +58,14 @@ class BackboneRunner:
         self.name = getattr(backbone, "name", type(backbone).__name__)
         self._last: tuple[Any, torch.Tensor, torch.Tensor] | None = None
 
-    def input_hw(self, H: int, W: int) -> tuple[int, int]:
-        p = self.patch_size
-        if self.input_size is None:
-            h, w = H, W
-        elif isinstance(self.input_size, int):
-            scale = self.input_size / min(H, W)
-            h, w = round(H * scale), round(W * scale)
-        else:
-            h, w = self.input_size
-        return max(p, h // p * p), max(p, w // p * p)
-
-    def backbone_input(self, image: torch.Tensor) -> torch.Tensor:
-        """The image resized for the backbone the way the exported pipeline does it."""
-        hw = self.input_hw(*image.shape[-2:])
-        if tuple(image.shape[-2:]) == hw:
-            return image
-        return resize_for_backbone(image, hw)
-
     @torch.no_grad()
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """Raw backbone features (B, C, h, w) of a normalised image batch."""
-        key = (id(image), image._version, tuple(image.shape))
+    def __call__(self, image: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Raw backbone features (B, C, h, w) of a normalised image batch seen at `out_size`."""
+        key = (id(image), image._version, tuple(image.shape), tuple(out_size) if out_size else None)
         if self._last is not None and self._last[0] == key and self._last[1] is image:
             return self._last[2]
-        lr = self.backbone(self.backbone_input(image)).float()
+        x = backbone_input(guidance_image(image, out_size), self.patch_size, self.input_size)
+        lr = self.backbone(x).float()
         self._last = (key, image, lr)
         return lr
 
@@ -132,12 +91,7 @@ class FeatureSource:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": type(self).__name__, "backbone": self.runner.name}
 
-    @staticmethod
-    def guidance(image: torch.Tensor, out_size: tuple[int, int] | None) -> torch.Tensor:
-        """The normalised image at the output size (bilinear), LoftUp's guidance input."""
-        if out_size is None or tuple(image.shape[-2:]) == tuple(out_size):
-            return image
-        return F.interpolate(image, size=tuple(out_size), mode="bilinear", align_corners=False)
+    guidance = staticmethod(guidance_image)  # the normalised image at the output size, LoftUp's guidance
 
 
 class LowResFeatures(FeatureSource):
@@ -148,7 +102,7 @@ class LowResFeatures(FeatureSource):
 
     @torch.no_grad()
     def features(self, image, out_size=None):
-        return self.runner(image)
+        return self.runner(image, out_size)
 
 
 class InterpolatedFeatures(FeatureSource):
@@ -161,18 +115,23 @@ class InterpolatedFeatures(FeatureSource):
 
     @torch.no_grad()
     def features(self, image, out_size=None):
-        lr = self.runner(image)
+        lr = self.runner(image, out_size)
         size = tuple(out_size or image.shape[-2:])
         kwargs = {} if self.mode == "nearest" else {"align_corners": False}
         return F.interpolate(lr, size=size, mode=self.mode, **kwargs)
 
 
 class LoftUpFeatures(FeatureSource):
-    """A PyTorch LoftUp model (`loftup.model.LoftUp`) on the runner's features."""
+    """A PyTorch LoftUp model (`loftup.model.LoftUp`) on the runner's features, run as a
+    `TorchEngine` in upsampler form; reference=True makes it the parity reference
+    (`loftup.export.engine.reference_engine`, the same one export and bench compare with)."""
 
-    def __init__(self, runner: BackboneRunner, model: nn.Module, name: str = "loftup"):
+    def __init__(self, runner: BackboneRunner, model: nn.Module, name: str = "loftup", reference: bool = False):
+        from ..export.engine import TorchEngine, reference_engine
+
         super().__init__(runner, name)
-        self.model = model.eval()
+        device = next(model.parameters()).device
+        self.engine = reference_engine(model, device=str(device)) if reference else TorchEngine(model, device=str(device))
         C = model.cfg.feat_dim
         if C != runner.embed_dim:
             raise InputError(
@@ -182,8 +141,7 @@ class LoftUpFeatures(FeatureSource):
 
     @torch.no_grad()
     def features(self, image, out_size=None):
-        lr = self.runner(image)
-        return self.model(lr, self.guidance(image, out_size)).float()
+        return self.engine(self.runner(image, out_size), self.guidance(image, out_size)).to(image.device)
 
 
 class EngineFeatures(FeatureSource):
@@ -200,7 +158,7 @@ class EngineFeatures(FeatureSource):
         if self.handle.scope == "pipeline":  # the engine resizes for its backbone itself
             hr = self.handle.run_pipeline(self.guidance(image, size))
         else:
-            hr = self.handle.run_upsampler(self.runner(image), self.guidance(image, size))
+            hr = self.handle.run_upsampler(self.runner(image, size), self.guidance(image, size))
         return hr.to(image.device)
 
     def describe(self) -> dict[str, Any]:
@@ -349,10 +307,8 @@ __all__ = [
     "LoftUpFeatures",
     "LowResFeatures",
     "check_engine_fits",
-    "load_backbone",
     "make_baseline",
     "open_engine",
     "parse_baselines",
-    "register_backbone",
     "resolve_reference",
 ]

@@ -4,9 +4,10 @@
     engine = load_engine("loftup.onnx")     # .onnx, .plan or a PyTorch checkpoint
     hr = engine(images)                     # or engine(lr_feats, image) for the upsampler scope
 
-Submodules: formats (the table of formats), engine (Engine, TorchEngine, load_engine),
-onnx (export + ONNX Runtime engine), tensorrt (plan builder + runtime), parity, commands
-(the CLI verbs). The CLI imports this package on every start, so nothing heavy is imported
+Submodules: formats (the table of formats and their hooks), metadata (EngineMetadata),
+engine (Engine, TorchEngine, load_engine), exporter (export_engine / export_model), onnx
+(export + ONNX Runtime engine), tensorrt (plan builder + runtime), parity, commands (the
+`loftup export` verb). ParityError lives in loftup.errors. The CLI imports this package on every start, so nothing heavy is imported
 here: names resolve lazily on first use.
 """
 
@@ -16,10 +17,10 @@ import importlib
 
 _LAZY = {
     "Engine": "engine",
-    "EngineMetadata": "engine",
+    "EngineMetadata": "metadata",
     "TorchEngine": "engine",
     "load_engine": "engine",
-    "make_pipeline": "engine",
+    "reference_engine": "engine",
     "OnnxEngine": "onnx",
     "export_onnx": "onnx",
     "TensorRTEngine": "tensorrt",
@@ -27,10 +28,10 @@ _LAZY = {
     "ParityResult": "parity",
     "check_parity": "parity",
     "TOLERANCES": "parity",
-    "ExportOptions": "commands",
-    "ExportReport": "commands",
-    "ParityError": "commands",
-    "export_engine": "commands",
+    "ExportOptions": "exporter",
+    "ExportReport": "exporter",
+    "export_engine": "exporter",
+    "export_model": "exporter",
     "FORMATS": "formats",
     "get_format": "formats",
 }

@@ -36,10 +36,28 @@ class EngineFormat:
     runtime_module: str  # the Python module that runs the engine
     install_hint: str
     description: str
+    # Hooks, as "module:attribute" (imported only when used, so this table stays stdlib-only):
+    open: str = ""  # (path, **open_options) -> Engine
+    open_options: tuple[str, ...] = ()  # the load_engine options the opener takes
+    require: str | None = None  # () -> raises BackendUnavailableError when the runtime is missing
+    build: str | None = None  # (onnx_path, out_path, metadata, precision=, **build options) -> metadata
+    build_options: tuple[str, ...] = ()  # the export options the builder takes
+    write_metadata: str | None = None  # (path, metadata): store the metadata with the engine
+    companions: str | None = None  # (path) -> files that travel with the engine (sidecar, external data)
 
     @property
     def suffix(self) -> str:
         return self.suffixes[0]
+
+    def hook(self, name: str):
+        """The callable a hook field names, imported now; None when the row has none."""
+        import importlib
+
+        spec = getattr(self, name)
+        if not spec:
+            return None
+        module, _, attr = spec.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
     def runtime_installed(self) -> bool:
         """True if the runtime module can be imported (checked without importing it)."""
@@ -63,6 +81,10 @@ FORMATS: dict[str, EngineFormat] = {
             runtime_module="onnxruntime",
             install_hint="pip install onnxruntime (or onnxruntime-gpu on a machine with an NVIDIA GPU)",
             description="ONNX graph with metadata, run by ONNX Runtime (CPU, CUDA or TensorRT provider)",
+            open="loftup.export.onnx:OnnxEngine",
+            open_options=("providers", "threads"),
+            write_metadata="loftup.export.onnx:write_metadata",
+            companions="loftup.export.onnx:companion_files",
         ),
         EngineFormat(
             name="trt",
@@ -74,6 +96,12 @@ FORMATS: dict[str, EngineFormat] = {
             runtime_module="tensorrt",
             install_hint="pip install tensorrt (TensorRT 10, on a Linux or Windows machine with an NVIDIA GPU and driver)",
             description="TensorRT 10 engine (.plan) plus a JSON sidecar with its metadata",
+            open="loftup.export.tensorrt:TensorRTEngine",
+            require="loftup.export.tensorrt:require_tensorrt",
+            build="loftup.export.tensorrt:build_plan",
+            build_options=("workspace_mb", "timing_cache"),
+            write_metadata="loftup.export.tensorrt:write_sidecar",
+            companions="loftup.export.tensorrt:companion_files",
         ),
         EngineFormat(
             name="torch",
@@ -85,6 +113,8 @@ FORMATS: dict[str, EngineFormat] = {
             runtime_module="torch",
             install_hint="pip install torch",
             description="a LoftUp checkpoint (ours, official .bin, Lightning .ckpt) run by PyTorch",
+            open="loftup.export.engine:open_checkpoint",
+            open_options=("backbone", "threads", "device", "precision", "attn_backend", "compile"),
         ),
     )
 }

@@ -39,7 +39,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import BackendUnavailableError, CheckpointError, ConfigError
-from .engine import Engine, EngineMetadata, base_metadata, make_pipeline
+from ..pipeline import Pipeline
+from .engine import Engine
+from .metadata import EngineMetadata, base_metadata
 from .formats import resolve_attention
 
 METADATA_KEY = "loftup"
@@ -215,7 +217,7 @@ def deploy_module(model, backbone, scope: str, precision: str, attention: str, m
     if precision == "fp16":
         bb = bb.half()
         bb.register_forward_pre_hook(lambda m, args: (args[0].to(dtype),))
-    return PipelineGraph(make_pipeline(bb, up)).eval()
+    return PipelineGraph(Pipeline(bb, up)).eval()
 
 
 # ------------------------------------------------------------------------------------------
@@ -363,6 +365,12 @@ def metadata_props(md: EngineMetadata) -> dict[str, str]:
     if md.parity is not None:
         props["loftup.parity_passed"] = str(bool(md.parity.get("passed")))
     return props
+
+
+def companion_files(path: str | Path) -> list[Path]:
+    """Files that travel with an ONNX engine: its external weights (models over 2 GB)."""
+    data = Path(path).with_name(Path(path).name + ".data")
+    return [data] if data.exists() else []
 
 
 def write_metadata(path: str | Path, md: EngineMetadata) -> None:

@@ -35,9 +35,15 @@ PARITY_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 @dataclass(frozen=True)
 class Tolerance:
+    """Limits on `compare`'s numbers; `passes(err)` is the one pass/fail check of every
+    engine-vs-reference comparison (export, bench, eval, demo)."""
+
     max_abs: float
     mean_cos: float
     min_cos: float
+
+    def passes(self, err: dict[str, float]) -> bool:
+        return err["max_abs"] <= self.max_abs and err["mean_cos"] >= self.mean_cos and err["min_cos"] >= self.min_cos
 
 
 TOLERANCES: dict[str, Tolerance] = {
@@ -126,24 +132,15 @@ def default_parity_shapes(min_size: int, opt_size: int, max_size: int, max_batch
 
 
 def photo_batch(batch: int, height: int, width: int, mean, std, offset: int = 0):
-    """(batch, 3, H, W) float32: bundled photos resized (bicubic) and normalised; their names."""
-    import numpy as np
+    """(batch, 3, H, W) float32 pipeline inputs (`loftup.pipeline.prepare_image`) of bundled photos; their names."""
     import torch
-    from PIL import Image
 
+    from ..pipeline import prepare_image
     from ..samples import load_sample
 
-    names, tensors = [], []
-    for i in range(batch):
-        name = PARITY_PHOTOS[(offset + i) % len(PARITY_PHOTOS)]
-        img = load_sample(name).resize((width, height), Image.Resampling.BICUBIC)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        names.append(name)
-        tensors.append(x)
-    x = torch.stack(tensors)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - m) / s, names
+    names = [PARITY_PHOTOS[(offset + i) % len(PARITY_PHOTOS)] for i in range(batch)]
+    x = torch.cat([prepare_image(load_sample(name), (height, width), mean, std) for name in names])
+    return x, names
 
 
 def photo_features(image, feat_dim: int, patch_size: int, seed: int = 0):
@@ -152,10 +149,12 @@ def photo_features(image, feat_dim: int, patch_size: int, seed: int = 0):
     import torch
     import torch.nn.functional as F
 
+    from ..pipeline import backbone_input
+
     p = patch_size
-    B, _, H, W = image.shape
-    h, w = max(1, H // p), max(1, W // p)
-    x = F.interpolate(image, size=(h * p, w * p), mode="bilinear", align_corners=False)
+    B = image.shape[0]
+    x = backbone_input(image, p)
+    h, w = x.shape[-2] // p, x.shape[-1] // p
     patches = F.unfold(x, kernel_size=p, stride=p)  # (B, 3*p*p, h*w)
     g = torch.Generator().manual_seed(seed)
     proj = torch.randn(feat_dim, patches.shape[1], generator=g) / patches.shape[1] ** 0.5
@@ -165,32 +164,29 @@ def photo_features(image, feat_dim: int, patch_size: int, seed: int = 0):
 
 def parity_inputs(shape: tuple[int, int, int], scope: str, reference, mean, std, patch_size: int | None, offset: int = 0):
     """The engine inputs for one shape, and the photo names."""
-    import torch
-
     b, H, W = shape
     image, names = photo_batch(b, H, W, mean, std, offset)
     if scope == "pipeline":
         return (image,), names
-    backbone = getattr(reference, "backbone", None)
-    if backbone is not None:
-        import torch.nn.functional as F
-
-        p = backbone.patch_size
-        with torch.inference_mode():
-            lr = backbone(F.interpolate(image, size=(H // p * p, W // p * p), mode="bilinear", align_corners=False))
+    if getattr(reference, "pipeline", None) is not None:
+        lr = reference.backbone_features(image)
     else:
         lr = photo_features(image, reference.metadata.feat_dim, patch_size or 14)
     return (lr.float(), image), names
 
 
 def compare(out, ref) -> dict[str, float]:
-    """max abs, mean abs, mean and min per-pixel cosine similarity (over channels) of two (B, C, H, W)."""
+    """The one engine-vs-reference comparison: max abs, mean abs, mean and min per-pixel cosine
+    similarity (over channels) of two (B, C, H, W); a non-finite output scores inf / -1."""
     import torch
     import torch.nn.functional as F
 
     out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
     if out.shape != ref.shape:
-        raise ValueError(f"engine output shape {tuple(out.shape)} differs from the reference {tuple(ref.shape)}")
+        from ..errors import InputError
+
+        raise InputError(f"engine output shape {tuple(out.shape)} differs from the reference {tuple(ref.shape)}; "
+                         "the engine was built for other inputs - export it again")
     diff = (out - ref).abs()
     cos = F.cosine_similarity(out, ref, dim=1, eps=1e-12)
     finite = bool(torch.isfinite(out).all())
@@ -219,6 +215,6 @@ def check_parity(engine, reference, shapes: Sequence[tuple[int, int, int]], prec
         got = engine(*inputs)
         want = reference(*inputs)
         err = compare(got, want)
-        ok = err["max_abs"] <= tol.max_abs and err["mean_cos"] >= tol.mean_cos and err["min_cos"] >= tol.min_cos
+        ok = tol.passes(err)
         result.shapes.append(ShapeParity(batch=shape[0], height=shape[1], width=shape[2], photos=names, passed=ok, **err))
     return result

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError, CheckpointError, ConfigError, InputError
-from .engine import Engine, EngineMetadata
+from .engine import Engine
+from .metadata import EngineMetadata
 from .formats import FORMATS
 
 # ONNX ops of our graphs that the TensorRT 10 ONNX parser supports (onnx-tensorrt
@@ -191,6 +192,11 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
 def sidecar_path(plan: str | Path) -> Path:
     plan = Path(plan)
     return plan.with_name(plan.name + ".json")
+
+
+def companion_files(plan: str | Path) -> list[Path]:
+    """Files that travel with a plan: its metadata sidecar."""
+    return [sidecar_path(plan)]
 
 
 def build_plan(onnx_path: str | Path, plan_path: str | Path, metadata: EngineMetadata, *, precision: str = "fp32",

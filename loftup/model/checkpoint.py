@@ -122,6 +122,31 @@ def load_checkpoint(path: str | Path, feat_dim: int | None = None, **config_over
     return model.eval()
 
 
+def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, feat_dim: int | None = None,
+                 backbone: str | None = None, seed: int = 0, **config_overrides: Any) -> LoftUp:
+    """The one way a verb gets a LoftUp: `--checkpoint PATH`, or `--random-init` (eval mode).
+
+    feat_dim: the backbone's channels when known (a checkpoint must match it; a random model
+    needs it); backbone: the name recorded in a random model's config; seed: its init.
+    ConfigError when both or neither of checkpoint / random_init are given.
+    """
+    from ..errors import ConfigError
+
+    if checkpoint is not None and random_init:
+        raise ConfigError("--checkpoint and --random-init exclude each other; pick one")
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint, feat_dim=feat_dim, **config_overrides)
+    if not random_init:
+        raise ConfigError(
+            "no trained LoftUp weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
+            "`loftup train` checkpoint), or --random-init to try the toolchain with an untrained upsampler"
+        )
+    if not feat_dim:
+        raise ConfigError("--random-init needs the feature channels: pass --backbone NAME (or --feat-dim C where offered)")
+    torch.manual_seed(seed)
+    return LoftUp(LoftUpConfig(feat_dim=int(feat_dim), backbone=backbone, **config_overrides)).eval()
+
+
 def save_checkpoint(model: LoftUp, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Write our format: weights + config in one .safetensors, and a .json sidecar for humans."""
     from safetensors.torch import save_file

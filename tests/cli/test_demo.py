@@ -77,7 +77,7 @@ def test_quick_demo_mini_benchmark_and_engine_deltas(quick_demo):
     parity = mini["parity"]
     assert parity["passed"]
     assert parity["delta"] and all(abs(d) <= 1e-3 + 1e-2 for d in parity["delta"].values())
-    assert parity["feature_parity"]["cosine_min"] > 0.9999
+    assert parity["feature_parity"]["min_cos"] > 0.9999
     for name in UPSAMPLERS:  # the table, in the report and on stdout
         assert f"| {name} " in mini["table"] and f"| {name} " in stdout
     assert "demo finished in" in stdout

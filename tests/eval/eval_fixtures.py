@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from loftup.eval.upsamplers import register_backbone
+from loftup.backbones import register_backbone
+from loftup.pipeline import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 S = 32  # fixture image size
 
 # colours of the classes in the fixtures (far apart, so decoding is exact)

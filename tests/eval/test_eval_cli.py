@@ -16,9 +16,9 @@ def check_parity_fields(parity, probe, primary):
     assert set(parity["tolerance"]) == {"atol", "rtol", "rule"}
     assert primary in parity["reference"] and primary in parity["engine"] and primary in parity["delta"]
     fp = parity["feature_parity"]
-    assert fp["batches"] >= 1 and {"cosine_min", "cosine_mean", "max_abs", "mean_abs"} <= set(fp)
+    assert fp["batches"] >= 1 and {"min_cos", "mean_cos", "max_abs", "mean_abs"} <= set(fp)
     per_batch = parity["feature_parity_per_batch"]
-    assert len(per_batch) == fp["batches"] and {"cosine_min", "max_abs", "batch"} <= set(per_batch[0])
+    assert len(per_batch) == fp["batches"] and {"min_cos", "max_abs", "batch"} <= set(per_batch[0])
 
 
 def test_checkpoint_engine_parity_on_seg(tmp_path, capsys, coco_dir, tiny_ckpt):
@@ -60,7 +60,7 @@ def test_onnx_engine_vs_reference_within_tolerance(tmp_path, capsys, coco_dir, o
     assert parity["passed"] is True
     ref, tol = parity["reference"]["miou"], parity["tolerance"]
     assert abs(parity["delta"]["miou"]) <= tol["atol"] + tol["rtol"] * abs(ref)
-    assert parity["feature_parity"]["cosine_min"] > 0.999 and parity["feature_parity"]["max_abs"] < 1e-2
+    assert parity["feature_parity"]["min_cos"] > 0.999 and parity["feature_parity"]["max_abs"] < 1e-2
 
 
 @pytest.mark.export
@@ -91,7 +91,7 @@ def test_engine_that_differs_from_its_reference_is_reported(tmp_path, capsys, co
     code, stdout, err = run(["eval", "--engine", other, "--reference", tiny_ckpt, "--probe", "seg", "--data", coco_dir,
                              *FAST, "--out", out, "--atol", "0", "--rtol", "0"], capsys)
     parity = json.loads((out / "results.json").read_text())["parity"]
-    assert parity["feature_parity"]["max_abs"] > 0.1 and parity["feature_parity"]["cosine_min"] < 0.99
+    assert parity["feature_parity"]["max_abs"] > 0.1 and parity["feature_parity"]["min_cos"] < 0.99
     # other weights, zero tolerance: the metrics differ, so the verb fails (exit 1) and says why
     assert code == 1 and parity["passed"] is False
     assert "parity FAIL" in stdout and "pixel_acc: reference" in err
@@ -201,7 +201,7 @@ def test_pipeline_engine_and_reference_resize_alike(tmp_path, capsys, coco_dir, 
     code, _, err = run(args, capsys)
     assert code == 0, err
     parity = json.loads((out / "results.json").read_text())["parity"]
-    assert parity["feature_parity"]["max_abs"] < 5e-3 and parity["feature_parity"]["cosine_min"] > 0.99999
+    assert parity["feature_parity"]["max_abs"] < 5e-3 and parity["feature_parity"]["min_cos"] > 0.99999
     assert parity["passed"] is True and parity["delta"]["miou"] == 0.0
     code, _, err = run(args + ["--input-size", "28"], capsys)
     assert_one_line_error(code, err, "pipeline engine", "--input-size")

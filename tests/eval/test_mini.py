@@ -14,10 +14,10 @@ from loftup.eval.mini import (
     load_mini_images,
     run_mini_benchmark,
 )
+from loftup.backbones import create_backbone
 from loftup.eval.upsamplers import (
     BackboneRunner,
     LoftUpFeatures,
-    load_backbone,
     make_baseline,
 )
 
@@ -55,7 +55,7 @@ def test_ridge_recovers_a_linear_map():
 
 
 def test_mini_benchmark_reports_per_upsampler(tmp_path):
-    runner = BackboneRunner(load_backbone("tiny_conv"))
+    runner = BackboneRunner(create_backbone("tiny_conv"))
     from loftup.model import LoftUp, LoftUpConfig
 
     torch.manual_seed(0)

@@ -11,10 +11,10 @@ from eval_fixtures import OracleSource
 from loftup.errors import ConfigError
 from loftup.eval import datasets as D
 from loftup.eval import probes as P
+from loftup.backbones import create_backbone
 from loftup.eval.upsamplers import (
     BackboneRunner,
     LoftUpFeatures,
-    load_backbone,
     make_baseline,
 )
 
@@ -114,7 +114,7 @@ def test_label_propagation_follows_features_within_radius():
 
 def test_training_features_are_cached_and_heads_are_shared(coco_dir):
     """Train once on one source; evaluate that head on two sources with identical features."""
-    runner = BackboneRunner(load_backbone("tiny_conv"))
+    runner = BackboneRunner(create_backbone("tiny_conv"))
     torch.manual_seed(0)
     from loftup.model import LoftUp, LoftUpConfig
 
@@ -136,11 +136,11 @@ def test_training_features_are_cached_and_heads_are_shared(coco_dir):
     res = P.evaluate(task, {"a": head, "b": head}, {"a": a, "b": b}, val, cfg, pairs=[("a", "b")])
     assert res.metrics["a"]["miou"] == res.metrics["b"]["miou"]
     (batch,) = res.parity["a~b"]
-    assert batch["cosine_min"] == pytest.approx(1.0) and batch["max_abs"] == 0.0
+    assert batch["min_cos"] == pytest.approx(1.0) and batch["max_abs"] == 0.0
 
 
 def test_baselines_shapes_and_low_res_prediction_resize(coco_dir):
-    runner = BackboneRunner(load_backbone("tiny_conv"))
+    runner = BackboneRunner(create_backbone("tiny_conv"))
     x = torch.randn(2, 3, 32, 32)
     low, bil = make_baseline("lowres", runner), make_baseline("bilinear", runner)
     assert low.features(x).shape == (2, 16, 8, 8) and low.pred_resize == "nearest"

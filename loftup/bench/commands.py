@@ -1,0 +1,57 @@
+"""`loftup bench`: parse, call `loftup.bench.harness.run_bench`, print.
+
+Only typer and the stdlib at module level: the CLI imports this module on every start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ConfigError
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"--{what} takes comma-separated integers, e.g. 224,448; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"--{what} needs positive integers, got {text!r}")
+    return values
+
+
+def bench_command(
+    checkpoint: Optional[Path] = typer.Option(None, help="LoftUp weights to benchmark."),
+    random_init: bool = typer.Option(False, "--random-init", help="Benchmark an untrained upsampler (latency does not depend on the weights)."),
+    backbone: str = typer.Option("dinov2_vits14", help="Backbone whose channels and patch size set the workload (its weights are not loaded)."),
+    sizes: str = typer.Option("224,448,896", help="Output sizes (square), comma-separated."),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes, comma-separated."),
+    precisions: str = typer.Option("fp32,bf16", help="fp32, bf16, fp16, comma-separated."),
+    backends: str = typer.Option(
+        "all", help="Comma-separated: torch-reference, torch-sdpa, torch-compile, triton, onnxruntime (every provider) "
+        "or onnxruntime-cpu/-cuda/-tensorrt, tensorrt; or all."
+    ),
+    warmup: int = typer.Option(1, help="Untimed runs before timing (compilation happens here)."),
+    repeats: int = typer.Option(5, help="Timed runs (fewer if --max-seconds would be exceeded)."),
+    max_seconds: float = typer.Option(60.0, "--max-seconds", help="Time budget per row for the timed runs."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: PyTorch's)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    out: Path = typer.Option(Path("bench_results"), help="Output folder (or a .json path); a PNG plot is written next to the JSON."),
+) -> None:
+    """Latency, throughput, memory, achieved GFLOP/s and parity per backend, size, batch and precision."""
+    from ..bench.harness import BenchOptions, run_bench
+
+    opts = BenchOptions(
+        checkpoint=checkpoint, random_init=random_init, backbone=backbone, sizes=_int_list(sizes, "sizes"),
+        batch_sizes=_int_list(batch_sizes, "batch-sizes"), precisions=[p for p in precisions.split(",") if p],
+        backends=[b for b in backends.split(",") if b], warmup=warmup, repeats=repeats, max_seconds=max_seconds,
+        threads=threads, device=device, out=out,
+    )
+    report = run_bench(opts)
+    typer.echo(f"wrote {report.json_path} and {report.plot_path}")
+
+
+__all__ = ["bench_command"]

@@ -1,0 +1,219 @@
+"""Export orchestration, driven by the format table: trace to ONNX, build the format's engine,
+check parity against the PyTorch reference, then move the files into place.
+
+    report = export_engine(ExportOptions(checkpoint="model.safetensors", backbone="dinov2_vits14"))
+    report = export_model(model, backbone, "m.onnx", fmt="onnx", scope="pipeline")  # a model in hand
+
+`loftup export` calls `export_engine`; `loftup bench` calls `export_model` for its ONNX Runtime
+and TensorRT rows, so both get their engines from the same code. Every format is an ONNX
+export first; a row with a `build` hook (TensorRT) turns that into its own engine file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from ..errors import ConfigError, InputError, ParityError
+
+
+@dataclass
+class ExportOptions:
+    """Everything `loftup export` takes. sizes are square pixel sizes of the guidance image."""
+
+    checkpoint: Optional[Path] = None
+    random_init: bool = False
+    feat_dim: Optional[int] = None  # for random_init without a backbone
+    backbone: Optional[str] = None
+    weights: str = "default"
+    format: str = "onnx"
+    scope: Optional[str] = None  # default: pipeline with a backbone, else upsampler
+    precision: str = "fp32"
+    opset: int = 20
+    attention: str = "auto"
+    min_size: int = 112
+    opt_size: int = 224
+    max_size: int = 448
+    max_batch: int = 4
+    out: Optional[Path] = None
+    force: bool = False
+    workspace_mb: Optional[int] = None
+    timing_cache: Optional[Path] = None
+    parity_shapes: Optional[list] = None  # [(batch, H, W), ...]; default from the sizes
+    seed: int = 0
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        return (self.min_size, self.opt_size, self.max_size)
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    metadata: Any
+    parity: Any  # ParityResult, or None when the export was not checked
+    extra_files: list = field(default_factory=list)
+
+
+def load_model_and_backbone(opts: ExportOptions):
+    """(model, backbone or None, scope) for the options; the checkpoint names the backbone by default."""
+    from ..model import load_or_init
+
+    if (opts.checkpoint is None) == (not opts.random_init):  # neither or both: load_or_init's one-line error, now
+        load_or_init(opts.checkpoint, random_init=opts.random_init)
+    model = load_or_init(opts.checkpoint) if opts.checkpoint is not None else None
+    name = opts.backbone or (model.cfg.backbone if model is not None else None)
+    scope = opts.scope or ("pipeline" if name else "upsampler")
+    if scope == "pipeline" and not name:
+        raise ConfigError("--scope pipeline needs --backbone NAME (see `loftup backbones`); or use --scope upsampler")
+    backbone = None
+    if name:
+        from ..backbones import create_backbone
+
+        backbone = create_backbone(name, weights=opts.weights)
+    C = getattr(backbone, "embed_dim", None) or opts.feat_dim
+    if model is None:
+        if opts.random_init and not C:
+            raise ConfigError("--random-init without --backbone needs --feat-dim C")
+        model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=C, backbone=name, seed=opts.seed)
+    elif backbone is not None and backbone.embed_dim != model.cfg.feat_dim:
+        raise ConfigError(
+            f"checkpoint {Path(opts.checkpoint).name} upsamples {model.cfg.feat_dim}-channel features but backbone {name} gives "
+            f"{backbone.embed_dim}; use the backbone it was trained for"
+        )
+    return model, backbone, scope
+
+
+def default_out(opts: ExportOptions, scope: str, suffix: str) -> Path:
+    stem = Path(opts.checkpoint).stem if opts.checkpoint else "loftup"
+    return Path(f"{stem}_{scope}_{opts.precision}{suffix}")
+
+
+def check_writable_folder(folder: Path, what: str = "--out") -> None:
+    """One clear line, before any work, when `folder` cannot take new files."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"cannot write to {folder}: {probe} is a file; choose another {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {folder}: {probe} is not writable; choose another {what}")
+
+
+def resolve_out(opts: ExportOptions, scope: str, fmt) -> Path:
+    """The engine path `--out` names (a file, or a folder to put the default name in); checked."""
+    out = Path(opts.out) if opts.out else default_out(opts, scope, fmt.suffix)
+    if out.is_dir():
+        out = out / default_out(opts, scope, fmt.suffix).name
+    if out.suffix.lower() not in fmt.suffixes:
+        raise ConfigError(f"--out {out.name} does not end in {fmt.suffix} (format {fmt.name})")
+    if out.exists() and not opts.force:
+        raise ConfigError(f"{out} already exists; pass --force to overwrite it")
+    check_writable_folder(out.parent)
+    return out
+
+
+def _move_into_place(staged: Path, final: Path) -> None:
+    from ..io import atomic_write
+
+    atomic_write(final, lambda tmp: os.replace(staged, tmp))
+
+
+def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: str = "upsampler", precision: str = "fp32",
+                 opset: int = 20, attention: str = "auto", sizes: tuple[int, int, int] = (112, 224, 448), max_batch: int = 4,
+                 source: str | Path | None = None, patch_size: int | None = None, parity_shapes: Sequence | None = None,
+                 check: bool = True, force: bool = False, log: Callable[[str], None] = lambda msg: None,
+                 **build_options) -> ExportReport:
+    """Write `model` (+ `backbone` for the pipeline scope) as a `fmt` engine at `out`.
+
+    Files are staged next to `out` and renamed into place only after parity passed (check=True;
+    or with force=True), so a failed export leaves no engine behind. check=False skips the
+    parity run (bench compares every row with the reference itself). build_options: the
+    format's own (TensorRT: workspace_mb, timing_cache); None values are dropped.
+    """
+    from .formats import export_format
+    from .onnx import export_onnx
+
+    row = export_format(fmt)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+    try:
+        onnx_path = stage / (out.stem + ".onnx")
+        log(f"tracing {scope} ({model.cfg.feat_dim} channels{', backbone ' + backbone.name if backbone is not None else ''}) to ONNX opset {opset} ...")
+        md = export_onnx(
+            model, onnx_path, backbone=backbone, scope=scope, precision=precision if row.build is None else "fp32",
+            opset=opset, attention=attention, sizes=sizes, max_batch=max_batch, source=source,
+            patch_size=getattr(backbone, "patch_size", None) or patch_size,
+        )
+        engine_path = onnx_path
+        if row.build is not None:
+            engine_path = stage / out.name
+            log(f"building {row.name} {precision} engine ...")
+            options = {k: v for k, v in build_options.items() if k in row.build_options and v is not None}
+            md = row.hook("build")(onnx_path, engine_path, md, precision=precision, **options)
+        result = None
+        if check:
+            result = check_engine(engine_path, model, backbone, sizes, max_batch, precision, parity_shapes, log)
+            md.parity = result.to_dict()
+        row.hook("write_metadata")(engine_path, md)
+        if result is not None and not result and not force:
+            raise ParityError(
+                f"parity failed for {out.name} (worst max abs {result.worst['max_abs']:.3g}, min cos {result.worst['min_cos']:.6f}); "
+                "no engine written - pass --force to keep it anyway"
+            )
+        extras = []
+        for companion in row.hook("companions")(engine_path):
+            final = out.with_name(out.name + companion.name[len(engine_path.name):])
+            _move_into_place(companion, final)
+            extras.append(final)
+        _move_into_place(engine_path, out)
+        return ExportReport(path=out, metadata=md, parity=result, extra_files=extras)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_engine(engine_path: Path, model, backbone, sizes, max_batch: int, precision: str, shapes=None, log=print):
+    """Parity of a written engine against the PyTorch reference (`reference_engine`) on photos."""
+    from .engine import load_engine, reference_engine
+    from .parity import check_parity, default_parity_shapes
+
+    shapes = shapes or default_parity_shapes(*sizes, max_batch=max_batch)
+    log(f"checking parity against PyTorch on {len(shapes)} shapes ...")
+    engine = load_engine(engine_path)
+    result = check_parity(engine, reference_engine(model, backbone), shapes, precision=precision)
+    del engine
+    log(result.summary())
+    return result
+
+
+def export_engine(opts: ExportOptions, log=print) -> ExportReport:
+    """`loftup export`: validate the options, load the model (and backbone), then `export_model`."""
+    from .formats import check_export_options, export_format, resolve_attention
+
+    fmt = export_format(opts.format)
+    check_export_options(
+        fmt, opts.precision, opts.scope or "pipeline", opts.sizes, opts.max_batch,
+        opset=opts.opset, attention=opts.attention,
+        workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
+    )
+    resolve_attention(opts.attention, opts.opset)
+    if fmt.require:
+        fmt.hook("require")()  # fail fast: before loading weights or tracing
+    if opts.out is not None:
+        check_writable_folder(Path(opts.out) if Path(opts.out).is_dir() else Path(opts.out).parent)
+    model, backbone, scope = load_model_and_backbone(opts)
+    out = resolve_out(opts, scope, fmt)
+    return export_model(
+        model, backbone, out, fmt=fmt.name, scope=scope, precision=opts.precision, opset=opts.opset,
+        attention=opts.attention, sizes=opts.sizes, max_batch=opts.max_batch, source=opts.checkpoint,
+        parity_shapes=opts.parity_shapes, check=True, force=opts.force, log=log,
+        workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
+    )
+
+
+__all__ = ["ExportOptions", "ExportReport", "check_engine", "export_engine", "export_model", "load_model_and_backbone"]
