@@ -42,6 +42,29 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         raise
 
 
+def check_writable_dir(folder: str | Path, what: str = "--out") -> None:
+    """InputError (one line) unless `folder` is, or can be created as, a folder we can write files in.
+
+    Checked before any work starts, by creating and removing a probe file in the nearest existing
+    folder (permission bits alone mislead: root ignores them, a read-only mount does not).
+    Creates nothing that stays.
+    """
+    from .errors import InputError
+
+    folder = Path(folder).expanduser()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"cannot write to {folder}: {probe} is a file, not a folder; choose another {what}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".loftup-write-check.", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise InputError(f"cannot write to {folder}: {probe} is not writable ({exc.strerror}); choose another {what}") from None
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -63,7 +86,7 @@ def _one_line(text: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def checkpoint_format(path: str | Path) -> str:
+def checkpoint_format(path: str | Path, what: str = "checkpoint") -> str:
     """What a weights file is, judged by its bytes (never by its suffix) before any loader opens it.
 
     One of SAFETENSORS, TORCH_ZIP, TORCH_PICKLE or TORCHSCRIPT; CheckpointError for anything else
@@ -79,7 +102,7 @@ def checkpoint_format(path: str | Path) -> str:
             return SAFETENSORS
         if head[8:9] == b"{" and n < 1 << 32:
             raise CheckpointError(
-                f"cannot read checkpoint {path}: a truncated safetensors file (header of {n} bytes, file of {size}); download or save it again"
+                f"cannot read {what} {path}: a truncated safetensors file (header of {n} bytes, file of {size}); download or save it again"
             )
     if head[:4] == b"PK\x03\x04":
         from .torchscript import is_torchscript_archive
@@ -89,17 +112,17 @@ def checkpoint_format(path: str | Path) -> str:
                 names = z.namelist()
         except Exception as exc:  # BadZipFile, NotImplementedError, ... on damaged archives
             raise CheckpointError(
-                f"cannot read checkpoint {path}: damaged zip archive ({_one_line(exc) or type(exc).__name__}); download or export it again"
+                f"cannot read {what} {path}: damaged zip archive ({_one_line(exc) or type(exc).__name__}); download or export it again"
             ) from None
         if is_torchscript_archive(names):
             return TORCHSCRIPT
         if any(re.fullmatch(r"[^/]+/data\.pkl", n) for n in names):
             return TORCH_ZIP
-        raise CheckpointError(f"cannot read checkpoint {path}: a zip archive that is not a PyTorch checkpoint (no data.pkl)")
+        raise CheckpointError(f"cannot read {what} {path}: a zip archive that is not a PyTorch checkpoint (no data.pkl)")
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return TORCH_PICKLE  # legacy (pre-1.6) torch.save files are a plain pickle stream
     raise CheckpointError(
-        f"cannot read checkpoint {path}: it is not a safetensors, PyTorch or TorchScript file "
+        f"cannot read {what} {path}: it is not a safetensors, PyTorch or TorchScript file "
         f"({'empty' if not size else 'unknown content'}); give a .safetensors/.bin/.pth/.ckpt weights file"
     )
 
@@ -113,7 +136,7 @@ def load_weights_only(path: str | Path, what: str = "checkpoint") -> Any:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{what} file not found: {path}")
-    kind = checkpoint_format(path)
+    kind = checkpoint_format(path, what)
     if kind not in (TORCH_ZIP, TORCH_PICKLE):
         raise CheckpointError(f"cannot read {what} {path}: it is a {kind}, not a torch.save file; give the file loftup wrote")
     try:

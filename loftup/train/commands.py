@@ -46,10 +46,10 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder: config, logs, checkpoints, final model.safetensors."),
     init: Optional[Path] = typer.Option(None, "--init", help="LoftUp checkpoint to start from (stage 2: the stage-1 model.safetensors)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="paper (default) or released: hyper-parameters of the paper / the official code."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps (global batches)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps (global batches), at least 1."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs over the data (used when --steps is not given)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options (keys as in config.yaml of a run)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (this folder, even if copied) from its newest readable checkpoint."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (split over torchrun ranks). " + _H),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate. " + _H),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw, adam, nadam or sgd. " + _H),
@@ -92,6 +92,10 @@ def train_command(
     from .loop import resume_config, train
     from .presets import build_config
 
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be a positive number of optimisation steps, got {steps}; or leave it out and pass --epochs N")
+    if epochs is not None and not epochs > 0:
+        raise ConfigError(f"--epochs must be positive, got {epochs}")
     overrides = dict(
         data=data, backbone=backbone, out=out, init=init, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, schedule=schedule, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,

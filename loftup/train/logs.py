@@ -1,6 +1,7 @@
 """Run folder layout, training-state files, CSV / TensorBoard logs and the progress bar.
 
-    RUN/config.yaml                 the resolved TrainConfig (what --resume continues)
+    RUN/config.yaml                 the resolved TrainConfig (what --resume continues); `out: .`,
+                                    paths relative to RUN or absolute, so RUN can be moved or copied
     RUN/log.csv                     one row per logged step
     RUN/tb/                         TensorBoard events (only if `tensorboard` is installed)
     RUN/checkpoints/step-XXXXXXXX.safetensors (+ .json)   student weights, our format
@@ -17,7 +18,7 @@ import csv
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -52,6 +53,58 @@ class RunDir:
             return int(name.split("-")[-1])
         except ValueError:
             raise CheckpointError(f"{p} is damaged ({name!r}); delete it to start over or fix the step name") from None
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps that have a training-state file, newest first."""
+        steps = []
+        for p in self.ckpt_dir.glob("step-*.state.pt"):
+            try:
+                steps.append(int(p.name[5:13]))
+            except ValueError:
+                continue
+        return sorted(steps, reverse=True)
+
+    def checkpoint_problem(self, step: int) -> str:
+        """'' if the weights and state of `step` can be read, else why not (one line)."""
+        from ..io import read_tensors
+
+        try:
+            read_tensors(self.weights(step))
+            load_state(self.state(step))
+        except CheckpointError as e:
+            return str(e)
+        return ""
+
+    def resume_step(self, warn: Callable[[str], None]) -> int | None:
+        """The newest checkpoint that can be read (not newer than `latest`), or None if there is none.
+
+        Unreadable ones (e.g. cut short by a full disk) are skipped; `warn(msg)` says which and why,
+        and which step the run resumes from. CheckpointError if checkpoints exist but none is readable.
+        """
+        try:
+            newest = self.latest_step()
+        except CheckpointError as e:  # a damaged `latest` file: every checkpoint is a candidate
+            warn(f"{e}; using the newest readable checkpoint instead")
+            newest = None
+        steps = [s for s in self.checkpoint_steps() if newest is None or s <= newest]
+        if newest is not None and newest not in steps:
+            steps.insert(0, newest)
+        if not steps:
+            return None
+        for step in steps:
+            if self.weights(step).is_file() and self.state(step).is_file():
+                problem = self.checkpoint_problem(step)
+            else:
+                problem = f"its files in {self.ckpt_dir} are missing"
+            if not problem:
+                if step != steps[0]:
+                    warn(f"resuming from step {step}, the newest readable checkpoint in {self.ckpt_dir}")
+                return step
+            warn(f"skipping the step-{step} checkpoint: {problem}")
+        raise CheckpointError(
+            f"no readable checkpoint in {self.ckpt_dir} (tried steps {', '.join(map(str, steps))}); "
+            "start a new run with another --out"
+        )
 
     def mark_latest(self, step: int) -> None:
         atomic_write(self.ckpt_dir / "latest", lambda p: p.write_text(f"step-{step:08d}\n"))

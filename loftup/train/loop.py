@@ -31,10 +31,11 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from .data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover
+from ..io import check_writable_dir
 from .ddp import DistContext, all_reduce_scalar, barrier, cleanup, convert_batchnorm, init_distributed
 from .features import FeatureExtractor, backbone_identity
 from .logs import CsvLog, ProgressBar, RunDir, TensorBoardLog, load_state, save_state
-from .presets import RUN_CONTROL, TrainConfig, dump_yaml
+from .presets import RUN_CONTROL, TrainConfig, comparable, load_run_config, save_run_config
 from .stage2 import TrainingError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,18 +62,18 @@ class TrainResult:
 def resume_config(out: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The saved config of run `out`, with run-control overrides (steps, workers, ...) applied.
 
-    Overriding anything that changes what is trained raises ConfigError.
+    The run continues in `out` - the folder given now, never the `out:` saved in config.yaml (a
+    copied run folder resumes in the copy). Overriding anything that changes what is trained
+    raises ConfigError.
     """
-    from .presets import load_yaml
-
     run = RunDir(out)
     if not run.config.is_file():
         raise CheckpointError(f"nothing to resume in {run.root}: no config.yaml; start the run without --resume")
-    saved = TrainConfig.from_dict(load_yaml(run.config))
-    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
-    base = saved.to_dict()
-    probe = saved.replace(**changes).to_dict()
-    bad = [k for k in changes if k not in RUN_CONTROL and k not in ("out",) and probe[k] != base[k]]
+    saved = load_run_config(run.root)
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None and k != "out"}
+    base = comparable(saved)
+    probe = comparable(saved.replace(**changes))
+    bad = [k for k in changes if k not in RUN_CONTROL and probe[k] != base[k]]
     if bad:
         k = bad[0]
         raise ConfigError(f"cannot change {k} when resuming (the run uses {base[k]!r}); start a new --out to change it")
@@ -98,6 +99,7 @@ class Trainer:
         cfg.validate()
         if not cfg.out:
             raise ConfigError("no run folder given; pass --out RUN_DIR")
+        check_writable_dir(cfg.out, "--out")  # before anything is built or written
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.run = RunDir(cfg.out)
@@ -114,7 +116,7 @@ class Trainer:
     # -- construction ---------------------------------------------------------------------
     def _setup(self, backbone: nn.Module | None, resume: bool) -> None:
         cfg, ctx = self.cfg, self.ctx
-        latest = self.run.latest_step()
+        latest = self.run.resume_step(self._warn if ctx.is_main else lambda msg: None) if resume else self.run.latest_step()
         if resume and latest is None:
             raise CheckpointError(f"nothing to resume in {self.run.root}: no checkpoint found; start without --resume")
         if not resume and latest is not None:
@@ -195,16 +197,14 @@ class Trainer:
             self._load_state(latest)
         elif ctx.is_main:
             self.run.root.mkdir(parents=True, exist_ok=True)
-            dump_yaml(cfg, self.run.config)
+            save_run_config(cfg, self.run.root)
         barrier(ctx)
 
     def _check_same_run(self) -> None:
-        from .presets import load_yaml
-
         if not self.run.config.is_file():
             return
-        saved = TrainConfig.from_dict(load_yaml(self.run.config)).to_dict()
-        now = self.cfg.to_dict()
+        saved = comparable(load_run_config(self.run.root))
+        now = comparable(self.cfg)
         bad = [k for k in now if k not in RUN_CONTROL and k != "out" and now[k] != saved.get(k)]
         if bad:
             raise ConfigError(f"cannot resume with a different {bad[0]} (run: {saved.get(bad[0])!r}, now: {now[bad[0]]!r})")
@@ -269,7 +269,7 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------
     def _meta(self, role: str) -> dict[str, Any]:
         return {"role": role, "stage": self.cfg.stage, "step": self.step, "preset": self.cfg.preset,
-                "backbone": self.cfg.backbone, "backbone_id": self.backbone_id, "run": str(self.run.root)}
+                "backbone": self.cfg.backbone, "backbone_id": self.backbone_id, "run": self.run.root.resolve().name}
 
     def save(self) -> Path | None:
         """Write the checkpoint of the current step (rank 0); returns the weights path."""
@@ -458,12 +458,20 @@ class Trainer:
             "finished": result.finished, "first_loss": first, "last_loss": result.losses[-1] if result.losses else old.get("last_loss"),
             "images_per_s_last_call": result.images_per_s, "skipped": result.skipped, "world_size": self.ctx.world,
             "backbone": self.backbone_id, "data": self.data_description,
-            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "checkpoint": _relative(result.checkpoint, self.run.root) if result.checkpoint else None,
         }
         atomic_write(self.run.summary, lambda p: p.write_text(json.dumps(summary, indent=2)))
 
     def close(self) -> None:
         cleanup(self.ctx)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to the run folder `root` when inside it (what files in a run folder store)."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def train(cfg: TrainConfig, backbone: nn.Module | None = None, resume: bool = False, max_steps: int | None = None) -> TrainResult:

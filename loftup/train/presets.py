@@ -282,3 +282,56 @@ def dump_yaml(cfg: TrainConfig, path: str | Path) -> None:
 
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     atomic_write(Path(path), lambda p: p.write_text(text))
+
+
+# -- the run folder's config.yaml: paths that survive moving or copying the folder ----------------
+PATH_FIELDS = ("data", "init", "coco_json", "cache_dir", "backbone_weights")
+
+
+def _stored_path(value: str, root: Path) -> str:
+    """How config.yaml stores a path: relative to the run folder when inside it, else absolute."""
+    p = Path(value).expanduser().resolve()
+    try:
+        return p.relative_to(root.resolve()).as_posix() or "."
+    except ValueError:
+        return str(p)
+
+
+def _is_path(key: str, value: Any) -> bool:
+    # backbone_weights is a path only when it names an existing file (else a keyword or a URL)
+    return bool(value) and (key != "backbone_weights" or Path(str(value)).expanduser().exists())
+
+
+def save_run_config(cfg: TrainConfig, root: str | Path) -> None:
+    """Write RUN/config.yaml (atomically): `out` is '.', paths are relative to the run folder or absolute.
+
+    So a run started with a relative --out, or copied elsewhere, resumes from any directory.
+    """
+    root = Path(root)
+    values = {k: (_stored_path(v, root) if _is_path(k, v) else v) for k, v in cfg.to_dict().items() if k in PATH_FIELDS}
+    dump_yaml(cfg.replace(out=".", **values), root / "config.yaml")
+
+
+def load_run_config(root: str | Path) -> TrainConfig:
+    """RUN/config.yaml with `out` set to `root` (the folder the user named, never the saved one).
+
+    Relative paths are read relative to the run folder; older run folders stored paths relative
+    to where the run was started, so such a path is kept as written when it is not found there.
+    """
+    root = Path(root)
+    saved = load_yaml(root / "config.yaml")
+    for key in PATH_FIELDS:
+        value = saved.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and (root / value).exists():
+            saved[key] = str(root / value)
+    saved["out"] = str(root)
+    return TrainConfig.from_dict(saved)
+
+
+def comparable(cfg: TrainConfig) -> dict[str, Any]:
+    """cfg.to_dict() with path fields made absolute, to compare a resumed run's config with its saved one."""
+    d = cfg.to_dict()
+    for key in PATH_FIELDS:
+        if _is_path(key, d[key]):
+            d[key] = str(Path(d[key]).expanduser().resolve())
+    return d
