@@ -265,7 +265,7 @@ def upsample_batch(engine, images: torch.Tensor, picture: bool):
 def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = True) -> UpsampleResult:
     """Upsample every image named by `inputs`; returns the files written (feature files, or the
     pictures when opts.features is False) and the inputs that failed."""
-    from .backbones import get_spec
+    from .backbones import BACKBONES, list_backbones
     from .pipeline import prepare_image
 
     check_options(opts)
@@ -274,8 +274,8 @@ def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = Tru
     if out.exists() and not out.is_dir():
         raise InputError(f"cannot write to output folder {out}: it is a file; choose another --out")
     if opts.engine is None:
-        spec = get_spec(opts.backbone)
-        patch = spec.patch_size
+        check_choice("backbone", opts.backbone, list_backbones())
+        patch = BACKBONES[opts.backbone].patch_size if opts.backbone in BACKBONES else 1  # registered ones: checked once loaded
         if opts.input_size is not None and opts.input_size < patch:
             raise ConfigError(f"--input-size {opts.input_size} is smaller than one backbone patch ({patch} px); use at least {patch}")
     else:
