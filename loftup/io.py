@@ -16,7 +16,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -127,11 +127,13 @@ def checkpoint_format(path: str | Path, what: str = "checkpoint") -> str:
     )
 
 
-def load_weights_only(path: str | Path, what: str = "checkpoint") -> Any:
+def load_weights_only(path: str | Path, what: str = "checkpoint", allow: Sequence[type] = ()) -> Any:
     """torch.load(weights_only=True) of a torch.save file, after checking by content that it is one.
 
     TorchScript archives and anything else are refused before torch opens the file; every
     failure is one CheckpointError line that says what to do (never "set weights_only=False").
+    allow: extra plain-data classes the pickle may name (e.g. RADIO's argparse.Namespace), passed
+    to torch.serialization.safe_globals; keep it to classes whose unpickling runs no code of theirs.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -140,8 +142,8 @@ def load_weights_only(path: str | Path, what: str = "checkpoint") -> Any:
     if kind not in (TORCH_ZIP, TORCH_PICKLE):
         raise CheckpointError(f"cannot read {what} {path}: it is a {kind}, not a torch.save file; give the file loftup wrote")
     try:
-        with open(path, "rb") as f:  # a file object: torch.load would pick a reader by suffix for a path
-            return torch.load(f, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f, torch.serialization.safe_globals(list(allow)):
+            return torch.load(f, map_location="cpu", weights_only=True)  # a file object: a path's suffix would pick the reader
     except pickle.UnpicklingError as exc:  # the weights-only unpickler refused a global, or the bytes are damaged
         if "Unsupported operand" in str(exc) or "Weights only load failed" not in str(exc):
             raise CheckpointError(

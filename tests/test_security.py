@@ -287,3 +287,27 @@ def test_cli_verbs_never_run_torchscript(tmp_path, capsys, verb_inputs, verb):
     assert_one_line_error(code, err, str(path), only_line=False)
     assert "__setstate__" in err
     assert not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.parametrize("verb", ["upsample --checkpoint", "upsample --weights", "export --checkpoint", "train --init (stage 2)"])
+def test_cli_verbs_on_damaged_files(tmp_path, capsys, verb_inputs, good_files, verb):
+    """Random bytes, a truncated file, a renamed junk zip: one `error:` line naming the file, no traceback."""
+    data = good_files["safetensors"].read_bytes()
+    bad = {"random.pt": random.Random(1).randbytes(3000), "cut.safetensors": data[: len(data) // 3],
+           "junk.pt": good_files["junkzip"].read_bytes(), "cut.bin": good_files["zip"].read_bytes()[:2000]}
+    for name, content in bad.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        code, _, err = run(VERBS[verb](path, verb_inputs, tmp_path / "out"), capsys)
+        assert_one_line_error(code, err, str(path), only_line=False)
+
+
+def test_load_weights_only_allows_only_the_named_classes(tmp_path):
+    import argparse
+
+    path = tmp_path / "radio.pth.tar"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(model="vit_base")}, path)
+    with pytest.raises(CheckpointError, match=r"argparse.Namespace\); loftup never unpickles code"):
+        load_weights_only(path)
+    obj = load_weights_only(path, allow=[argparse.Namespace])
+    assert obj["args"].model == "vit_base" and torch.equal(obj["state_dict"]["w"], torch.ones(2))
