@@ -84,7 +84,10 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
         raise pickle.UnpicklingError("a tensor refers to something that is not a storage")
     if not (isinstance(offset, int) and all(isinstance(v, int) for v in (*size, *stride))):
         raise pickle.UnpicklingError("a tensor has a non-integer size, stride or offset")
-    return storage.as_strided(tuple(size), tuple(stride), offset)  # bounds-checked by torch
+    view = storage.as_strided(tuple(size), tuple(stride), offset)  # bounds-checked by torch
+    if view.numel() > storage.numel():  # overlapping strides: a weight never has them, a memory bomb does
+        raise pickle.UnpicklingError(f"a tensor of shape {tuple(size)} overlaps itself in its storage")
+    return view
 
 
 def _restore_type_tag(value, type_str=None):
@@ -109,6 +112,7 @@ class _InertUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
         super().__init__(file)
         self._zip, self._root, self._archive_size = archive, root, archive_size
         self._storages: dict[str, torch.Tensor] = {}
+        self._bytes_read = 0
         self._records: dict[str, type] = {}
 
     def find_class(self, module: str, name: str):
@@ -139,6 +143,9 @@ class _InertUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
         nbytes = numel * torch.empty((), dtype=kind.dtype).element_size()
         if info.file_size < nbytes or info.file_size > self._archive_size:
             raise pickle.UnpicklingError(f"storage data/{key} holds {info.file_size} bytes, not {nbytes}")
+        self._bytes_read += info.file_size
+        if self._bytes_read > self._archive_size:  # entries that overlap inside the zip
+            raise pickle.UnpicklingError("its storages add up to more bytes than the file holds")
         raw = bytearray(self._zip.read(info)[:nbytes])
         storage = torch.frombuffer(raw, dtype=kind.dtype) if nbytes else torch.empty(0, dtype=kind.dtype)
         self._storages[key] = storage

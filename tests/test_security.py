@@ -28,6 +28,9 @@ from loftup.model import LoftUp, LoftUpConfig, load_checkpoint, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent / "eval"))  # eval_fixtures: dataset writers, tiny_conv backbone
 
+# building the payloads uses torch.jit.script / torch.jit.load, which torch marks deprecated
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+
 
 class MarkerOnLoad(nn.Module):
     """Its scripted __setstate__ creates the file named in its state (runs inside torch.jit.load)."""
@@ -108,7 +111,6 @@ class _Plain(nn.Module):
         return self.a(x)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_plain_torchscript_weights_are_read_as_data(tmp_path, how):
     """Ordinary scripted/traced modules (OpenAI's CLIP archive is one) give exactly torch.jit.load's state dict."""
@@ -311,3 +313,15 @@ def test_load_weights_only_allows_only_the_named_classes(tmp_path):
         load_weights_only(path)
     obj = load_weights_only(path, allow=[argparse.Namespace])
     assert obj["args"].model == "vit_base" and torch.equal(obj["state_dict"]["w"], torch.ones(2))
+
+
+def test_torchscript_tensor_views_are_bounded(tmp_path):
+    """A tensor may not claim more elements than its storage holds (stride-0 memory bombs, out-of-range views)."""
+    from loftup import torchscript
+
+    storage = torch.arange(4.0)
+    with pytest.raises(pickle.UnpicklingError, match="overlaps itself"):
+        torchscript._rebuild_tensor(storage, 0, (10**6, 10**6), (0, 0))
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        torchscript._rebuild_tensor(storage, 2, (2, 2), (2, 1))
+    assert torch.equal(torchscript._rebuild_tensor(storage, 1, (3,), (1,)), torch.tensor([1.0, 2.0, 3.0]))
