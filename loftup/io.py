@@ -102,7 +102,7 @@ def checkpoint_format(path: str | Path, what: str = "checkpoint") -> str:
             return SAFETENSORS
         if head[8:9] == b"{" and n < 1 << 32:
             raise CheckpointError(
-                f"cannot read {what} {path}: a truncated safetensors file (header of {n} bytes, file of {size}); download or save it again"
+                f"cannot read {what} {path}: a truncated safetensors file (header of {n} bytes, file of {size}); the file is damaged - get it again"
             )
     if head[:4] == b"PK\x03\x04":
         from .torchscript import is_torchscript_archive
@@ -112,7 +112,7 @@ def checkpoint_format(path: str | Path, what: str = "checkpoint") -> str:
                 names = z.namelist()
         except Exception as exc:  # BadZipFile, NotImplementedError, ... on damaged archives
             raise CheckpointError(
-                f"cannot read {what} {path}: damaged zip archive ({_one_line(exc) or type(exc).__name__}); download or export it again"
+                f"cannot read {what} {path}: damaged zip archive ({_one_line(exc) or type(exc).__name__}); the file is damaged or truncated - get it again"
             ) from None
         if is_torchscript_archive(names):
             return TORCHSCRIPT
