@@ -239,7 +239,7 @@ def _make(
             raise CheckpointError(f"weights {str(weights)!r} is not a file; pass a checkpoint path (or None for random init)")
         loaded = read_weights(family, path)
         source = source or str(path)
-    if loaded is not None and loaded.config:
+    if family == "radio" and loaded is not None and loaded.config:
         config = _merge_radio_config(config, loaded.config, source, name)
     cfg = family_config(family, **config)
 

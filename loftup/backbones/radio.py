@@ -258,27 +258,6 @@ class RadioWeights:
     std: tuple[float, float, float] | None = None
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
-
-def load_pickled_checkpoint(path: Path) -> Any:
-    """`torch.load(weights_only=True)` allowing `argparse.Namespace` (RADIO's `args`) and nothing else."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # each failure mode raises its own type
-        msg = _first_line(exc)
-        if "Unsupported global" in str(exc) or "weights_only" in msg.lower():
-            raise CheckpointError(
-                f"cannot read checkpoint {path} safely: it pickles objects loftup does not unpickle ({msg}); "
-                "save its state_dict (plus args) with plain tensors and dicts"
-            ) from None
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {msg} - the file is damaged, truncated or not a checkpoint; get it again"
-        ) from None
-
-
 def _vars(args: Any) -> dict[str, Any]:
     if isinstance(args, argparse.Namespace):
         return vars(args)
@@ -363,14 +342,16 @@ def read_radio_weights(path: str | Path) -> RadioWeights:
     The config derived from `args` (empty for files without one) lets the caller check that
     the file fits the architecture and fill in the summary-token indices.
     """
-    from loftup.io import read_tensors
+    from loftup.io import SAFETENSORS, checkpoint_format, load_weights_only, read_tensors
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}; give the path of a RADIO .pth.tar or .safetensors file")
-    if path.suffix == ".safetensors":
+    if checkpoint_format(path) == SAFETENSORS:
         return radio_state_dict(read_tensors(path)[0])
-    obj = load_pickled_checkpoint(path)
+    # weights only; `args` is an argparse.Namespace, a plain attribute bag (its unpickling sets
+    # attributes and runs no code of its own), so it is the one class allowed besides tensors
+    obj = load_weights_only(path, "RADIO checkpoint", allow=[argparse.Namespace])
     args = None
     if isinstance(obj, dict) and ("state_dict" in obj or "state_dict_ema" in obj):
         args = obj.get("args")
