@@ -136,7 +136,9 @@ def prepare_image(img, size: InputSize, mean: Sequence[float] = IMAGENET_MEAN, s
         img = Image.fromarray(img)
     elif not isinstance(img, Image.Image):
         raise InputError(f"expected a PIL image, a path or an array, got {type(img).__name__}")
-    img = img.convert("RGB")
+    from .io import rgb_image
+
+    img = rgb_image(img)  # high-bit-depth images scaled, not clipped
     H, W = output_size(img.height, img.width, size)
     if (H, W) != (img.height, img.width):
         img = img.resize((W, H), resample=Image.Resampling.BICUBIC)

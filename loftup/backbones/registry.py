@@ -9,7 +9,8 @@ sources, in `weights=`:
 - "random": seeded random init, for tests and smoke runs;
 - "online" or an http(s) URL: download once into torch.hub's cache, then load;
 - a local file: `.safetensors`, or `.pth`/`.pt`/`.bin` read with `torch.load(weights_only=True)`
-  (a TorchScript archive, the format of OpenAI's CLIP download, is read with `torch.jit.load`).
+  (a TorchScript archive, the format of OpenAI's CLIP download, is read as data by
+  `loftup.torchscript`, never run; see the README's Security section).
   DINOv2 files may use the official or the Hugging Face `Dinov2Model` layout (detected);
   CLIP files may be full OpenAI CLIP state dicts (text tower ignored) or `visual.`-only,
   with or without the prefix; SigLIP files timm's bare layout or open_clip's full model

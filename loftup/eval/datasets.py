@@ -124,8 +124,10 @@ def _reading(what: str, path: Path):
 def read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
+    from ..io import rgb_image
+
     with _reading("image", path), Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return np.asarray(rgb_image(img, str(path)), dtype=np.uint8)  # 16-bit images scaled, not clipped
 
 
 def read_label_png(path: Path) -> np.ndarray:

@@ -24,7 +24,7 @@ _EXPORTS = {
     "rle_decode": "rle", "rle_encode": "rle",
     "discover": "data", "MaskedImageDataset": "data", "SampleSpec": "data", "StepSampler": "data",
     "mask_bicubic_target": "stage1", "Stage1Objective": "stage1",
-    "EmaTeacher": "stage2", "affinity_loss": "stage2", "Stage2Objective": "stage2", "TrainingError": "stage2",
+    "EmaTeacher": "stage2", "affinity_loss": "stage2", "Stage2Objective": "stage2",
     "FeatureExtractor": "features",
 }
 

@@ -8,7 +8,6 @@ no flip) reads features instead of running the backbone; random views simply mis
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
 
@@ -30,24 +29,29 @@ def backbone_identity(backbone: nn.Module) -> str:
 
 
 class FeatureExtractor:
-    """images (B, 3, H, W) normalised -> raw backbone features (B, C, H/p, W/p), float32, no grad."""
+    """images (B, 3, H, W) normalised -> raw backbone features (B, C, H/p, W/p), float32, no grad.
 
-    def __init__(self, backbone: nn.Module, cache_dir: str | Path | None = None, autocast_dtype: torch.dtype | None = None):
+    The backbone input follows the pipeline's rule (`loftup.pipeline.backbone_input`; training
+    sizes are patch multiples, so it is an identity there); precision: fp32, bf16 or fp16.
+    """
+
+    def __init__(self, backbone: nn.Module, cache_dir: str | Path | None = None, precision: str = "fp32"):
+        from ..devices import autocast_dtype
+
         self.backbone = backbone.eval().requires_grad_(False)
+        self.patch_size = int(getattr(backbone, "patch_size", 1))
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.autocast_dtype = autocast_dtype
-        self.identity = backbone_identity(backbone) + f"|{autocast_dtype}"
+        self.precision = precision
+        self.identity = backbone_identity(backbone) + f"|{autocast_dtype(precision)}"
         self.hits = 0
         self.misses = 0
 
-    def _autocast(self, device: torch.device):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.autocast_dtype)
-
     def _run(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), self._autocast(images.device):
-            return self.backbone(images).float()
+        from ..devices import autocast
+        from ..pipeline import backbone_input
+
+        with torch.no_grad(), autocast(images.device, self.precision):
+            return self.backbone(backbone_input(images, self.patch_size)).float()
 
     def key(self, image: torch.Tensor) -> str:
         h = hashlib.sha256(self.identity.encode())

@@ -29,17 +29,15 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..devices import autocast
+from ..errors import CheckpointError, ConfigError, TrainingError
+from ..pipeline import IMAGENET_MEAN, IMAGENET_STD
 from .data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover
 from ..io import check_writable_dir
 from .ddp import DistContext, all_reduce_scalar, barrier, cleanup, convert_batchnorm, init_distributed
 from .features import FeatureExtractor, backbone_identity
 from .logs import CsvLog, ProgressBar, RunDir, TensorBoardLog, load_state, save_state
 from .presets import RUN_CONTROL, TrainConfig, comparable, load_run_config, save_run_config
-from .stage2 import TrainingError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 LOG_FIELDS = ["step", "epoch", "loss", "distill", "masks", "lr", "grad_norm", "images_per_s", "skipped", "elapsed_s"]
 
 
@@ -157,7 +155,7 @@ class Trainer:
             if s % patch:
                 raise ConfigError(f"training size {s} is not a multiple of the backbone's patch size {patch}; use {max(patch, s // patch * patch)}")
         self.backbone_id = backbone_identity(backbone)
-        self.features = FeatureExtractor(backbone, cfg.cache_dir, self.autocast_dtype)
+        self.features = FeatureExtractor(backbone, cfg.cache_dir, cfg.precision)
 
         if cfg.stage == 1:
             from .stage1 import Stage1Objective
@@ -246,13 +244,8 @@ class Trainer:
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
 
     # -- helpers used by the objectives ---------------------------------------------------
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
-
     def autocast(self):
-        dt = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dt) if dt is not None else contextlib.nullcontext()
+        return autocast(self.device, self.cfg.precision)
 
     def request_stop(self) -> None:
         """Stop at the next step boundary and save (what Ctrl-C does)."""

@@ -28,12 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LoftupError
+from ..errors import TrainingError
 from .masks import mask_refine
-
-
-class TrainingError(LoftupError):
-    """Training cannot go on meaningfully (e.g. a distillation loss that is identically zero)."""
 
 
 class EmaTeacher:
