@@ -597,6 +597,8 @@ def plot_latency(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..io import atomic_write
+
     ok = [r for r in rows if r["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if ok:
@@ -619,6 +621,6 @@ def plot_latency(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
