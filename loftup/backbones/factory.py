@@ -171,8 +171,9 @@ def read_weights(family: str, path: str | Path) -> LoadedWeights:
     return to_family_layout(family, sd)
 
 
-def _merge_radio_config(config: dict[str, Any], from_file: dict[str, Any], source: str, name: str | None) -> dict[str, Any]:
-    """Keys from the caller win for the run-time knobs; architecture keys must agree with the file."""
+def _merge_radio_config(config: dict[str, Any], from_file: dict[str, Any], source: str, name: str | None,
+                        preset: bool) -> dict[str, Any]:
+    """The file's args fill the keys not given; keys given must agree with the file."""
     clash = [
         f"{k} {config[k]!r} (file: {from_file[k]!r})"
         for k in _ARCH_KEYS + ("max_img_size", "num_cls_tokens", "num_registers", "summary_idxs", "final_norm")
@@ -180,9 +181,10 @@ def _merge_radio_config(config: dict[str, Any], from_file: dict[str, Any], sourc
     ]
     if clash:
         what = f"backbone {name!r}" if name else "the requested radio config"
+        fix = "" if preset else " or leave those keys out (the file's args give them)"
         raise CheckpointError(
-            f"{source} does not fit {what}: {'; '.join(clash[:3])}; choose the RADIO backbone of that size "
-            "(radio_v2.5_b / radio_v2.5_l) or drop those config keys"
+            f"{source} does not fit {what}: {'; '.join(clash[:3])}; use the RADIO backbone of that size "
+            f"(radio_v2.5_b / radio_v2.5_l){fix}"
         )
     return {**from_file, **config}
 
@@ -240,7 +242,7 @@ def _make(
         loaded = read_weights(family, path)
         source = source or str(path)
     if family == "radio" and loaded is not None and loaded.config:
-        config = _merge_radio_config(config, loaded.config, source, name)
+        config = _merge_radio_config(config, loaded.config, source, name, preset=spec is not None)
     cfg = family_config(family, **config)
 
     if loaded is not None:
