@@ -38,20 +38,15 @@ import torch
 from torch import nn
 
 from loftup.backbones.clip import CLIPVisionConfig, CLIPVisionTower, clip_visual_state_dict
-from loftup.backbones.radio import CLIP_MEAN as RADIO_MEAN
-from loftup.backbones.radio import CLIP_STD as RADIO_STD
 from loftup.backbones.radio import RADIOConfig, RadioModel, radio_state_dict, read_radio_weights
 from loftup.backbones.siglip import SIGLIP_MEAN, SIGLIP_STD, SigLIPConfig, SigLIPViT, siglip_state_dict
 from loftup.backbones.vit import DinoViT, ViTConfig, hf_to_official, is_hf_dinov2, strip_wrapper_prefix
 from loftup.errors import CheckpointError, ConfigError, check_choice, closest
 from loftup.io import read_tensors, state_dict_mismatch
+from loftup.pipeline import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 
 FAMILIES = ("dinov2", "clip", "siglip", "radio")
 NORMALIZATIONS = ("loftup", "native")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _CONFIGS = {"dinov2": ViTConfig, "clip": CLIPVisionConfig, "siglip": SigLIPConfig, "radio": RADIOConfig}
 _MODULES = {"dinov2": DinoViT, "clip": CLIPVisionTower, "siglip": SigLIPViT, "radio": RadioModel}
@@ -60,9 +55,9 @@ _LABELS = {"dinov2": "DINOv2", "clip": "CLIP", "siglip": "SigLIP (timm / open_cl
 # (family -> (loftup mean/std, native mean/std))
 _NORMS = {
     "dinov2": ((IMAGENET_MEAN, IMAGENET_STD), (IMAGENET_MEAN, IMAGENET_STD)),
-    "clip": ((_CLIP_MEAN, _CLIP_STD), (_CLIP_MEAN, _CLIP_STD)),
+    "clip": ((CLIP_MEAN, CLIP_STD), (CLIP_MEAN, CLIP_STD)),
     "siglip": ((IMAGENET_MEAN, IMAGENET_STD), (SIGLIP_MEAN, SIGLIP_STD)),
-    "radio": ((IMAGENET_MEAN, IMAGENET_STD), (RADIO_MEAN, RADIO_STD)),
+    "radio": ((IMAGENET_MEAN, IMAGENET_STD), (CLIP_MEAN, CLIP_STD)),  # RADIO's default conditioner
 }
 _ARCH_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size")  # checked against a RADIO file's args
 

@@ -50,8 +50,6 @@ from loftup.backbones.vit import PreNormBlock, init_vit_weights
 from loftup.errors import CheckpointError, ConfigError, InputError
 
 RADIO_URL = "https://huggingface.co/nvidia/RADIO/resolve/main/{file}?download=true"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # RADIO's default input conditioner
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # timm ViTs a RADIO checkpoint's `args.model` may name: (embed_dim, depth, num_heads, patch)
 TIMM_VITS = {

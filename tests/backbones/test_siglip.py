@@ -86,7 +86,11 @@ def test_registry_rows_and_normalisation():
         assert (spec.arch, spec.embed_dim, spec.patch_size) == ("siglip", 768, 16)
         assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)  # LoftUp's quirk
         assert spec.url.startswith("https://huggingface.co/timm/ViT-B-16-SigLIP")
-    assert get_spec("siglip_vitb16").url != get_spec("siglip2_vitb16").url
+    from loftup.backbones.registry import cache_name
+
+    # both repos name their file open_clip_pytorch_model.bin: the cache keeps them apart
+    names = {cache_name(get_spec(n).url) for n in ("siglip_vitb16", "siglip2_vitb16")}
+    assert names == {"ViT-B-16-SigLIP_open_clip_pytorch_model.bin", "ViT-B-16-SigLIP2_open_clip_pytorch_model.bin"}
     assert normalisation("siglip", "native") == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
