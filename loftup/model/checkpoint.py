@@ -1,8 +1,10 @@
 """Checkpoint I/O: official hub `pytorch_model.bin`, bare safetensors, Lightning checkpoints, ours.
 
-Our format: `NAME.safetensors` whose metadata holds the LoftUpConfig as JSON (key
-`loftup_config`), plus a human-readable `NAME.json` sidecar with the same config and any extra
-metadata. Files are written to a temporary name and renamed, so a crash leaves no half file.
+Our format: `NAME.safetensors` whose metadata holds the upsampler's kind (`loftup_kind`:
+loftup, lift, featup_jbu) and its config as JSON (key `loftup_config`), plus a human-readable
+`NAME.json` sidecar with the same config and any extra metadata. Files written before kinds
+existed have no `loftup_kind` and are LoftUp files. The other kinds' official layouts are
+read in loftup.model.kinds; `load_checkpoint` dispatches on what a file holds. Files are written to a temporary name and renamed, so a crash leaves no half file.
 Pickles are only ever read with `torch.load(weights_only=True)`.
 """
 
@@ -92,13 +94,27 @@ def load_into(model: LoftUp, sd: dict[str, torch.Tensor], source: str = "checkpo
     return model
 
 
-def load_checkpoint(path: str | Path, feat_dim: int | None = None, **config_overrides: Any) -> LoftUp:
-    """Build and load a LoftUp model from any supported checkpoint file (eval mode).
+def load_checkpoint(path: str | Path, feat_dim: int | None = None, kind: str | None = None, **config_overrides: Any):
+    """Build and load an upsampler from any supported checkpoint file (eval mode).
 
+    A LoftUp file gives a LoftUp, as always; a LiFT or FeatUp-JBU file (ours, or their official
+    layouts) gives that kind (see loftup.model.kinds). kind: the kind the caller wants
+    (`--upsampler`); a file of another kind raises CheckpointError naming both.
     feat_dim: the backbone's channel count, if known; a mismatch raises CheckpointError.
     config_overrides: run-time knobs (attn_backend, minmax, tiling, ...), not architecture.
     """
+    from .kinds import KINDS, check_kind, detect_kind, load_baseline
+
     tensors, meta = read_state_dict(path)
+    found, _ = detect_kind(tensors, meta)
+    if found is None and kind not in (None, "loftup"):
+        check_kind(kind, kind, str(path))  # validates the name
+        raise CheckpointError(
+            f"{path} holds no {KINDS[kind].title} weights (no key ending in {KINDS[kind].marker!r}); give a {kind} checkpoint"
+        )
+    check_kind(found or "loftup", kind, str(path))
+    if found not in (None, "loftup"):
+        return load_baseline(found, tensors, meta, path, feat_dim=feat_dim, **config_overrides)
     sd = to_official_keys(tensors)
     if CONFIG_KEY in meta:
         try:
@@ -123,11 +139,13 @@ def load_checkpoint(path: str | Path, feat_dim: int | None = None, **config_over
 
 
 def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, feat_dim: int | None = None,
-                 backbone: str | None = None, seed: int = 0, **config_overrides: Any) -> LoftUp:
-    """The one way a verb gets a LoftUp: `--checkpoint PATH`, or `--random-init` (eval mode).
+                 backbone: str | None = None, seed: int = 0, kind: str | None = None, **config_overrides: Any):
+    """The one way a verb gets an upsampler: `--checkpoint PATH`, or `--random-init` (eval mode).
 
     feat_dim: the backbone's channels when known (a checkpoint must match it; a random model
     needs it); backbone: the name recorded in a random model's config; seed: its init.
+    kind: `--upsampler` (loftup, lift, featup_jbu): the kind a checkpoint must hold, or the kind
+    of a random model (default loftup).
     ConfigError when both or neither of checkpoint / random_init are given.
     """
     from ..errors import ConfigError
@@ -135,7 +153,7 @@ def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, fe
     if checkpoint is not None and random_init:
         raise ConfigError("--checkpoint and --random-init exclude each other; pick one")
     if checkpoint is not None:
-        return load_checkpoint(checkpoint, feat_dim=feat_dim, **config_overrides)
+        return load_checkpoint(checkpoint, feat_dim=feat_dim, kind=kind, **config_overrides)
     if not random_init:
         raise ConfigError(
             "no trained LoftUp weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
@@ -144,13 +162,25 @@ def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, fe
     if not feat_dim:
         raise ConfigError("--random-init needs the feature channels: pass --backbone NAME (or --feat-dim C where offered)")
     torch.manual_seed(seed)
+    if kind not in (None, "loftup"):
+        from .kinds import build_upsampler
+
+        return build_upsampler(kind, int(feat_dim), backbone=backbone, **config_overrides)
     return LoftUp(LoftUpConfig(feat_dim=int(feat_dim), backbone=backbone, **config_overrides)).eval()
 
 
-def save_checkpoint(model: LoftUp, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write our format: weights + config in one .safetensors, and a .json sidecar for humans."""
+def save_checkpoint(model, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write our format: weights + config + kind in one .safetensors, and a .json sidecar for humans.
+
+    Any upsampler kind (LoftUp, LiFT, FeatUp-JBU); the kind is stored as `loftup_kind`, so
+    `load_checkpoint` rebuilds the right module.
+    """
     from safetensors.torch import save_file
 
+    from .kinds import KIND_KEY, kind_of
+
+    model = getattr(model, "module", model)  # a DDP wrapper saves its module
+    kind = kind_of(model)
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
@@ -160,7 +190,8 @@ def save_checkpoint(model: LoftUp, path: str | Path, meta: dict[str, Any] | None
 
     meta.setdefault("loftup_version", __version__)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={CONFIG_KEY: json.dumps(cfg), META_KEY: json.dumps(meta), "format": "pt"}))
-    sidecar = {"config": cfg, "meta": meta, "weights": path.name}
+    metadata = {CONFIG_KEY: json.dumps(cfg), KIND_KEY: kind, META_KEY: json.dumps(meta), "format": "pt"}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+    sidecar = {"kind": kind, "config": cfg, "meta": meta, "weights": path.name}
     atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(sidecar, indent=2)))
     return path

@@ -131,6 +131,10 @@ class LoftUp(nn.Module):
     image whose size sets the output size -> (B, C, H, W).
     """
 
+    kind = "loftup"  # loftup.model.kinds
+    output_at_guidance_size = True
+    min_lr_side = 1
+
     def __init__(self, cfg: LoftUpConfig | None = None, **overrides):
         super().__init__()
         cfg = cfg or LoftUpConfig()

@@ -1,0 +1,133 @@
+"""FeatUp's adaptive convolution (the JBU's per-pixel 7x7 filter) in plain PyTorch, and its dispatcher.
+
+    out[b, c, y, x] = sum_{i, j} kernel[b, y, x, i, j] * source[b, c, y + i, x + j]
+
+source (B, C, H + k - 1, W + k - 1) is the reflect-padded feature map, kernel (B, H, W, k, k)
+one k x k filter per output pixel (k = 7 in FeatUp), shared by all channels.
+
+The PyTorch version (`adaptive_conv_torch`) is exact to FeatUp's CPU operator
+(`adaptive_conv_cpp_impl.forward`, featup/adaptive_conv_cuda/adaptive_conv.cpp): the sum starts
+from 0 in the input dtype and adds the taps in the same order, i outer, j inner, each product
+rounded before it is added (`acc = acc + k * x`, two elementwise ops, no FMA). On the fixtures
+it is bit-identical (tests/model/test_featup_jbu.py).
+
+Memory: no (k*k, C, H, W) unfold is ever made. The taps are summed into one accumulator, so a
+pass holds the accumulator and one product; in eager mode the output is further computed in
+bands of rows whose temporaries fit `budget_bytes`, so the extra memory is bounded whatever the
+resolution. Every op is an ordinary slice, multiply and add, so the function traces for ONNX
+with symbolic sizes (one band then: the loop over bands needs concrete sizes).
+
+`AdaptiveConvDispatcher` picks the implementation once per device type: "torch", "triton"
+(`triton_adaptive_conv.py`, CUDA tensors or the interpreter), or "auto" (Triton on CUDA when it
+is installed, else PyTorch).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..errors import BackendUnavailableError, InputError, check_choice
+
+CONV_BACKENDS = ("auto", "torch", "triton")
+DEFAULT_BUDGET_BYTES = 64 * 2**20
+
+
+def check_adaptive_conv_inputs(source: torch.Tensor, kernel: torch.Tensor) -> tuple[int, int, int]:
+    """(k, H, W) of a valid (source, kernel) pair; InputError otherwise."""
+    if source.dim() != 4 or kernel.dim() != 5:
+        raise InputError(
+            f"adaptive_conv: source must be (B, C, H+k-1, W+k-1) and kernel (B, H, W, k, k), got "
+            f"{tuple(source.shape)} and {tuple(kernel.shape)}"
+        )
+    B, H, W, k, k2 = kernel.shape
+    if k != k2 or source.shape[0] != B or source.shape[2] != H + k - 1 or source.shape[3] != W + k - 1:
+        raise InputError(
+            f"adaptive_conv: source {tuple(source.shape)} does not fit kernel {tuple(kernel.shape)} "
+            "(need source (B, C, H+k-1, W+k-1) for kernel (B, H, W, k, k))"
+        )
+    if source.dtype != kernel.dtype:
+        raise InputError(f"adaptive_conv: source and kernel dtypes differ ({source.dtype}, {kernel.dtype})")
+    return k, H, W
+
+
+def _taps(source: torch.Tensor, kernel: torch.Tensor, y0, y1, W, k: int) -> torch.Tensor:
+    """Output rows [y0, y1): the k*k taps added in FeatUp's order (i outer, j inner)."""
+    acc = torch.zeros_like(source[:, :, y0:y1, :W])  # (B, C, rows, W), the input dtype
+    for i in range(k):
+        for j in range(k):
+            acc = acc + kernel[:, y0:y1, :, i, j].unsqueeze(1) * source[:, :, y0 + i : y1 + i, j : j + W]
+    return acc
+
+
+def band_rows(batch: int, channels: int, width: int, element_bytes: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
+    """Output rows per band so that a band's accumulator and product fit `budget_bytes`."""
+    per_row = 2 * batch * channels * width * max(element_bytes, 1)
+    return max(1, budget_bytes // max(per_row, 1))
+
+
+def adaptive_conv_torch(source: torch.Tensor, kernel: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """The adaptive convolution in plain PyTorch: source (B, C, H+k-1, W+k-1), kernel (B, H, W, k, k) -> (B, C, H, W).
+
+    Exact to FeatUp's CPU operator (module doc); differentiable; traceable with symbolic sizes.
+    """
+    k = kernel.shape[-1]
+    H, W = kernel.shape[1], kernel.shape[2]
+    if not (isinstance(H, int) and isinstance(W, int)):  # tracing: one band, symbolic sizes
+        return _taps(source, kernel, 0, H, W, k)
+    check_adaptive_conv_inputs(source, kernel)
+    rows = band_rows(source.shape[0], source.shape[1], W, source.element_size(), budget_bytes)
+    if rows >= H:
+        return _taps(source, kernel, 0, H, W, k)
+    out = source.new_empty(source.shape[0], source.shape[1], H, W)
+    for y0 in range(0, H, rows):
+        y1 = min(y0 + rows, H)
+        out[:, :, y0:y1] = _taps(source, kernel, y0, y1, W, k)
+    return out
+
+
+class AdaptiveConvDispatcher:
+    """The adaptive convolution's implementation, resolved once per device type (warns once on fallback)."""
+
+    def __init__(self, backend: str = "auto", budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        self.requested = check_choice("adaptive-conv backend", backend, CONV_BACKENDS)
+        self.budget_bytes = budget_bytes
+        self._resolved: dict[str, str] = {}
+
+    def resolve(self, device: torch.device) -> str:
+        if device.type not in self._resolved:
+            self._resolved[device.type] = resolve_conv_backend(self.requested, device)
+        return self._resolved[device.type]
+
+    def __call__(self, source: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        if self.resolve(source.device) == "triton":
+            from .triton_adaptive_conv import triton_adaptive_conv
+
+            return triton_adaptive_conv(source, kernel)
+        return adaptive_conv_torch(source, kernel, self.budget_bytes)
+
+    def __repr__(self) -> str:
+        return f"AdaptiveConvDispatcher({self.requested!r})"
+
+
+def resolve_conv_backend(backend: str, device: torch.device) -> str:
+    """'torch' or 'triton' for tensors on `device` (BackendUnavailableError when triton cannot run)."""
+    from . import triton_can_run
+
+    check_choice("adaptive-conv backend", backend, CONV_BACKENDS)
+    if backend == "triton":
+        ok, why = triton_can_run(device)
+        if not ok:
+            raise BackendUnavailableError(f"adaptive-conv backend 'triton' cannot run here: {why}; use backend 'torch'")
+        return "triton"
+    if backend == "auto" and device.type == "cuda":
+        ok, why = triton_can_run(device)
+        if ok:
+            return "triton"
+        warnings.warn(f"loftup: the JBU adaptive convolution falls back to PyTorch: {why}", stacklevel=3)
+    return "torch"
+
+
+__all__ = ["CONV_BACKENDS", "AdaptiveConvDispatcher", "adaptive_conv_torch", "band_rows", "check_adaptive_conv_inputs",
+           "resolve_conv_backend"]
