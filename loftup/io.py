@@ -42,6 +42,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         raise
 
 
+def cache_dir() -> Path:
+    """loftup's cache folder: `$LOFTUP_CACHE` if set, else `~/.cache/loftup`."""
+    env = os.environ.get("LOFTUP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "loftup"
+
+
 def check_writable_dir(folder: str | Path, what: str = "--out") -> None:
     """InputError (one line) unless `folder` is, or can be created as, a folder we can write files in.
 

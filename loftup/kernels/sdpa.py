@@ -1,19 +1,38 @@
-"""Query-chunked scaled_dot_product_attention: exact, and never holds the whole N x M matrix.
+"""Exact scaled_dot_product_attention that never holds the whole N x M matrix.
 
-Queries never interact in LoftUp's cross-attention, so splitting them into chunks gives the
-same result as one call. The chunk length is derived from a memory budget for the score
-block (B * heads * chunk * M elements, counted three times for scores, probabilities and
-the softmax's temporaries).
+Two forms:
+
+- `chunked_sdpa_attention`: queries never interact in LoftUp's cross-attention, so splitting
+  them into chunks gives the same result as one call. The chunk length comes from a memory
+  budget for the score block (B * heads * chunk * M elements, counted three times for scores,
+  probabilities and the softmax's temporaries). This is the CPU path: PyTorch's CPU kernels are
+  not all tiled, and chunking keeps the memory bounded at any output size.
+- `fused_sdpa_attention`: one unchunked call restricted to PyTorch's fused CUDA kernels
+  (flash, memory-efficient, cuDNN), which are tiled themselves and never materialise the
+  matrix. On a GPU chunking only costs: 1.6-2x slower forward and 6x slower forward+backward
+  than one flash call on an H200 (gpu-findings.md). Flash needs fp16/bf16; memory-efficient
+  and cuDNN refuse head dims that are not multiples of 8, which is why the model pads its
+  heads at the projections on CUDA (`loftup.model.layers.MultiheadCrossAttention`).
+
+`sdpa_attention` (the ``sdpa`` backend) is the fused call on CUDA when a fused kernel accepts
+the inputs and the chunked one otherwise. Whether a fused kernel accepts a (device, dtype, head
+dim, kernels) combination is learnt from its first call and remembered, with one warning when
+it falls back.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 DEFAULT_BUDGET_BYTES = 256 * 2**20
+FUSED_KERNELS = ("flash", "efficient", "cudnn")
+
+# (device, dtype, head dim, kernels) -> whether PyTorch ran it fused; learnt on the first call.
+_FUSED_OK: dict[tuple, bool] = {}
 
 
 def chunk_length(batch: int, heads: int, n_keys: int, element_bytes: int = 4, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
@@ -22,7 +41,7 @@ def chunk_length(batch: int, heads: int, n_keys: int, element_bytes: int = 4, bu
     return max(1, budget_bytes // per_query)
 
 
-def sdpa_attention(
+def chunked_sdpa_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -37,3 +56,61 @@ def sdpa_attention(
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     out = [F.scaled_dot_product_attention(q[:, :, i : i + step], k, v, scale=scale) for i in range(0, N, step)]
     return torch.cat(out, dim=2)
+
+
+def _sdp_backends(kernels: tuple[str, ...]) -> list:
+    from torch.nn.attention import SDPBackend
+
+    names = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION}
+    return [names[k] for k in kernels]
+
+
+def fused_sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    kernels: tuple[str, ...] = FUSED_KERNELS,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> torch.Tensor:
+    """One unchunked call restricted to PyTorch's fused `kernels` (CUDA); falls back to
+    `chunked_sdpa_attention` (warning once per combination) when none of them accepts the inputs."""
+    from torch.nn.attention import sdpa_kernel
+
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    key = (str(q.device), q.dtype, q.shape[-1], tuple(kernels))
+    if q.device.type == "cuda" and _FUSED_OK.get(key, True):
+        try:
+            with warnings.catch_warnings():  # PyTorch explains each refusal as a warning; we give one line
+                warnings.simplefilter("ignore")
+                with sdpa_kernel(_sdp_backends(tuple(kernels))):
+                    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+            _FUSED_OK[key] = True
+            return out
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:  # "No available kernel": none of `kernels` takes this dtype / head dim
+            if _FUSED_OK.get(key) is True:
+                raise  # it ran before with these properties: a real error, not a refusal
+            _FUSED_OK[key] = False
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            warnings.warn(
+                f"loftup: PyTorch's {'/'.join(kernels)} attention refused {q.dtype} with head dim {q.shape[-1]} "
+                f"({first[:120]}); using the query-chunked sdpa instead", stacklevel=3,
+            )
+    return chunked_sdpa_attention(q, k, v, scale, budget_bytes)
+
+
+def sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> torch.Tensor:
+    """The ``sdpa`` backend: one fused call on CUDA (PyTorch picks flash / memory-efficient /
+    cuDNN), query chunks on CPU or where no fused kernel accepts the inputs. Exact either way."""
+    if q.device.type == "cuda":
+        return fused_sdpa_attention(q, k, v, scale, FUSED_KERNELS, budget_bytes)
+    return chunked_sdpa_attention(q, k, v, scale, budget_bytes)

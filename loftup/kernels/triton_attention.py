@@ -108,6 +108,8 @@ with the MMAs by warp specialisation): 30-40% of peak on executed work, i.e. ~1.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import triton
@@ -321,63 +323,289 @@ def _attn_bwd_dkdv_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# Autotuning (GPU only)
+# Configs: per-architecture defaults, a small tuning space, pruning, launch with fallback
 # ----------------------------------------------------------------------------------------------
 
-_TUNE_KEY = ["N_BUCKET", "M", "HEAD_DIM", "D_PAD"]
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes and launch options of one kernel: BLOCK_N queries x BLOCK_M keys per tile."""
+
+    block_n: int
+    block_m: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @property
+    def label(self) -> str:
+        return f"{self.block_n}x{self.block_m}/w{self.num_warps}/s{self.num_stages}"
+
+    def meta(self) -> dict:
+        return {"BLOCK_N": self.block_n, "BLOCK_M": self.block_m}
+
+    @classmethod
+    def parse(cls, label: str) -> "KernelConfig":
+        tiles, w, st = label.split("/")
+        bn, bm = tiles.split("x")
+        return cls(int(bn), int(bm), int(w[1:]), int(st[1:]))
 
 
-def _configs(block_n: tuple, block_m: tuple) -> list:
-    return [
-        triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=s)
-        for bn in block_n
-        for bm in block_m
-        for w in (4, 8)
-        for s in (2, 3, 4)
-    ]
+KERNELS = ("fwd", "dq", "dkdv")
+
+# Per kernel: (resident rows, resident tiles, streamed rows, streamed tiles per stage, fp32
+# accumulators). Forward: Q resident, K/V streamed. dQ: Q and dO resident, K/V streamed.
+# dK/dV: K and V resident with two accumulators, Q and dO streamed.
+_FOOTPRINT = {
+    "fwd": ("block_n", 1, "block_m", 2, 1),
+    "dq": ("block_n", 2, "block_m", 2, 1),
+    "dkdv": ("block_m", 2, "block_n", 2, 2),
+}
+MAX_ACC_REGS = 128  # fp32 accumulator registers per thread above which a config would spill
 
 
-def _smem_limit() -> int:
-    """Opt-in shared memory per block of the current GPU (A100 164 KiB, H100 228 KiB)."""
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+def estimate_resources(kernel: str, cfg: KernelConfig, d_pad: int, element_bytes: int) -> dict:
+    """Shared memory (bytes) and accumulator registers per thread of `cfg`, estimated: resident
+    tiles plus `num_stages` buffered streamed tiles; accumulators spread over the warps' threads.
+    Compared with what Triton reports for compiled kernels in `resource_report()`."""
+    res_rows, res_tiles, str_rows, str_tiles, accs = _FOOTPRINT[kernel]
+    rows_res, rows_str = getattr(cfg, res_rows), getattr(cfg, str_rows)
+    smem = (res_tiles * rows_res + cfg.num_stages * str_tiles * rows_str) * d_pad * element_bytes
+    regs = accs * rows_res * d_pad / (32 * cfg.num_warps)
+    return {"smem_bytes": int(smem), "acc_regs_per_thread": regs}
+
+
+def fits(kernel: str, cfg: KernelConfig, d_pad: int, element_bytes: int, smem_limit: int) -> bool:
+    est = estimate_resources(kernel, cfg, d_pad, element_bytes)
+    return est["smem_bytes"] <= smem_limit and est["acc_regs_per_thread"] <= MAX_ACC_REGS
+
+
+_KC = KernelConfig
+# The small tuning space, largest first; also the fallback order after the default.
+TUNING_SPACE: dict[str, tuple[KernelConfig, ...]] = {
+    "fwd": (_KC(128, 128, 8, 2), _KC(128, 64, 8, 3), _KC(128, 64, 8, 2), _KC(64, 64, 4, 2), _KC(64, 32, 4, 2), _KC(32, 32, 4, 1)),
+    "dq": (_KC(128, 64, 8, 2), _KC(64, 128, 4, 2), _KC(64, 64, 4, 2), _KC(64, 32, 4, 2), _KC(32, 32, 4, 1)),
+    "dkdv": (_KC(128, 128, 8, 2), _KC(128, 64, 8, 2), _KC(64, 64, 4, 2), _KC(64, 32, 4, 2), _KC(32, 32, 4, 1)),
+}
+
+
+def _sm90_measured(kernel: str, n_bucket: int) -> KernelConfig:
+    """What the 8-config search picked on an H200 for bf16, d=101 (D_PAD 128) - gpu-findings.md."""
+    if kernel == "fwd":
+        return _KC(128, 64, 8, 3) if n_bucket <= 1 << 16 else _KC(128, 128, 8, 2)
+    if kernel == "dq":
+        return _KC(128, 64, 8, 2) if n_bucket >= 1 << 20 else _KC(64, 64, 4, 2)
+    return _KC(128, 64, 8, 2)  # dK/dV: BLOCK_N 128 queries streamed x BLOCK_M 64 keys resident
+
+
+def default_config(kernel: str, arch: str, dtype: torch.dtype, d_pad: int, n_bucket: int, smem_limit: int) -> tuple[KernelConfig, str]:
+    """The config the first call compiles, and where it comes from ("measured" or "estimate").
+
+    sm90 with 16-bit inputs and D_PAD <= 128: the H200 search's picks (measured). Everything
+    else (fp32, D_PAD 256, sm80, other GPUs): the largest config of the tuning space that fits
+    the shared-memory / register estimate - not measured.
+    """
+    element_bytes = torch.empty((), dtype=dtype).element_size()
+    if arch == "sm90" and dtype in (torch.float16, torch.bfloat16) and d_pad <= 128:
+        cfg = _sm90_measured(kernel, n_bucket)
+        if fits(kernel, cfg, d_pad, element_bytes, smem_limit):
+            return cfg, "measured"
+    for cfg in TUNING_SPACE[kernel]:
+        if fits(kernel, cfg, d_pad, element_bytes, smem_limit):
+            return cfg, "estimate"
+    return TUNING_SPACE[kernel][-1], "estimate (nothing fits; smallest)"
+
+
+# -- state of this process: what ran, what failed, what was tuned ------------------------------
+_WORKING: dict[tuple, KernelConfig] = {}  # launch key -> the config that launched
+_UNLAUNCHABLE: set[tuple] = set()  # launch keys for which no config launched (they run sdpa)
+_RESOURCES: dict[tuple, dict] = {}  # (key, label) -> estimate vs what Triton reported
+_WARNED: set = set()
+_TUNED: dict[str, str] | None = None  # disk cache: "key" -> config label
+_AUTOTUNE: bool | None = None  # None: the LOFTUP_TRITON_AUTOTUNE environment variable decides
+
+
+class NoConfigLaunched(RuntimeError):
+    """No config of a kernel could be launched for a shape (the caller falls back to sdpa)."""
+
+
+def _launch_errors() -> tuple[type, ...]:
+    import triton.compiler.errors as compiler_errors
+    import triton.runtime.errors as runtime_errors
+
+    names = [(runtime_errors, "OutOfResources"), (runtime_errors, "PTXASError"), (compiler_errors, "CompilationError")]
+    return tuple(getattr(mod, name) for mod, name in names if hasattr(mod, name))
+
+
+def set_autotune(enabled: bool | None) -> None:
+    """Tune each new shape over the small space (True), use the per-architecture defaults only
+    (False), or follow ``LOFTUP_TRITON_AUTOTUNE=1`` (None, the default). Tunings are cached on
+    disk (`tuning_cache_path`), so each shape is tuned once per machine."""
+    global _AUTOTUNE
+    _AUTOTUNE = enabled
+
+
+def autotune_enabled() -> bool:
+    if _interpreted():
+        return False  # nothing to time under the interpreter
+    if _AUTOTUNE is not None:
+        return _AUTOTUNE
+    import os
+
+    return os.environ.get("LOFTUP_TRITON_AUTOTUNE", "0") not in ("", "0", "false", "no")
+
+
+def _warn_once(key, text: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        import warnings
+
+        warnings.warn(text, stacklevel=4)
+
+
+def _arch(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "interpreter"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm{major}{minor}"
+
+
+def _smem_limit(device: torch.device) -> int:
+    """Opt-in shared memory per block (A100 163 KiB, H100/H200 227 KiB); nominal H100 under the interpreter."""
+    if device.type != "cuda":
+        return 232448
+    props = torch.cuda.get_device_properties(device)
     return int(getattr(props, "shared_memory_per_block_optin", 163 * 1024))
 
 
-def _prune(resident_rows: str, resident_tensors: int, streamed_rows: str, streamed_tensors: int, accumulators: int):
-    """Early pruning: drop configs whose resident tiles plus `num_stages` buffered streamed tiles
-    overflow shared memory, or whose fp32 accumulators would need more than ~128 registers per
-    thread (they would spill). Always keeps at least the smallest config."""
+def tuning_cache_path(arch: str) -> "Path":
+    from ..io import cache_dir
 
-    def prune(configs, named_args, **kwargs):
-        d_pad = kwargs["D_PAD"]
-        elt = named_args["Q"].element_size()
-        limit = _smem_limit()
-        keep = []
-        for c in configs:
-            resident = resident_tensors * c.kwargs[resident_rows] * d_pad * elt
-            streamed = c.num_stages * streamed_tensors * c.kwargs[streamed_rows] * d_pad * elt
-            acc_regs = accumulators * c.kwargs[resident_rows] * d_pad / (32 * c.num_warps)
-            if resident + streamed <= limit and acc_regs <= 128:
-                keep.append(c)
-        return keep or [min(configs, key=lambda c: (c.kwargs[resident_rows] * c.kwargs[streamed_rows], -c.num_warps))]
-
-    return prune
+    return cache_dir() / f"triton-attention-{arch}-triton{triton.__version__}.json"
 
 
-# Forward: Q tile resident, K/V streamed. dQ: Q and dO resident, K/V streamed. dK/dV: K and V
-# resident with two accumulators, Q and dO streamed.
-_fwd_tuned = triton.autotune(
-    configs=_configs((64, 128), (32, 64, 128)), key=_TUNE_KEY, cache_results=True,
-    prune_configs_by={"early_config_prune": _prune("BLOCK_N", 1, "BLOCK_M", 2, 1)},
-)(_attn_fwd_kernel)
-_dq_tuned = triton.autotune(
-    configs=_configs((64, 128), (32, 64, 128)), key=_TUNE_KEY, cache_results=True,
-    prune_configs_by={"early_config_prune": _prune("BLOCK_N", 2, "BLOCK_M", 2, 1)},
-)(_attn_bwd_dq_kernel)
-_dkdv_tuned = triton.autotune(
-    configs=_configs((32, 64, 128), (32, 64, 128)), key=_TUNE_KEY, cache_results=True,
-    prune_configs_by={"early_config_prune": _prune("BLOCK_M", 2, "BLOCK_N", 2, 2)},
-)(_attn_bwd_dkdv_kernel)
+def _tuned_cache(arch: str) -> dict[str, str]:
+    global _TUNED
+    if _TUNED is None:
+        import json
+
+        path = tuning_cache_path(arch)
+        try:
+            _TUNED = {k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, str)} if path.is_file() else {}
+        except (OSError, ValueError, AttributeError):
+            _TUNED = {}
+    return _TUNED
+
+
+def _save_tuned(arch: str, key: str, label: str) -> None:
+    import json
+
+    from ..io import atomic_write
+
+    cache = _tuned_cache(arch)
+    cache[key] = label
+    path = tuning_cache_path(arch)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(cache, indent=1, sort_keys=True)))
+
+
+def _launch_key(kernel: str, q: torch.Tensor, consts: dict, m: int) -> tuple:
+    return (kernel, _arch(q.device), str(q.dtype).removeprefix("torch."), consts["N_BUCKET"], m,
+            consts["HEAD_DIM"], consts["D_PAD"], consts["DOT_PRECISION"])
+
+
+def _candidates(kernel: str, key: tuple, dtype: torch.dtype, device: torch.device) -> list[KernelConfig]:
+    """Configs to try in order: the one that worked / was tuned / the default, then every other
+    config of the space that fits the estimate, then (if none fits) the smallest anyway."""
+    if key in _WORKING:
+        first = [_WORKING[key]]
+    elif _interpreted():
+        first = [_KC(_INTERPRETER_CONFIG["BLOCK_N"], _INTERPRETER_CONFIG["BLOCK_M"])]
+    else:
+        _, arch, _, n_bucket, _, _, d_pad, _ = key
+        tuned = _tuned_cache(arch).get("|".join(map(str, key)))
+        first = [KernelConfig.parse(tuned)] if tuned else []
+        first.append(default_config(kernel, arch, dtype, d_pad, n_bucket, _smem_limit(device))[0])
+    element_bytes = torch.empty((), dtype=dtype).element_size()
+    limit, d_pad = _smem_limit(device), key[6]
+    rest = [c for c in TUNING_SPACE[kernel] if fits(kernel, c, d_pad, element_bytes, limit)] or [TUNING_SPACE[kernel][-1]]
+    out: list[KernelConfig] = []
+    for c in first + rest:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _run_config(raw, grid: tuple, args: tuple, consts: dict, cfg: KernelConfig):
+    """Launch `raw` with one config; returns Triton's compiled kernel (None under the interpreter)."""
+    return raw[grid](*args, **consts, **cfg.meta(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _record(kernel: str, key: tuple, cfg: KernelConfig, compiled, element_bytes: int) -> None:
+    est = estimate_resources(kernel, cfg, key[6], element_bytes)
+    rec = {"kernel": kernel, "key": "|".join(map(str, key)), "config": cfg.label,
+           "estimate_smem_bytes": est["smem_bytes"], "estimate_acc_regs": est["acc_regs_per_thread"]}
+    meta = getattr(compiled, "metadata", None)
+    if meta is not None:
+        rec["triton_smem_bytes"] = getattr(meta, "shared", None)
+        rec["triton_regs"] = getattr(compiled, "n_regs", None)
+        rec["triton_spills"] = getattr(compiled, "n_spills", None)
+        if rec["triton_smem_bytes"] is not None:
+            rec["estimate_covers_triton"] = est["smem_bytes"] >= rec["triton_smem_bytes"]
+    _RESOURCES[(key, cfg.label)] = rec
+
+
+def resource_report() -> list[dict]:
+    """Every config launched in this process: the shared-memory estimate next to what Triton
+    reports (bytes, registers, spills) - the check of the pruning estimate on a real GPU."""
+    return list(_RESOURCES.values())
+
+
+def _tune(kernel: str, key: tuple, raw, grid_fn, args, consts, candidates) -> None:
+    """Time each candidate once (triton.testing.do_bench), remember and cache the fastest."""
+    from triton.testing import do_bench
+
+    errors = _launch_errors()
+    best, best_ms = None, float("inf")
+    for cfg in candidates:
+        try:
+            ms = do_bench(lambda: _run_config(raw, grid_fn(cfg), args, consts, cfg), warmup=5, rep=20)
+        except errors:
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    if best is not None:
+        _WORKING[key] = best
+        _save_tuned(key[1], "|".join(map(str, key)), best.label)
+
+
+def _launch(kernel: str, raw, grid_fn, args: tuple, consts: dict, q: torch.Tensor, m: int) -> None:
+    """Run `kernel` with the first config that launches; NoConfigLaunched if none does.
+
+    grid_fn(cfg) -> launch grid. A config that fails to launch (OutOfResources, a compilation
+    or ptxas error) is remembered as failed, with one warning, and the next one is tried.
+    """
+    key = _launch_key(kernel, q, consts, m)
+    if key in _UNLAUNCHABLE:
+        raise NoConfigLaunched(f"no {kernel} config launches for {key}")
+    candidates = _candidates(kernel, key, q.dtype, q.device)
+    if key not in _WORKING and autotune_enabled() and "|".join(map(str, key)) not in _tuned_cache(key[1]):
+        _tune(kernel, key, raw, grid_fn, args, consts, candidates)
+        candidates = _candidates(kernel, key, q.dtype, q.device)
+    errors = _launch_errors()
+    failures = []
+    for cfg in candidates:
+        try:
+            compiled = _run_config(raw, grid_fn(cfg), args, consts, cfg)
+        except errors as exc:
+            failures.append(f"{cfg.label}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+            continue
+        if failures:
+            _warn_once((key, "config"), f"loftup: Triton attention {kernel} config(s) failed to launch "
+                       f"({'; '.join(failures)}); using {cfg.label}")
+        _WORKING[key] = cfg
+        _record(kernel, key, cfg, compiled, q.element_size())
+        return
+    _UNLAUNCHABLE.add(key)
+    raise NoConfigLaunched(f"no Triton attention {kernel} config launched for {key}: {'; '.join(failures)}")
 
 
 def _interpreted() -> bool:
@@ -385,15 +613,6 @@ def _interpreted() -> bool:
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(_attn_fwd_kernel, InterpretedFunction)
-
-
-def _launch(raw, tuned, grid, *args, **consts):
-    """Run `tuned` on a GPU; under the interpreter run `raw` with the one fixed config."""
-    if _interpreted():
-        meta = {**consts, **_INTERPRETER_CONFIG}
-        raw[grid(meta)](*args, **meta)
-    else:
-        tuned[grid](*args, **consts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,14 +662,8 @@ def _forward(q, k, v, scale: float):
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     if N == 0:
         return o, lse
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)
-    _launch(
-        _attn_fwd_kernel, _fwd_tuned, grid,
-        q, k, v, o, lse,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        H, N, M, scale * _LOG2E,
-        **_consts(q),
-    )
+    args = (q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, N, M, scale * _LOG2E)
+    _launch("fwd", _attn_fwd_kernel, lambda c: (triton.cdiv(N, c.block_n), B * H), args, _consts(q), q, M)
     return o, lse
 
 
@@ -464,14 +677,9 @@ def _backward(do, q, k, v, o, lse, scale: float, num_splits: int | None = None, 
     consts = _consts(q)
     dq = torch.empty_like(q)
     delta = torch.empty_like(lse)
-    grid_q = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)
-    _launch(
-        _attn_bwd_dq_kernel, _dq_tuned, grid_q,
-        q, k, v, o, do, dq, lse, delta,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
-        H, N, M, scale * _LOG2E, scale,
-        **consts,
-    )
+    args = (q, k, v, o, do, dq, lse, delta, *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(),
+            *dq.stride(), H, N, M, scale * _LOG2E, scale)
+    _launch("dq", _attn_bwd_dq_kernel, lambda c: (triton.cdiv(N, c.block_n), B * H), args, consts, q, M)
 
     if not need_kv:  # frozen keys/values: the dK/dV pass is skipped entirely
         return dq, None, None
@@ -480,14 +688,9 @@ def _backward(do, q, k, v, o, lse, scale: float, num_splits: int | None = None, 
     splits = triton.cdiv(N, per_split)
     dk_part = torch.empty((splits, B, H, M, d), device=q.device, dtype=torch.float32)
     dv_part = torch.empty_like(dk_part)
-    grid_kv = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), splits, B * H)
-    _launch(
-        _attn_bwd_dkdv_kernel, _dkdv_tuned, grid_kv,
-        q, k, v, do, lse, delta, dk_part, dv_part,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-        H, N, M, per_split, scale * _LOG2E, scale,
-        **consts,
-    )
+    args = (q, k, v, do, lse, delta, dk_part, dv_part, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+            H, N, M, per_split, scale * _LOG2E, scale)
+    _launch("dkdv", _attn_bwd_dkdv_kernel, lambda c: (triton.cdiv(M, c.block_m), splits, B * H), args, consts, q, M)
     # Second pass of the split-N reduction: a fixed-order sum, so results are deterministic.
     dk = dk_part[0] if splits == 1 else dk_part.sum(0)
     dv = dv_part[0] if splits == 1 else dv_part.sum(0)
@@ -508,8 +711,31 @@ class _TritonAttention(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         need_kv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.scale, ctx.num_splits, need_kv)
+        try:
+            dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.scale, ctx.num_splits, need_kv)
+        except NoConfigLaunched as exc:
+            dq, dk, dv = _sdpa_backward(do, q, k, v, ctx.scale, exc)
         return dq, dk, dv, None, None
+
+
+def _fallback_warning(exc: Exception) -> None:
+    _warn_once("sdpa-fallback", f"loftup: the Triton attention kernel could not be launched ({exc}); "
+               "computing this attention with sdpa instead (warned once)")
+
+
+def _sdpa_attention(q, k, v, scale):
+    from .sdpa import sdpa_attention
+
+    return sdpa_attention(q, k, v, scale)
+
+
+def _sdpa_backward(do, q, k, v, scale: float, exc: Exception):
+    """dq, dk, dv by differentiating sdpa - the backward's fallback when no Triton config launches."""
+    _fallback_warning(exc)
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = _sdpa_attention(*leaves, scale)
+        return torch.autograd.grad(out, leaves, do)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -578,7 +804,15 @@ def triton_attention(
     if num_splits is not None and num_splits < 1:
         raise InputError(f"triton_attention: num_splits must be >= 1, got {num_splits}")
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
-    return _TritonAttention.apply(q, k, v, scale, num_splits)
+    try:
+        return _TritonAttention.apply(q, k, v, scale, num_splits)
+    except NoConfigLaunched as exc:  # no config launches on this GPU for this shape: sdpa, warned once
+        _fallback_warning(exc)
+        return _sdpa_attention(q, k, v, scale)
 
 
-__all__ = ["MAX_HEAD_DIM", "reference_attention", "triton_attention"]
+__all__ = [
+    "KERNELS", "MAX_HEAD_DIM", "TUNING_SPACE", "KernelConfig", "NoConfigLaunched", "autotune_enabled", "default_config",
+    "estimate_resources", "fits", "reference_attention", "resource_report", "set_autotune", "triton_attention",
+    "tuning_cache_path",
+]

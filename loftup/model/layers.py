@@ -166,6 +166,15 @@ class MultiheadCrossAttention(nn.Module):
 
     The attention itself goes through an AttentionDispatcher, so the N x M matrix is never
     materialised unless the reference backend is chosen.
+
+    Head padding: when the dispatcher asks for it (on CUDA, `AttentionDispatcher.head_pad`), each
+    head's q/k/v projection gets zero rows (and zero bias) up to a multiple of 8 channels, e.g.
+    101 -> 104, so q/k/v rows are 16-byte aligned and PyTorch's flash / memory-efficient /
+    cuDNN kernels take them. The padded channels are exactly 0 in q, k and v, so q.k and the
+    attention weights are unchanged, the output's padded channels are 0, and the output
+    projection gets matching zero columns. The scale stays 1/sqrt(true head dim). Parameters
+    keep the official shapes: the padding is built from them on each call (a few hundred KB),
+    so it never appears in the state dict and gradients flow to the official parameters.
     """
 
     def __init__(self, dim: int, heads: int, dispatcher: AttentionDispatcher):
@@ -178,23 +187,42 @@ class MultiheadCrossAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
         self.dispatcher = dispatcher
 
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    def _in_proj(self, first: int, parts: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of `parts` consecutive projections (q=0, k=1, v=2) from `first`, with
+        `pad` zero rows after each head: ((parts * heads * (d + pad)), D), (parts * heads * (d + pad),)."""
+        D, d = self.dim, self.head_dim
+        w = self.in_proj_weight[first * D : (first + parts) * D]
+        b = self.in_proj_bias[first * D : (first + parts) * D]
+        if pad:
+            w = F.pad(w.reshape(parts * self.heads, d, D), (0, 0, 0, pad)).reshape(-1, D)
+            b = F.pad(b.reshape(parts * self.heads, d), (0, pad)).reshape(-1)
+        return w, b
+
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """context (B, M, D) -> k, v (B, heads, M, d)."""
-        d = self.dim
-        kv = F.linear(context, self.in_proj_weight[d:], self.in_proj_bias[d:])
-        k, v = kv.unflatten(-1, (2, self.heads, d // self.heads)).permute(2, 0, 3, 1, 4)
+        """context (B, M, D) -> k, v (B, heads, M, d + pad)."""
+        pad = self.dispatcher.head_pad(context.device, self.head_dim)
+        kv = F.linear(context, *self._in_proj(1, 2, pad))
+        k, v = kv.unflatten(-1, (2, self.heads, self.head_dim + pad)).permute(2, 0, 3, 1, 4)
         return k, v
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope=None) -> torch.Tensor:
         """x (B, N, D) queries; k, v from project_kv; rope: (Rope2d, q_pos, k_pos) or None."""
-        d = self.dim
-        q = F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d])
-        q = q.unflatten(-1, (self.heads, d // self.heads)).transpose(1, 2)  # (B, heads, N, d)
+        d = self.head_dim
+        pad = k.shape[-1] - d  # what project_kv padded to, on this device
+        q = F.linear(x, *self._in_proj(0, 1, pad))
+        q = q.unflatten(-1, (self.heads, d + pad)).transpose(1, 2)  # (B, heads, N, d + pad)
         if rope is not None:
             rot, q_pos, k_pos = rope
             q, k = rot(q, q_pos), rot(k, k_pos)
-        out = self.dispatcher(q, k, v, 1.0 / math.sqrt(d // self.heads))  # (B, heads, N, d)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        out = self.dispatcher(q, k, v, 1.0 / math.sqrt(d))  # (B, heads, N, d + pad)
+        w_out = self.out_proj.weight
+        if pad:  # zero columns under the padded channels: they never reach the output
+            w_out = F.pad(w_out.reshape(self.dim, self.heads, d), (0, pad)).reshape(self.dim, -1)
+        return F.linear(out.transpose(1, 2).flatten(2), w_out, self.out_proj.bias)
 
 
 class CrossAttentionBlock(nn.Module):

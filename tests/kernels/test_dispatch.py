@@ -21,6 +21,7 @@ from loftup.kernels import (
     run_backend,
     sdpa_attention,
 )
+from loftup.kernels.attention_table import AttentionTable
 from loftup.kernels.sdpa import chunk_length
 
 CPU = torch.device("cpu")
@@ -50,15 +51,29 @@ def test_auto_on_cpu_is_sdpa(request, monkeypatch, env, importable):
     assert resolve_backend("auto", CPU) == "sdpa"
 
 
-def test_auto_on_cuda_with_triton_is_triton(monkeypatch, no_interpreter):
+# A call the shipped table sends to our kernel: sm90, bf16, head dim 104, 224 output, training.
+TRITON_SHAPE = ("sm90", torch.bfloat16, 104, 224 * 224, 256, True)
+
+
+def test_auto_on_cuda_follows_the_table(monkeypatch, no_interpreter):
+    # The full (arch, dtype, shape) cover is in test_attention_table.py; here: the hook-up.
     set_importable(monkeypatch, True)
-    assert resolve_backend("auto", CUDA) == "triton"
+    assert resolve_backend("auto", CUDA) == "sdpa"  # no shape known: PyTorch's fused kernels
+    assert resolve_backend("auto", CUDA, TRITON_SHAPE) == "triton"
+    assert resolve_backend("auto", CUDA, ("sm90", torch.bfloat16, 104, 224 * 224, 256, False)) == "flash"
 
 
 def test_auto_on_cuda_without_triton_falls_back_with_warning(monkeypatch):
     set_importable(monkeypatch, False)
     with pytest.warns(UserWarning, match="falling back to the sdpa.*not installed"):
-        assert resolve_backend("auto", CUDA) == "sdpa"
+        assert resolve_backend("auto", CUDA, TRITON_SHAPE) == "sdpa"
+
+
+@pytest.mark.parametrize("name", ["flash", "efficient", "cudnn"])
+def test_fused_pytorch_kernels_need_cuda(name):
+    assert resolve_backend(name, CUDA) == name
+    with pytest.raises(BackendUnavailableError, match="needs CUDA tensors.*backend='sdpa'"):
+        resolve_backend(name, CPU)
 
 
 def test_forced_triton_on_cpu_without_interpreter_errors(monkeypatch, no_interpreter):
@@ -92,34 +107,55 @@ def test_unknown_backend_is_config_error_with_suggestion():
     with pytest.raises(ConfigError, match=r"did you mean 'triton'\?.*auto, reference, sdpa, triton"):
         resolve_backend("trition", CPU)
     with pytest.raises(ConfigError, match="unknown attention backend"):
-        AttentionDispatcher("flash")
+        AttentionDispatcher("xformers")
 
 
-def test_dispatcher_resolves_once_per_device_type(monkeypatch):
+def cuda_call(monkeypatch, n=224 * 224, m=256, d=104, dtype=torch.bfloat16, grad=True):
+    """CPU stand-ins for a CUDA call's q and k (only dtype, shape and requires_grad are read)."""
+    from loftup.kernels import attention_table
+
+    monkeypatch.setattr(attention_table, "arch_of", lambda device: "sm90")
+    q = torch.empty(1, 4, n, d, dtype=dtype).requires_grad_(grad)
+    return q, torch.empty(1, 4, m, d, dtype=dtype)
+
+
+def test_dispatcher_resolves_once_per_device_type_and_call_class(monkeypatch):
     calls = []
     real = kernels.resolve_backend
 
-    def counting(backend, device):
+    def counting(backend, device, shape=None, table=None):
         calls.append(device.type)
-        return real(backend, device)
+        return real(backend, device, shape, table)
 
     monkeypatch.setattr(kernels, "resolve_backend", counting)
     set_importable(monkeypatch, True)
-    dispatcher = AttentionDispatcher("auto")
+    dispatcher = AttentionDispatcher("auto", table=AttentionTable())
+    q, k = cuda_call(monkeypatch)
     for _ in range(3):
-        assert dispatcher.resolve(CPU) == "sdpa"
-        assert dispatcher.resolve(torch.device("cuda", 1)) == "triton"
-    assert calls == ["cpu", "cuda"]
+        assert dispatcher.resolve(CPU, q, k) == "sdpa"
+        assert dispatcher.resolve(torch.device("cuda", 1), q, k) == "triton"
+        with torch.no_grad():
+            assert dispatcher.resolve(torch.device("cuda", 1), q, k) == "flash"
+    assert calls == ["cpu", "cuda", "cuda"]
 
 
 def test_dispatcher_warns_once_on_fallback(monkeypatch):
     set_importable(monkeypatch, False)
-    dispatcher = AttentionDispatcher("auto")
+    dispatcher = AttentionDispatcher("auto", table=AttentionTable())
+    q, k = cuda_call(monkeypatch)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        resolved = [dispatcher.resolve(CUDA) for _ in range(3)]
+        resolved = [dispatcher.resolve(CUDA, q, k) for _ in range(3)]
     assert resolved == ["sdpa"] * 3
     assert len(record) == 1 and "falling back" in str(record[0].message)
+
+
+def test_head_pad_is_eight_on_cuda_only():
+    dispatcher = AttentionDispatcher("auto")
+    assert [dispatcher.head_pad(CUDA, d) for d in (101, 133, 197, 104, 13)] == [3, 3, 3, 0, 3]
+    assert dispatcher.head_pad(CPU, 101) == 0
+    assert AttentionDispatcher("reference").head_pad(CUDA, 101) == 0
+    assert AttentionDispatcher("sdpa", head_multiple=8).head_pad(CPU, 101) == 3
 
 
 def test_bf16_cpu_through_triton_path_under_interpreter(monkeypatch, interpreter):

@@ -160,7 +160,7 @@ def test_bad_inputs_raise_clear_errors(official_model, lr_shape, img_shape, matc
         (dict(minmax="image"), "per_image"),
         (dict(image_conv_kernel=5), "1 or 3"),
         (dict(feat_dim=30, num_heads=4), "not divisible"),
-        (dict(attn_backend="flash"), "attention backend"),
+        (dict(attn_backend="xformers"), "attention backend"),
     ],
 )
 def test_bad_config_raises(knobs, match):
