@@ -323,6 +323,19 @@ class SampleSpec:
     mask_max_res: int = 448
     default_size: int = 224
 
+    @classmethod
+    def from_config(cls, cfg, backbone) -> "SampleSpec":
+        """The spec a training run (a TrainConfig) renders with, normalised for `backbone`."""
+        from ..pipeline import IMAGENET_MEAN, IMAGENET_STD
+
+        return cls(
+            stage=cfg.stage, mean=tuple(getattr(backbone, "mean", None) or IMAGENET_MEAN),
+            std=tuple(getattr(backbone, "std", None) or IMAGENET_STD), max_masks=cfg.max_masks, crop=cfg.crop,
+            crop_scale=tuple(cfg.crop_scale), hflip=cfg.hflip, crops_per_image=cfg.crops_per_image,
+            teacher_size=cfg.teacher_size, teacher_scale=tuple(cfg.teacher_scale), mask_max_res=cfg.mask_max_res,
+            default_size=cfg.size,
+        )
+
 
 class MaskedImageDataset:
     """Map-style dataset over ImageRecords. Key: index, or (index, size, seed) from StepSampler.

@@ -31,7 +31,6 @@ from torch import nn
 
 from ..devices import autocast
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..pipeline import IMAGENET_MEAN, IMAGENET_STD
 from .data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover
 from ..io import check_writable_dir
 from .ddp import DistContext, all_reduce_scalar, barrier, cleanup, convert_batchnorm, init_distributed
@@ -179,12 +178,7 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if (cfg.precision == "fp16" and self.device.type == "cuda") else None
 
-        spec = SampleSpec(
-            stage=cfg.stage, mean=tuple(getattr(backbone, "mean", IMAGENET_MEAN)), std=tuple(getattr(backbone, "std", IMAGENET_STD)),
-            max_masks=cfg.max_masks, crop=cfg.crop, crop_scale=tuple(cfg.crop_scale), hflip=cfg.hflip,
-            crops_per_image=cfg.crops_per_image, teacher_size=cfg.teacher_size, teacher_scale=tuple(cfg.teacher_scale),
-            mask_max_res=cfg.mask_max_res, default_size=cfg.size,
-        )
+        spec = SampleSpec.from_config(cfg, backbone)
         self.dataset = MaskedImageDataset(index.records, spec)
         probe = StepSampler(len(self.dataset), cfg.batch_size, cfg.sizes, cfg.seed, ctx.rank, ctx.world)
         self.steps_per_epoch = probe.steps_per_epoch

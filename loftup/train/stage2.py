@@ -111,6 +111,24 @@ def resize_to(x: torch.Tensor, side: int) -> torch.Tensor:
     return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
 
 
+@torch.no_grad()
+def teacher_targets(teacher, features, autocast, t_images: torch.Tensor, t_masks: torch.Tensor, alpha: float,
+                    mode: str = "vectorised") -> torch.Tensor:
+    """The stage-2 target: teacher crops (N, 3, T, T) + masks (N, M, m, m) -> mask-refined teacher
+    features (N, C, m, m). features: images -> raw backbone features; autocast: () -> context.
+    Training and `loftup viz pseudo-gt` both call this."""
+    lr = features(t_images)
+    with autocast():
+        out = teacher(lr, t_images)
+    out = out.float()
+    m = t_masks.shape[-1]
+    if out.shape[-1] != m:
+        out = resize_to(out, m)
+    if t_masks.shape[1]:
+        out = mask_refine(out, t_masks, alpha, mode)
+    return out
+
+
 class Stage2Objective:
     """Loss of one stage-2 batch; owns the EMA teacher."""
 
@@ -124,19 +142,9 @@ class Stage2Objective:
         self.fraction = float(cfg.center_fraction)
         self.loss_fn = affinity_loss if cfg.distill_loss == "affinity" else l2_loss
 
-    @torch.no_grad()
     def teacher_targets(self, trainer, t_images: torch.Tensor, t_masks: torch.Tensor) -> torch.Tensor:
         """Teacher crops (N, 3, T, T) + masks (N, M, m, m) -> refined teacher features (N, C, m, m)."""
-        lr = trainer.features(t_images)
-        with trainer.autocast():
-            out = self.teacher(lr, t_images)
-        out = out.float()
-        m = t_masks.shape[-1]
-        if out.shape[-1] != m:
-            out = resize_to(out, m)
-        if t_masks.shape[1]:
-            out = mask_refine(out, t_masks, self.alpha, self.mode)
-        return out
+        return teacher_targets(self.teacher, trainer.features, trainer.autocast, t_images, t_masks, self.alpha, self.mode)
 
     def loss(self, trainer, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         image = batch["image"]
