@@ -40,12 +40,13 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return None if precision == "fp32" else DTYPES[precision]
 
 
-def autocast(device: torch.device | str, precision: str):
+def autocast(device: torch.device | str, precision: str, cache_enabled: bool = True):
     """The one precision rule of every verb: weights stay float32, bf16/fp16 run under
-    torch.autocast on the device's type, fp32 runs as it is."""
+    torch.autocast on the device's type, fp32 runs as it is. cache_enabled=False while CUDA
+    graphs are captured (a cached weight cast must not outlive the graph that reads it)."""
     import contextlib
 
     dtype = autocast_dtype(precision)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
+    return torch.autocast(torch.device(device).type, dtype=dtype, cache_enabled=cache_enabled)

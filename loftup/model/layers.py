@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import AttentionDispatcher
+from ..profiling import stage
 
 
 def coord_grid(n: int, device=None) -> torch.Tensor:
@@ -204,25 +205,37 @@ class MultiheadCrossAttention(nn.Module):
 
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context (B, M, D) -> k, v (B, heads, M, d + pad)."""
-        pad = self.dispatcher.head_pad(context.device, self.head_dim)
+        head_pad = getattr(self.dispatcher, "head_pad", None)  # export's plain attention callables never pad
+        pad = head_pad(context.device, self.head_dim) if head_pad is not None else 0
         kv = F.linear(context, *self._in_proj(1, 2, pad))
         k, v = kv.unflatten(-1, (2, self.heads, self.head_dim + pad)).permute(2, 0, 3, 1, 4)
         return k, v
+
+    def attention_weights(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) of queries x (B, n, D) against k from project_kv: (B, heads, n, M),
+        float32. Materialised, so for a few chosen queries only (`loftup viz attention`); no rope."""
+        d = self.head_dim
+        pad = k.shape[-1] - d
+        q = F.linear(x, *self._in_proj(0, 1, pad)).unflatten(-1, (self.heads, d + pad)).transpose(1, 2)
+        return torch.softmax((q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d), dim=-1)
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope=None) -> torch.Tensor:
         """x (B, N, D) queries; k, v from project_kv; rope: (Rope2d, q_pos, k_pos) or None."""
         d = self.head_dim
         pad = k.shape[-1] - d  # what project_kv padded to, on this device
-        q = F.linear(x, *self._in_proj(0, 1, pad))
-        q = q.unflatten(-1, (self.heads, d + pad)).transpose(1, 2)  # (B, heads, N, d + pad)
-        if rope is not None:
-            rot, q_pos, k_pos = rope
-            q, k = rot(q, q_pos), rot(k, k_pos)
-        out = self.dispatcher(q, k, v, 1.0 / math.sqrt(d))  # (B, heads, N, d + pad)
-        w_out = self.out_proj.weight
-        if pad:  # zero columns under the padded channels: they never reach the output
-            w_out = F.pad(w_out.reshape(self.dim, self.heads, d), (0, pad)).reshape(self.dim, -1)
-        return F.linear(out.transpose(1, 2).flatten(2), w_out, self.out_proj.bias)
+        with stage("q projection"):
+            q = F.linear(x, *self._in_proj(0, 1, pad))
+            q = q.unflatten(-1, (self.heads, d + pad)).transpose(1, 2)  # (B, heads, N, d + pad)
+            if rope is not None:
+                rot, q_pos, k_pos = rope
+                q, k = rot(q, q_pos), rot(k, k_pos)
+        with stage("attention"):
+            out = self.dispatcher(q, k, v, 1.0 / math.sqrt(d))  # (B, heads, N, d + pad)
+        with stage("out projection"):
+            w_out = self.out_proj.weight
+            if pad:  # zero columns under the padded channels: they never reach the output
+                w_out = F.pad(w_out.reshape(self.dim, self.heads, d), (0, pad)).reshape(self.dim, -1)
+            return F.linear(out.transpose(1, 2).flatten(2), w_out, self.out_proj.bias)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -238,7 +251,9 @@ class CrossAttentionBlock(nn.Module):
         return self.attention.project_kv(self.norm_kv(context))
 
     def forward(self, x, k, v, rope=None) -> torch.Tensor:
-        return self.attention(self.norm_q(x), k, v, rope)
+        with stage("q projection"):
+            x = self.norm_q(x)
+        return self.attention(x, k, v, rope)
 
 
 class FeedForward(nn.Module):
@@ -254,6 +269,12 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+def ffn_residual(ff: FeedForward, x: torch.Tensor) -> torch.Tensor:
+    """x + FFN(x): one function so `torch.compile` can fuse the LayerNorm, the GELU and the residual
+    add around the two matmuls (loftup.model.deploy.compile_stages)."""
+    return ff(x) + x
+
+
 class CATransformer(nn.Module):
     """Queries attend to fixed key/value tokens, `depth` times; no self-attention; final LN."""
 
@@ -264,6 +285,7 @@ class CATransformer(nn.Module):
             nn.ModuleList([CrossAttentionBlock(dim, heads, dispatcher), FeedForward(dim, hidden)]) for _ in range(depth)
         )
         self.rope = rope
+        self.compiled: dict = {}  # "ffn" -> compiled ffn_residual (loftup.model.deploy.compile_stages)
 
     def project_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-block (k, v) for context tokens (B, M, D): computed once, reused by every query tile."""
@@ -272,7 +294,10 @@ class CATransformer(nn.Module):
     def forward(self, x: torch.Tensor, kv: list, q_pos=None, k_pos=None) -> torch.Tensor:
         """x (B, N, D) queries, kv from project_kv -> (B, N, D)."""
         rope = (self.rope, q_pos, k_pos) if self.rope is not None else None
+        ffn = self.compiled.get("ffn", ffn_residual)
         for (attn, ff), (k, v) in zip(self.layers, kv):
             x = attn(x, k, v, rope) + x
-            x = ff(x) + x
-        return self.norm(x)
+            with stage("ffn"):
+                x = ffn(ff, x)
+        with stage("final norm"):
+            return self.norm(x)

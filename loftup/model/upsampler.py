@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
 from ..kernels import AttentionDispatcher
+from ..profiling import stage
 from .config import LoftUpConfig
 from .layers import (
     CATransformer,
@@ -27,6 +28,16 @@ from .layers import (
 )
 
 HALO = 2  # two 3x3 convs: an output pixel sees a 5x5 neighbourhood of Fourier features
+
+
+def image_features(up: "LoftUpUpsampler", image, lo, hi, ys, xs) -> torch.Tensor:
+    """Min-max scaling (extrema given), Fourier features and their channel norm of an image window:
+    (B, 3, H, W) -> (B, 203, H, W). One function so `torch.compile` can fuse it into one pass
+    (loftup.model.deploy.compile_stages); channels-last output when the upsampler runs so."""
+    x = up.fourier_feat[1](MinMaxScaler.apply(image, lo, hi), ys, xs)
+    if up.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return up.first_conv[0](x)
 
 
 class LoftUpUpsampler(nn.Module):
@@ -55,6 +66,10 @@ class LoftUpUpsampler(nn.Module):
         self.final_conv = nn.Sequential(nn.Conv2d(D, C, 1), LayerNorm2d(C))
         rope = Rope2d(cfg.head_dim, cfg.lr_pe_size) if cfg.lr_pe == "rope" else None
         self.ca_transformer = CATransformer(D, C, cfg.num_blocks, cfg.num_heads, self.dispatcher, rope)
+        # Run-time variants (loftup.model.deploy): Fourier features written channels-last, and
+        # compiled stage functions ("features") that replace the eager ones.
+        self.channels_last = False
+        self.compiled: dict = {}
 
     @property
     def halo(self) -> int:
@@ -70,9 +85,13 @@ class LoftUpUpsampler(nn.Module):
         return lr.flatten(2).transpose(1, 2)
 
     # -- query path ----------------------------------------------------------------------
-    def _queries_and_out(self, scaled, ys, xs, kv, k_pos, crop) -> torch.Tensor:
-        """Fourier feats of a window of the scaled image -> convs -> crop halo -> attention -> head."""
-        x = self.first_conv(self.fourier_feat[1](scaled, ys, xs))
+    def _queries_and_out(self, image, lo, hi, ys, xs, kv, k_pos, crop) -> torch.Tensor:
+        """Fourier feats of a window of the image (scaled by lo/hi) -> convs -> crop halo -> attention -> head."""
+        with stage("fourier features"):
+            x = self.compiled.get("features", image_features)(self, image, lo, hi, ys, xs)
+        with stage("convs"):
+            for layer in list(self.first_conv)[1:]:  # [0], the channel norm, is in image_features
+                x = layer(x)
         top, left, h, w = crop
         x = x[:, :, top : top + h, left : left + w]
         B, D = x.shape[:2]
@@ -80,8 +99,9 @@ class LoftUpUpsampler(nn.Module):
         if k_pos is not None:
             yy, xx = torch.meshgrid(ys[top : top + h], xs[left : left + w], indexing="ij")
             q_pos = torch.stack([yy.flatten(), xx.flatten()], dim=1)
-        q = self.ca_transformer(x.flatten(2).transpose(1, 2), kv, q_pos, k_pos)  # (B, h*w, D)
-        return self.final_conv(q.transpose(1, 2).reshape(B, D, h, w))
+        q = self.ca_transformer(x.flatten(2).transpose(1, 2), kv, q_pos, k_pos)  # (B, h*w, D), no copy when channels-last
+        with stage("output head"):
+            return self.final_conv(q.transpose(1, 2).reshape(B, D, h, w))
 
     def use_tiling(self, H: int, W: int) -> bool:
         if self.cfg.tiling == "never" or self.training:
@@ -94,9 +114,10 @@ class LoftUpUpsampler(nn.Module):
         tile: None = decide from the config; True/False forces (tiling is exact, eval mode only).
         """
         B, _, H, W = image.shape
-        scaler = self.fourier_feat[0]
-        scaled = scaler(image)  # extrema over the whole image (or batch), before any tiling
-        kv = self.ca_transformer.project_kv(self.kv_tokens(lr))
+        with stage("min-max"):
+            lo, hi = self.fourier_feat[0].extrema(image)  # over the whole image (or batch), before any tiling
+        with stage("kv projection"):
+            kv = self.ca_transformer.project_kv(self.kv_tokens(lr))
         k_pos = None
         if self.cfg.lr_pe == "rope":
             hy, wx = torch.meshgrid(coord_grid(lr.shape[2], lr.device), coord_grid(lr.shape[3], lr.device), indexing="ij")
@@ -106,7 +127,7 @@ class LoftUpUpsampler(nn.Module):
         if tile and self.training:
             raise ConfigError("tiled inference needs eval mode (BatchNorm uses batch statistics in train mode)")
         if not tile:
-            return self._queries_and_out(scaled, ys, xs, kv, k_pos, (0, 0, H, W))
+            return self._queries_and_out(image, lo, hi, ys, xs, kv, k_pos, (0, 0, H, W))
         out = None
         t, halo = self.cfg.tile_size, self.halo
         for y0 in range(0, H, t):
@@ -115,7 +136,7 @@ class LoftUpUpsampler(nn.Module):
                 wy0, wx0 = max(y0 - halo, 0), max(x0 - halo, 0)
                 wy1, wx1 = min(y1 + halo, H), min(x1 + halo, W)
                 piece = self._queries_and_out(
-                    scaled[:, :, wy0:wy1, wx0:wx1], ys[wy0:wy1], xs[wx0:wx1], kv, k_pos,
+                    image[:, :, wy0:wy1, wx0:wx1], lo, hi, ys[wy0:wy1], xs[wx0:wx1], kv, k_pos,
                     (y0 - wy0, x0 - wx0, y1 - y0, x1 - x0),
                 )
                 if out is None:
@@ -164,7 +185,9 @@ class LoftUp(nn.Module):
 
     def forward(self, lr_feats: torch.Tensor, image: torch.Tensor, tile: bool | None = None) -> torch.Tensor:
         self.check_inputs(lr_feats, image)
-        return self.upsampler(self.channelnorm(lr_feats), image, tile=tile)
+        with stage("lr channel norm"):
+            lr = self.channelnorm(lr_feats)
+        return self.upsampler(lr, image, tile=tile)
 
     @torch.no_grad()
     def upsample(self, lr_feats: torch.Tensor, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
