@@ -97,6 +97,9 @@ def _register_verbs() -> None:
         mod = importlib.import_module(module)
         for name in names:
             app.command(name)(getattr(mod, f"{name}_command"))
+    from .viz_commands import viz_app
+
+    app.add_typer(viz_app, name="viz")
 
 
 _register_verbs()

@@ -211,12 +211,16 @@ class MultiheadCrossAttention(nn.Module):
         k, v = kv.unflatten(-1, (2, self.heads, self.head_dim + pad)).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def attention_weights(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def attention_weights(self, x: torch.Tensor, k: torch.Tensor, rope=None) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) of queries x (B, n, D) against k from project_kv: (B, heads, n, M),
-        float32. Materialised, so for a few chosen queries only (`loftup viz attention`); no rope."""
+        float32, with the same rope as `forward`. Materialised, so for a few chosen queries only
+        (`loftup viz attention`)."""
         d = self.head_dim
         pad = k.shape[-1] - d
         q = F.linear(x, *self._in_proj(0, 1, pad)).unflatten(-1, (self.heads, d + pad)).transpose(1, 2)
+        if rope is not None:
+            rot, q_pos, k_pos = rope
+            q, k = rot(q, q_pos), rot(k, k_pos)
         return torch.softmax((q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d), dim=-1)
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope=None) -> torch.Tensor:
