@@ -39,6 +39,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..io import rgb_image
+from ..pipeline import IMAGENET_MEAN, IMAGENET_STD
 from .rle import polygons_rasterize, rle_counts, rle_sample
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -311,8 +312,8 @@ class SampleSpec:
     """What the dataset renders: stage, sizes and mask options (picklable, for workers)."""
 
     stage: int = 1
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     max_masks: int = 150
     crop: str = "center"
     crop_scale: tuple[float, float] = (0.5, 1.0)
@@ -326,8 +327,6 @@ class SampleSpec:
     @classmethod
     def from_config(cls, cfg, backbone) -> "SampleSpec":
         """The spec a training run (a TrainConfig) renders with, normalised for `backbone`."""
-        from ..pipeline import IMAGENET_MEAN, IMAGENET_STD
-
         return cls(
             stage=cfg.stage, mean=tuple(getattr(backbone, "mean", None) or IMAGENET_MEAN),
             std=tuple(getattr(backbone, "std", None) or IMAGENET_STD), max_masks=cfg.max_masks, crop=cfg.crop,
