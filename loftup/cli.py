@@ -55,7 +55,8 @@ def upsample(
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
     batch_size: int = typer.Option(1, help="Images per forward pass (images of one size are batched)."),
-    attn_backend: str = typer.Option("auto", help="Attention backend: auto, sdpa, triton, reference."),
+    attn_backend: str = typer.Option("auto", help="Attention backend: auto, sdpa, triton, flash, efficient, cudnn, reference."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay one CUDA graph per input shape (--checkpoint on --device cuda)."),
     picture: bool = typer.Option(True, help="Write a PCA picture per image (input | low-res | bilinear | LoftUp)."),
     features: bool = typer.Option(True, help="Write the feature files (--no-features: pictures only)."),
 ) -> None:
@@ -65,7 +66,7 @@ def upsample(
     opts = UpsampleOptions(
         backbone=backbone, checkpoint=checkpoint, engine=engine, random_init=random_init, weights=weights, size=size,
         input_size=input_size, out=out, format=format, device=device, dtype=dtype, batch_size=batch_size,
-        attn_backend=attn_backend, picture=picture, features=features,
+        attn_backend=attn_backend, cuda_graphs=cuda_graphs, picture=picture, features=features,
     )
     result = run_upsample(inputs, opts)
     summary = result.summary(out, "feature file" if features else "picture")

@@ -46,6 +46,7 @@ class UpsampleOptions:
     dtype: str = "fp32"
     batch_size: int = 1
     attn_backend: str = "auto"
+    cuda_graphs: bool = False  # --checkpoint only: replay one CUDA graph per input shape
     picture: bool = True
     features: bool = True  # False: pictures only (no feature files)
     seed: int = 0
@@ -214,6 +215,8 @@ def check_options(opts: UpsampleOptions) -> None:
                               "to --engine; drop --input-size (or use --checkpoint)")
         if opts.dtype != "fp32":
             raise ConfigError("--dtype applies to --checkpoint; an engine's precision is fixed when it is exported (loftup export --precision)")
+        if opts.cuda_graphs:
+            raise ConfigError("--cuda-graphs applies to --checkpoint (PyTorch); an exported engine's runtime schedules the GPU itself")
     elif opts.checkpoint is None and not opts.random_init:
         raise ConfigError(
             "no trained LoftUp weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
@@ -244,7 +247,8 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
 
         warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {opts.backbone!r}")
     input_size = DEFAULT_INPUT_SIZE if opts.input_size is None else opts.input_size
-    engine = TorchEngine(model, backbone, precision=opts.dtype, device=str(device), input_size=input_size)
+    engine = TorchEngine(model, backbone, precision=opts.dtype, device=str(device), input_size=input_size,
+                         cuda_graphs=opts.cuda_graphs)
     return engine, tuple(backbone.mean), tuple(backbone.std), int(backbone.patch_size)
 
 
@@ -270,6 +274,8 @@ def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = Tru
 
     check_options(opts)
     device = resolve_device(opts.device)
+    if opts.cuda_graphs and device.type != "cuda":
+        raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"cannot write to output folder {out}: it is a file; choose another --out")

@@ -40,6 +40,10 @@ def bench_command(
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: PyTorch's)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(Path("bench_results"), help="Output folder (or a .json path); a PNG plot is written next to the JSON."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="PyTorch rows replay one CUDA graph per input shape (CUDA only)."),
+    profile: bool = typer.Option(False, "--profile", help="Also a per-stage time table (torch.profiler) for every PyTorch row."),
+    attention: bool = typer.Option(False, "--attention", help="Instead of the upsampler: measure the attention backends on this GPU "
+                                   "and write the local table that `auto` reads (~/.cache/loftup/attention-table.json)."),
 ) -> None:
     """Latency, throughput, memory, achieved GFLOP/s and parity per backend, size, batch and precision."""
     from ..bench.harness import BenchOptions, run_bench
@@ -48,8 +52,14 @@ def bench_command(
         checkpoint=checkpoint, random_init=random_init, backbone=backbone, sizes=_int_list(sizes, "sizes"),
         batch_sizes=_int_list(batch_sizes, "batch-sizes"), precisions=[p for p in precisions.split(",") if p],
         backends=[b for b in backends.split(",") if b], warmup=warmup, repeats=repeats, max_seconds=max_seconds,
-        threads=threads, device=device, out=out,
+        threads=threads, device=device, out=out, cuda_graphs=cuda_graphs, profile=profile,
     )
+    if attention:
+        from ..bench.attention import run_attention_bench
+
+        record = run_attention_bench(opts, log=lambda msg: typer.echo(msg, err=True))
+        typer.echo(f"wrote {record['json_path']}; local attention table: {record['table_path'] or 'unchanged (nothing ran)'}")
+        return
     report = run_bench(opts)
     typer.echo(f"wrote {report.json_path} and {report.plot_path}")
 

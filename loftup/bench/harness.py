@@ -43,6 +43,7 @@ class BenchBackend:
     description: str
     attn_backend: str = "sdpa"
     compile: bool = False
+    compile_stages: bool = False  # Fourier features and FFNs compiled (loftup.model.deploy.compile_stages)
     ort_provider: str | None = None
     unchunked_attention: bool = False  # materialises the whole (HW x hw) score matrix
 
@@ -54,6 +55,10 @@ BACKENDS: dict[str, BenchBackend] = {
         BenchBackend("torch-reference", "torch", False, PRECISIONS, "PyTorch, materialised attention", attn_backend="reference", unchunked_attention=True),
         BenchBackend("torch-sdpa", "torch", False, PRECISIONS, "PyTorch, query-chunked SDPA"),
         BenchBackend("torch-compile", "torch", False, PRECISIONS, "torch.compile of the sdpa model", compile=True),
+        BenchBackend("torch-auto", "torch", False, PRECISIONS, "PyTorch, attention from the measured table (auto), "
+                     "channels-last convs for bf16/fp16 on CUDA", attn_backend="auto"),
+        BenchBackend("torch-stages", "torch", False, PRECISIONS, "torch-auto with the Fourier features and FFNs compiled",
+                     attn_backend="auto", compile_stages=True),
         BenchBackend("triton", "torch", True, PRECISIONS, "PyTorch with the fused Triton attention kernel", attn_backend="triton"),
         BenchBackend("onnxruntime-cpu", "onnx", False, ONNX_PRECISIONS, "ONNX Runtime, CPU provider",
                      ort_provider="CPUExecutionProvider", unchunked_attention=True),
@@ -66,7 +71,7 @@ BACKENDS: dict[str, BenchBackend] = {
 }
 GROUPS = {
     "all": tuple(BACKENDS),
-    "torch": ("torch-reference", "torch-sdpa", "torch-compile"),
+    "torch": ("torch-reference", "torch-sdpa", "torch-compile", "torch-auto", "torch-stages"),
     "onnxruntime": ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt"),
 }
 
@@ -86,6 +91,9 @@ class BenchOptions:
     threads: Optional[int] = None
     device: str = "cpu"
     out: Path = Path("bench_results")
+    cuda_graphs: bool = False  # torch rows replay CUDA graphs (CUDA only)
+    profile: bool = False  # torch rows also get a per-stage profile (loftup.bench.profile)
+    profile_iters: int = 3
     progress: bool = True
     plot: bool = True
     seed: int = 0
@@ -268,7 +276,8 @@ class EngineFactory:
 
         if backend.runtime == "torch":
             model = with_attention_backend(self.model, backend.attn_backend)
-            return TorchEngine(model, None, precision=precision, compile=backend.compile, device=self.opts.device)
+            return TorchEngine(model, None, precision=precision, compile=backend.compile, device=self.opts.device,
+                               cuda_graphs=self.opts.cuda_graphs, compile_stages=backend.compile_stages)
         path = self._engine_file(backend.runtime, precision)
         return load_engine(path, providers=[backend.ort_provider] if backend.ort_provider else None,
                            threads=self.opts.threads or _torch_threads())
@@ -332,6 +341,8 @@ def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
     if not opts.max_seconds > 0:
         raise ConfigError(f"--max-seconds must be positive, got {opts.max_seconds}")
     opts = replace(opts, device=str(resolve_device(opts.device)))  # one-line error for a missing / unknown device
+    if opts.cuda_graphs and not opts.device.startswith("cuda"):
+        raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
     names = expand_backends(opts.backends)
     out = Path(opts.out)
     if out.suffix.lower() == ".json" and out.exists():
@@ -408,10 +419,18 @@ def run_row(ctx: BenchContext, size: int, b: int, name: str, prec: str) -> dict[
             "work": {"gflop": flops / 1e9, "achieved_gflops": flops / med / 1e9, "peak_gflops": ctx.peaks[prec],
                      "peak_precision": prec, "fraction_of_peak": flops / med / 1e9 / ctx.peaks[prec]},
             "parity": err,
+            **({"profile": _profile(engine, lr, image, opts)} if opts.profile and backend.runtime == "torch" else {}),
         }
     except Exception as e:  # one broken backend must not end the run
         first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         return {**row, "status": "failed", "reason": f"{type(e).__name__}: {first[:300]}"}
+
+
+def _profile(engine, lr, image, opts: BenchOptions) -> dict[str, Any]:
+    """Per-stage profile of one engine on one input (without CUDA-graph replay, which hides stages)."""
+    from .profile import profile_forward
+
+    return profile_forward(engine.run_eager, (lr, image), opts.device, iters=opts.profile_iters, warmup=1)
 
 
 def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport:
@@ -466,6 +485,12 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
     data = report_data(opts, names, env, model, backbone_spec, peaks, peaks_after, rows)
     report = write_report(data, opts, env, plot_title=f"LoftUp C={model.cfg.feat_dim} on {env['cpu'] if opts.device == 'cpu' else env.get('gpu')}")
     console.print(render_table(rows))
+    if opts.profile:
+        from .profile import render_profile
+
+        for r in rows:
+            if r.get("profile"):
+                console.print(render_profile(r["profile"], f"{r['backend']} {r['precision']} b{r['batch']} {r['size']}px"))
     return report
 
 
@@ -488,7 +513,8 @@ def report_data(opts: BenchOptions, names: list[str], env: dict[str, Any], model
         "parity_reference": "PyTorch fp32, sdpa attention (exact), same inputs",
         "tolerances": {k: vars(v) for k, v in TOLERANCES.items()},
         "options": {"sizes": opts.sizes, "batch_sizes": opts.batch_sizes, "precisions": opts.precisions, "backends": names,
-                    "warmup": opts.warmup, "repeats": opts.repeats, "max_seconds": opts.max_seconds, "threads": opts.threads},
+                    "warmup": opts.warmup, "repeats": opts.repeats, "max_seconds": opts.max_seconds, "threads": opts.threads,
+                    "cuda_graphs": opts.cuda_graphs, "profile": opts.profile},
         "rows": rows,
     }
 

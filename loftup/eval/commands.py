@@ -33,6 +33,7 @@ def eval_command(
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Parity relative tolerance (default 1e-2)."),
     quick: bool = typer.Option(False, "--quick", help="Mini benchmark: small images, fewer solver iterations."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="PyTorch upsamplers under test replay one CUDA graph per input shape (CUDA only)."),
     seed: int = typer.Option(0, "--seed", help="Seed of probe training and pixel splits."),
     settings: Optional[list[str]] = typer.Option(None, "--set", help="Any other protocol setting, KEY=VALUE, repeatable: "
                                                  "weight_decay, n_bins, min_depth, max_depth, relative_depth, context, radius, "
@@ -46,6 +47,7 @@ def eval_command(
         backbone=backbone, weights=weights, layout=layout, baselines=baselines, out=out, plot=plot, epochs=epochs,
         batch_size=batch_size, lr=lr, size=size, input_size=input_size, hidden_dim=hidden_dim, max_train=max_train,
         max_eval=max_eval, atol=atol, rtol=rtol, quick=quick, device=device, seed=seed, extra=parse_settings(settings),
+        cuda_graphs=cuda_graphs,
     )
     results = run_eval(opts, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(results["table"])

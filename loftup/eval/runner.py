@@ -60,6 +60,7 @@ class EvalOptions:
     quick: bool = False
     device: str = "cpu"
     seed: int = 0
+    cuda_graphs: bool = False  # PyTorch upsamplers under test replay CUDA graphs (never the reference)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # further ProbeConfig overrides
 
@@ -116,6 +117,8 @@ def _check(opts: EvalOptions) -> list[str]:
             raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer, got {value} (leave it out for the default)")
     if opts.lr is not None and not opts.lr > 0:
         raise ConfigError(f"--lr must be positive, got {opts.lr}")
+    if opts.cuda_graphs and not str(opts.device).startswith("cuda"):
+        raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
     return baselines
 
 
@@ -169,7 +172,7 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
         resolve_reference,
     )
 
-    handle = open_engine(opts.engine) if opts.engine else None
+    handle = open_engine(opts.engine, cuda_graphs=opts.cuda_graphs) if opts.engine else None
     ckpt_model = load_checkpoint(opts.checkpoint) if opts.checkpoint else None
     name = opts.backbone or (handle.backbone if handle else None) or (ckpt_model.cfg.backbone if ckpt_model else None) or DEFAULT_BACKBONE
     if handle is not None:
@@ -188,10 +191,10 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
         if ckpt_model.cfg.feat_dim != runner.embed_dim:
             raise InputError(f"checkpoint {Path(opts.checkpoint).name} upsamples {ckpt_model.cfg.feat_dim}-channel features but "
                              f"backbone {name!r} gives {runner.embed_dim}; pass --backbone with the checkpoint's backbone")
-        plan.sources["loftup"] = LoftUpFeatures(runner, ckpt_model.to(device), "loftup")
+        plan.sources["loftup"] = LoftUpFeatures(runner, ckpt_model.to(device), "loftup", cuda_graphs=opts.cuda_graphs)
     elif opts.random_init:
         model = load_or_init(None, random_init=True, feat_dim=runner.embed_dim, backbone=name, seed=opts.seed).to(device)
-        plan.sources["loftup-random"] = LoftUpFeatures(runner, model, "loftup-random")
+        plan.sources["loftup-random"] = LoftUpFeatures(runner, model, "loftup-random", cuda_graphs=opts.cuda_graphs)
     for b in baselines:
         plan.sources[b] = make_baseline(b, runner)
     return plan

@@ -126,12 +126,14 @@ class LoftUpFeatures(FeatureSource):
     `TorchEngine` in upsampler form; reference=True makes it the parity reference
     (`loftup.export.engine.reference_engine`, the same one export and bench compare with)."""
 
-    def __init__(self, runner: BackboneRunner, model: nn.Module, name: str = "loftup", reference: bool = False):
+    def __init__(self, runner: BackboneRunner, model: nn.Module, name: str = "loftup", reference: bool = False,
+                 cuda_graphs: bool = False):
         from ..export.engine import TorchEngine, reference_engine
 
         super().__init__(runner, name)
         device = next(model.parameters()).device
-        self.engine = reference_engine(model, device=str(device)) if reference else TorchEngine(model, device=str(device))
+        self.engine = (reference_engine(model, device=str(device)) if reference
+                       else TorchEngine(model, device=str(device), cuda_graphs=cuda_graphs))
         C = model.cfg.feat_dim
         if C != runner.embed_dim:
             raise InputError(
@@ -215,14 +217,15 @@ class EngineHandle:
         return self.engine(image).float()
 
 
-def open_engine(path: str | Path) -> EngineHandle:
-    """An engine file (.onnx, .plan or a LoftUp checkpoint) opened with `load_engine`."""
+def open_engine(path: str | Path, cuda_graphs: bool = False) -> EngineHandle:
+    """An engine file (.onnx, .plan or a LoftUp checkpoint) opened with `load_engine` (cuda_graphs:
+    PyTorch checkpoints only)."""
     from ..export.engine import load_engine
 
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"engine {path} does not exist; pass --engine with an .onnx, .plan or checkpoint file")
-    engine = load_engine(path)
+    engine = load_engine(path, cuda_graphs=cuda_graphs)
     md = engine.metadata
     return EngineHandle(
         path=path, engine=engine, backbone=md.backbone, feat_dim=int(md.feat_dim), scope=md.scope,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError, check_choice
+from ..errors import ConfigError, InputError, check_choice
 from .formats import PRECISIONS, format_for_path
 from .metadata import EngineMetadata, base_metadata
 
@@ -116,23 +116,43 @@ class TorchEngine(Engine):
     Pipeline` (input_size: its backbone input rule). precision "bf16"/"fp16" runs under
     autocast (`loftup.devices.autocast`); compile=True wraps the forward in torch.compile (one
     compilation per input shape).
+
+    GPU runtime options (`loftup.model.deploy`, LoftUp only; other kinds run as they are):
+    channels_last (None: on for bf16/fp16 on CUDA) runs the convolutions channels-last;
+    compile_stages (True, or a torch.compile backend name) compiles the Fourier-feature stage
+    and the FFNs; cuda_graphs replays one CUDA graph per input shape (`loftup.export.cuda_graphs`;
+    CUDA only).
     """
 
     name = "torch"
 
     def __init__(self, model, backbone=None, precision: str = "fp32", compile: bool = False, device: str = "cpu",
-                 metadata: EngineMetadata | None = None, source: str | Path | None = None, input_size=None):
+                 metadata: EngineMetadata | None = None, source: str | Path | None = None, input_size=None,
+                 cuda_graphs: bool = False, channels_last: bool | None = None, compile_stages: bool | str = False):
         from ..pipeline import Pipeline
+        from . import cuda_graphs as graphs
 
         check_choice("precision", precision, PRECISIONS)
         self.device = torch.device(device)
+        if cuda_graphs:
+            graphs.check_device(self.device)
         self.model = model.eval().to(self.device)
+        self.channels_last = self.device.type == "cuda" and precision != "fp32" if channels_last is None else channels_last
+        if self.channels_last or compile_stages:
+            from ..model import deploy
+
+            deploy.use_channels_last(self.model, self.channels_last)
+            if compile_stages:  # True: inductor; a string: that torch.compile backend
+                deploy.compile_stages(self.model, backend="inductor" if compile_stages is True else compile_stages)
+        self.compile_stages = compile_stages
         self.backbone = backbone.eval().to(self.device) if backbone is not None else None
         self.pipeline = Pipeline(self.backbone, self.model, input_size).eval() if backbone is not None else None
         self.precision = precision
         self.compiled = compile
         self._up = torch.compile(self.model) if compile else self.model
         self._pipe = (torch.compile(self.pipeline) if compile else self.pipeline) if self.pipeline is not None else None
+        self.cuda_graphs = cuda_graphs
+        self._graphs = {"up": graphs.GraphRunner(self._up), "pipe": graphs.GraphRunner(self._pipe)} if cuda_graphs else None
         scope = "pipeline" if backbone is not None else "upsampler"
         self.metadata = metadata or base_metadata(model, backbone, fmt="torch", scope=scope, precision=precision, source=source)
         self.metadata.input_size = input_size
@@ -152,14 +172,23 @@ class TorchEngine(Engine):
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        stack.enter_context(autocast(self.device, self.precision))
+        stack.enter_context(autocast(self.device, self.precision, cache_enabled=not self.cuda_graphs))
         return stack
 
-    def _run(self, inputs):
+    def _run(self, inputs, graphs: bool = True):
         inputs = [x.to(self.device, torch.float32) for x in inputs]
+        replay = self._graphs if graphs else None
         with self._context():
-            out = self._pipe(*inputs) if len(inputs) == 1 else self._up(*inputs)
-        return out.float()
+            if len(inputs) == 1:
+                out = replay["pipe"](*inputs) if replay else self._pipe(*inputs)
+            else:
+                out = replay["up"](*inputs) if replay else self._up(*inputs)
+        return out.to(torch.float32, memory_format=torch.contiguous_format)
+
+    def run_eager(self, *inputs):
+        """engine(...) without CUDA-graph replay (what the per-stage profiler times)."""
+        self.check_inputs(inputs)
+        return self._run(inputs, graphs=False)
 
     def backbone_features(self, image: torch.Tensor) -> torch.Tensor:
         """The pipeline's first half: raw backbone features (B, C, h, w) of a guidance image, float32."""
@@ -178,25 +207,28 @@ def reference_engine(model, backbone=None, device: str = "cpu", input_size=None)
 
 # ------------------------------------------------------------------------------------------
 def load_engine(path: str | Path, *, backbone=None, providers: list[str] | None = None, threads: int | None = None,
-                device: str = "cpu", precision: str = "fp32", attn_backend: str | None = None, compile: bool = False) -> Engine:
+                device: str = "cpu", precision: str = "fp32", attn_backend: str | None = None, compile: bool = False,
+                cuda_graphs: bool = False) -> Engine:
     """Open any engine file; the runtime is the format table's row for its suffix (formats.FORMATS).
 
     .onnx -> OnnxEngine (providers: ONNX Runtime providers in preference order; threads: intra-op
     threads); .plan -> TensorRTEngine; a PyTorch checkpoint -> TorchEngine (backbone: a name
     from `loftup backbones`, a Backbone module, or None for the upsampler form only;
-    precision/attn_backend/compile apply to it).
+    precision/attn_backend/compile/cuda_graphs apply to it).
     """
     path = Path(path)
     fmt = format_for_path(path)
     if not path.exists():
         raise InputError(f"engine file {path} does not exist")
+    if cuda_graphs and "cuda_graphs" not in fmt.open_options:
+        raise ConfigError(f"--cuda-graphs applies to PyTorch engines; {path.name} is a {fmt.name} engine (its runtime schedules the GPU itself)")
     options = {"providers": providers, "threads": threads, "backbone": backbone, "device": device,
-               "precision": precision, "attn_backend": attn_backend, "compile": compile}
+               "precision": precision, "attn_backend": attn_backend, "compile": compile, "cuda_graphs": cuda_graphs}
     return fmt.hook("open")(path, **{k: options[k] for k in fmt.open_options})
 
 
 def open_checkpoint(path: Path, *, backbone=None, threads: int | None = None, device: str = "cpu", precision: str = "fp32",
-                    attn_backend: str | None = None, compile: bool = False) -> TorchEngine:
+                    attn_backend: str | None = None, compile: bool = False, cuda_graphs: bool = False) -> TorchEngine:
     """A LoftUp checkpoint as a TorchEngine (the format table's `open` hook for PyTorch files)."""
     from ..model import load_checkpoint
 
@@ -208,4 +240,4 @@ def open_checkpoint(path: Path, *, backbone=None, threads: int | None = None, de
     model = load_checkpoint(path, feat_dim=getattr(backbone, "embed_dim", None), **overrides)
     if threads:
         torch.set_num_threads(int(threads))
-    return TorchEngine(model, backbone, precision=precision, compile=compile, device=device, source=path)
+    return TorchEngine(model, backbone, precision=precision, compile=compile, device=device, source=path, cuda_graphs=cuda_graphs)

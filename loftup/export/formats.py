@@ -114,7 +114,7 @@ FORMATS: dict[str, EngineFormat] = {
             install_hint="pip install torch",
             description="a LoftUp checkpoint (ours, official .bin, Lightning .ckpt) run by PyTorch",
             open="loftup.export.engine:open_checkpoint",
-            open_options=("backbone", "threads", "device", "precision", "attn_backend", "compile"),
+            open_options=("backbone", "threads", "device", "precision", "attn_backend", "compile", "cuda_graphs"),
         ),
     )
 }
