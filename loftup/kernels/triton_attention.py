@@ -64,20 +64,36 @@ fp16/bf16 inputs, P and dS are rounded to the input dtype before their MMAs (as 
 FlashAttention). With fp32 inputs the MMAs use IEEE fp32 unless
 ``torch.backends.cuda.matmul.allow_tf32`` is set, in which case they use TF32 like torch does.
 
-Hardware. Written for NVIDIA Ampere (sm80, A100) and Hopper (sm90, H100); the autotune space
-(BLOCK_N 64/128, BLOCK_M 32..128, 4/8 warps, 2..4 stages) is pruned by an estimate of
-shared memory per config, and keyed on (N bucket, M, true d, D_PAD) plus the input dtypes:
-all plain integers, so ``TRITON_CACHE_AUTOTUNING=1`` / ``cache_results`` stores one tuning per
-LoftUp shape on disk and reuses it across processes. The N bucket (next power of two, clamped
-to [2^12, 2^20]) keeps arbitrary output sizes from re-tuning every time.
+Hardware and configs. Written for NVIDIA Ampere (sm80, A100) and Hopper (sm90, H100/H200).
+There is no compile-everything autotuner (the old 36 + 36 + 54-config space compiled for minutes
+per dtype and head dim on an H200, and a first `loftup train` did not finish 30 steps in 100 s).
+Instead each kernel launches one config per (arch, dtype, N bucket, M, d, D_PAD):
+`default_config` - on sm90 with 16-bit inputs and D_PAD 128 the configs the 8-config search
+picked on the H200 (gpu-findings.md), everywhere else (fp32, D_PAD 256, sm80, other GPUs; not
+measured) the largest config of the small `TUNING_SPACE` that fits `estimate_resources`
+(resident tiles + num_stages streamed tiles of shared memory, fp32 accumulator registers per
+thread) against the GPU's opt-in shared memory. So the first call compiles only what it runs.
+``LOFTUP_TRITON_AUTOTUNE=1`` (or `set_autotune(True)`) times the fitting configs of the space
+once per shape and caches the winner on disk (`tuning_cache_path`, per arch and Triton version).
+A config that fails to launch (OutOfResources, a ptxas or compilation error) is skipped with
+one warning and the next fitting config runs; when none launches the call is computed by sdpa
+(forward and/or backward), warned once - never a crash (the fp32 d=197 backward with 64x64 tiles
+needed 278,528 B of shared memory on the H200; the estimate now prunes it). `resource_report()`
+lists each launched config's estimate next to the shared memory, registers and spills Triton
+reports, the check of the estimate on a real GPU (benchmarks/gpu_suite.py records it). The N
+bucket (next power of two, clamped to [2^12, 2^20]) keeps arbitrary output sizes from
+multiplying keys.
 
 Caveats
 -------
-- No GPU was available while writing this: every measured number here comes from the Triton
-  interpreter on CPU (``TRITON_INTERPRET=1``), which checks indexing, masking and the maths,
-  not performance or GPU compilation (register/shared-memory limits, layouts). Under the
-  interpreter autotuning is bypassed (one config, ``_INTERPRETER_CONFIG``) and bf16 loads are
-  known to be wrong, so bf16 is only exercised for dispatch there.
+- Measured on one GPU so far (NVIDIA H200, gpu-findings.md; d=101 unpadded, 4 heads, batch 1):
+  correct on sm90 against float64 (fp32 fwd 8.8e-7, bf16 2.7e-3..4.1e-3, all below PyTorch's
+  own error; backward bitwise repeatable). bf16 forward 0.347 / 2.28 / 29.6 ms at 224 / 448 / 896
+  (60 / 146 / 180 TFLOP/s useful, 8-23% of the measured bf16 matmul), 1.3-1.4x slower than
+  PyTorch's flash kernel; forward + backward 1.40 / 10.4 / 144 ms (flash: 4.78 / 17.9 / 86). So
+  `auto` (attention_table.py) runs flash for inference and this kernel for training at 224 and
+  448. IEEE-fp32 is 6x slower than sdpa end to end: `auto` never picks it. Under the interpreter
+  (CPU tests) bf16 loads are known to be wrong, so bf16 is only exercised for dispatch there.
 - Interpreter figures (tests/kernels/test_triton_attention.py: batch 2, 4 heads, d 64/101/133/197,
   M 256/713/1024, max abs error against the float32 reference): float32 forward, dQ, dK, dV
   all <= 1.6e-6 (tested at 2e-5); float16 1e-4..9e-4, always below PyTorch's own float16
@@ -91,8 +107,8 @@ Caveats
   recomputed in both the dQ and the dK/dV kernel): +40% backward MMA work, bought to avoid
   atomics on dQ (M / BLOCK_M fp32 atomic adds per dQ element) and to stay deterministic.
 
-Expected performance (on paper - not measured, no GPU was available)
--------------------------------------------------------------------
+Expected performance (the estimate made before any GPU run; measured figures under Caveats)
+-------------------------------------------------------------------------------------------
 H100 SXM, bf16/fp16, 448x448 output (N = 200704), M = 1024, d = 101 (D_PAD = 128), 4 heads:
 forward = 332 GFLOP useful (421 GFLOP executed with padding), 0.82e9 exponentials.
 HBM traffic ~0.33 GB (Q, O, LSE; K/V 1.7 MB) -> ~1000 FLOP/byte, far above the ~295 FLOP/byte
