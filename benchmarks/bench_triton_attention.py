@@ -5,7 +5,8 @@ Needs an NVIDIA GPU. Two ways to run it:
     python benchmarks/bench_triton_attention.py [--paired] [--dtype float16] [--out bench_results]
         every (output 224/448/896, M 256/1024/4096, d 101/197) shape, 4 heads, batch 1, forward
         and forward+backward, for the Triton kernel, SDPA's math / flash / efficient / cuDNN
-        backends (whichever accepts the shape) and loftup's query-chunked SDPA. Prints a table
+        backends (whichever accepts the shape), loftup's sdpa backend (one fused call on CUDA)
+        and its query-chunked SDPA (the CPU path). Prints a table
         with TFLOP/s and fraction of the device's peak, and saves JSON + CSV named after the
         device, torch and triton versions (results are recorded, never asserted).
 

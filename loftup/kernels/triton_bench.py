@@ -43,7 +43,7 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
 OUTPUT_SIDES = (224, 448, 896)
 KEY_COUNTS = (256, 1024, 4096)
 HEAD_DIMS = (101, 197)
-METHODS = ("triton", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "loftup_sdpa")
+METHODS = ("triton", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "loftup_sdpa", "loftup_chunked")
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -140,7 +140,11 @@ def attention_method(name: str) -> Callable:
         from .triton_attention import triton_attention
 
         return triton_attention
-    if name == "loftup_sdpa":
+    if name == "loftup_chunked":  # the query-chunked sdpa (loftup's CPU path)
+        from .sdpa import chunked_sdpa_attention
+
+        return chunked_sdpa_attention
+    if name == "loftup_sdpa":  # the sdpa backend: one fused call on CUDA
         from .sdpa import sdpa_attention
 
         return sdpa_attention
