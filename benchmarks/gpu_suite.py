@@ -450,7 +450,7 @@ def section_train(suite: Suite) -> dict:
     model = make_model(suite).to(suite.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     lr, image = make_inputs(suite, batch, size, seed=3)
-    losses, times = [], []
+    losses, times, finite = [], [], True
     for _ in range(steps):
         if not suite.fits(5.0 if suite.cuda else 0.5):
             break
