@@ -389,8 +389,7 @@ def _resolved(engine) -> list[str]:
     for module in engine.model.modules():
         dispatcher = getattr(module, "dispatcher", None)
         if dispatcher is not None and hasattr(dispatcher, "_resolved"):
-            return sorted({f"{'/'.join(map(str, k[2:]))} -> {v}" if len(k) > 2 else f"{k[0]} -> {v}"
-                           for k, v in dispatcher._resolved.items()})
+            return sorted(f"{k[-1]} -> {v}" for k, v in dispatcher._resolved.items())
     return []
 
 

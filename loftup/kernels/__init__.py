@@ -86,11 +86,11 @@ class AttentionDispatcher:
         key: tuple = (device.type,)
         shape = None
         if self.requested == "auto" and device.type == "cuda" and q is not None and k is not None:
-            from .attention_table import arch_of
+            from .attention_table import arch_of, table_key
 
             grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
             shape = (arch_of(device), q.dtype, q.shape[-1], q.shape[-2], k.shape[-2], grad)
-            key = (device.type, device.index, *shape)
+            key = (device.type, device.index, table_key(*shape))  # one resolution per table key
         if key not in self._resolved:
             if shape is not None and self.table is None:
                 from .attention_table import AttentionTable
