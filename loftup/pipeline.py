@@ -17,7 +17,11 @@ The rule, in three steps:
    align_corners=False, no antialiasing, on the normalised float tensor, to the size
    `backbone_input_size` gives (each side a multiple of the patch). It is an identity when
    the sides already are multiples.
-3. **The upsampler** gets the raw backbone features and the guidance image.
+3. **The upsampler** gets the raw backbone features and the guidance image. LoftUp answers at
+   the guidance size; the other kinds at their official size (LiFT 2h x 2w, FeatUp-JBU
+   16h x 16w, see loftup.model.kinds), and `fit_output` brings that to the guidance size,
+   bilinearly (align_corners=False) - the one place an upsampler's output is resized, used by
+   `Pipeline`, the PyTorch engine's upsampler form and every export.
 
 Why bilinear on tensors: it is the one resize that exports to ONNX / TensorRT with dynamic
 sizes (a `Resize` node) and computes the same numbers in PyTorch and in every engine, so an
@@ -110,6 +114,27 @@ def guidance_image(image: torch.Tensor, out_size: tuple[int, int] | None) -> tor
     return F.interpolate(image, size=tuple(out_size), mode="bilinear", align_corners=False)
 
 
+def fit_output(hr: torch.Tensor, size) -> torch.Tensor:
+    """An upsampler's output (B, C, h', w') at the guidance size (H, W): bilinear, align_corners=False.
+
+    For LiFT (2h x 2w) and FeatUp-JBU (16h x 16w), whose official output size is not the
+    guidance image's. At equal sizes bilinear resampling returns the input values exactly.
+    """
+    return F.interpolate(hr, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def upsample_to_guidance(upsampler: nn.Module, lr_feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """`upsampler(lr_feats, image)` at the guidance image's size (B, C, H, W), whatever its kind.
+
+    Modules that answer at the guidance size (LoftUp: `output_at_guidance_size = True`) are
+    returned as they are; the others go through `fit_output`.
+    """
+    hr = upsampler(lr_feats, image)
+    if getattr(upsampler, "output_at_guidance_size", True):
+        return hr
+    return fit_output(hr, image.shape[-2:])
+
+
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(B, 3, H, W) or (3, H, W) values in [0, 1] -> (x - mean) / std per channel."""
     shape = (3, 1, 1) if x.dim() == 3 else (1, 3, 1, 1)
@@ -151,6 +176,7 @@ class Pipeline(nn.Module):
 
     input_size: the backbone input rule (see `backbone_input_size`); exported engines use
     None. `backbone_features` is the first half alone (raw features, before channel norm).
+    upsampler: any kind (loftup.model.kinds); its output is brought to (H, W) by `fit_output`.
     """
 
     def __init__(self, backbone: nn.Module, upsampler: nn.Module, input_size: InputSize = None):
@@ -173,7 +199,7 @@ class Pipeline(nn.Module):
         return self.backbone(backbone_input(image, self.patch_size, self.input_size))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.upsampler(self.backbone_features(image), image)
+        return upsample_to_guidance(self.upsampler, self.backbone_features(image), image)
 
 
 __all__ = [
@@ -184,9 +210,11 @@ __all__ = [
     "Pipeline",
     "backbone_input",
     "backbone_input_size",
+    "fit_output",
     "guidance_image",
     "normalize",
     "output_size",
     "prepare_image",
     "resize_for_backbone",
+    "upsample_to_guidance",
 ]

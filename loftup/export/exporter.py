@@ -27,6 +27,7 @@ class ExportOptions:
 
     checkpoint: Optional[Path] = None
     random_init: bool = False
+    upsampler: Optional[str] = None  # kind (loftup, lift, featup_jbu): what the checkpoint must hold / the random model; None: the file's
     feat_dim: Optional[int] = None  # for random_init without a backbone
     backbone: Optional[str] = None
     weights: str = "default"
@@ -63,9 +64,14 @@ def load_model_and_backbone(opts: ExportOptions):
     """(model, backbone or None, scope) for the options; the checkpoint names the backbone by default."""
     from ..model import load_or_init
 
+    if opts.upsampler is not None:
+        from ..errors import check_choice
+        from ..model import UPSAMPLER_KINDS
+
+        check_choice("upsampler kind", opts.upsampler, UPSAMPLER_KINDS)
     if (opts.checkpoint is None) == (not opts.random_init):  # neither or both: load_or_init's one-line error, now
         load_or_init(opts.checkpoint, random_init=opts.random_init)
-    model = load_or_init(opts.checkpoint) if opts.checkpoint is not None else None
+    model = load_or_init(opts.checkpoint, kind=opts.upsampler) if opts.checkpoint is not None else None
     name = opts.backbone or (model.cfg.backbone if model is not None else None)
     scope = opts.scope or ("pipeline" if name else "upsampler")
     if scope == "pipeline" and not name:
@@ -79,7 +85,9 @@ def load_model_and_backbone(opts: ExportOptions):
     if model is None:
         if opts.random_init and not C:
             raise ConfigError("--random-init without --backbone needs --feat-dim C")
-        model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=C, backbone=name, seed=opts.seed)
+        extra = {"patch_size": backbone.patch_size} if opts.upsampler == "lift" and backbone is not None else {}
+        model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=C, backbone=name, seed=opts.seed,
+                             kind=opts.upsampler, **extra)
     elif backbone is not None and backbone.embed_dim != model.cfg.feat_dim:
         raise ConfigError(
             f"checkpoint {Path(opts.checkpoint).name} upsamples {model.cfg.feat_dim}-channel features but backbone {name} gives "
@@ -89,7 +97,7 @@ def load_model_and_backbone(opts: ExportOptions):
 
 
 def default_out(opts: ExportOptions, scope: str, suffix: str) -> Path:
-    stem = Path(opts.checkpoint).stem if opts.checkpoint else "loftup"
+    stem = Path(opts.checkpoint).stem if opts.checkpoint else (opts.upsampler or "loftup")
     return Path(f"{stem}_{scope}_{opts.precision}{suffix}")
 
 
@@ -144,7 +152,8 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
     try:
         onnx_path = stage / (out.stem + ".onnx")
-        log(f"tracing {scope} ({model.cfg.feat_dim} channels{', backbone ' + backbone.name if backbone is not None else ''}) to ONNX opset {opset} ...")
+        log(f"tracing {scope} ({getattr(model, 'kind', 'loftup')}, {model.cfg.feat_dim} channels"
+            f"{', backbone ' + backbone.name if backbone is not None else ''}) to ONNX opset {opset} ...")
         md = export_onnx(
             model, onnx_path, backbone=backbone, scope=scope, precision=precision if row.build is None else "fp32",
             opset=opset, attention=attention, sizes=sizes, max_batch=max_batch, source=source,

@@ -30,6 +30,7 @@ class EngineMetadata:
     format: str
     scope: str
     feat_dim: int
+    upsampler: str = "loftup"  # the kind (loftup.model.kinds); engines written before kinds existed are LoftUp
     backbone: str | None = None
     patch_size: int | None = None
     input_size: int | list[int] | None = None  # backbone input rule (loftup.pipeline); None in every export
@@ -75,7 +76,7 @@ def now_iso() -> str:
 
 
 def base_metadata(model, backbone=None, *, fmt: str, scope: str, precision: str, source: str | Path | None = None) -> EngineMetadata:
-    """Metadata common to every engine made from `model` (a LoftUp) and an optional backbone."""
+    """Metadata common to every engine made from `model` (an upsampler of any kind) and an optional backbone."""
     from .. import __version__
     from ..io import file_sha256
 
@@ -86,6 +87,7 @@ def base_metadata(model, backbone=None, *, fmt: str, scope: str, precision: str,
         format=fmt,
         scope=scope,
         feat_dim=int(cfg.feat_dim),
+        upsampler=getattr(model, "kind", "loftup"),
         backbone=getattr(backbone, "name", None) or cfg.backbone,
         patch_size=getattr(backbone, "patch_size", None),
         mean=list(getattr(backbone, "mean", None) or IMAGENET_MEAN),

@@ -85,10 +85,22 @@ def _featurizer_in_float32(module, dtype) -> None:
             sub.register_forward_hook(lambda m, args, out: out.to(dtype))
 
 
-def deploy_upsampler(model, attention: str, precision: str = "fp32"):
-    """The traced variant of a LoftUp model: BN folded, no tiling, export attention, precision."""
+def deploy_upsampler(model, attention: str, precision: str = "fp32", max_size: int = 448, min_lr: int = 1):
+    """The traced variant of an upsampler.
+
+    LoftUp: BN folded, no tiling, export attention, precision. LiFT / FeatUp-JBU have neither
+    attention nor LoftUp's conv-BN head: their own `deploy(max_size, min_lr)` (eval mode, window
+    bounds for the traced adaptive pooling, JBU's adaptive convolution in plain ops), then the
+    precision. ONNX Runtime and TensorRT fold LiFT's BatchNorms into its convs themselves.
+    """
     from ..model import fold_batchnorm
 
+    if getattr(model, "kind", "loftup") != "loftup":
+        up = model.deploy(max_size, min_lr)
+        if precision == "fp16":  # features and guidance both in half precision
+            up = up.half()
+            up.register_forward_pre_hook(lambda m, args: tuple(a.to(torch.float16) for a in args))
+        return up
     up = fold_batchnorm(model)
     up.cfg = up.cfg.replace(tiling="never")
     up.upsampler.cfg = up.cfg
@@ -201,13 +213,15 @@ class UpsamplerGraph(nn.Module):
         self.compute_dtype = compute_dtype
 
     def forward(self, lr_feats, image):
-        return self.core(lr_feats.to(self.compute_dtype), image).to(torch.float32)
+        from ..pipeline import upsample_to_guidance
+
+        return upsample_to_guidance(self.core, lr_feats.to(self.compute_dtype), image).to(torch.float32)
 
 
-def deploy_module(model, backbone, scope: str, precision: str, attention: str, max_size: int):
+def deploy_module(model, backbone, scope: str, precision: str, attention: str, max_size: int, min_lr: int = 1):
     """The module that is traced: float32 image (and lr_feats) in, float32 hr_feats out."""
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    up = deploy_upsampler(model, attention, precision)
+    up = deploy_upsampler(model, attention, precision, max_size, min_lr)
     if scope == "upsampler":
         return UpsamplerGraph(up, dtype).eval()
     bb = traceable_backbone(backbone, max_size)
@@ -233,21 +247,25 @@ def _example_values(lo: int, hi: int, count: int, avoid: set[int]) -> list[int]:
     return picked
 
 
-def input_shapes(scope: str, feat_dim: int, patch: int, sizes: tuple[int, int, int], max_batch: int) -> dict[str, dict[str, list[int]]]:
+def input_shapes(scope: str, feat_dim: int, patch: int, sizes: tuple[int, int, int], max_batch: int,
+                 min_lr: int = 1) -> dict[str, dict[str, list[int]]]:
     """Valid input ranges (min/opt/max shapes) recorded in metadata and used as TensorRT profiles."""
     lo, opt, hi = sizes
     shapes = {"image": {"min": [1, 3, lo, lo], "opt": [1, 3, opt, opt], "max": [max_batch, 3, hi, hi]}}
     if scope == "upsampler":
         shapes = {
-            "lr_feats": {"min": [1, feat_dim, 1, 1], "opt": [1, feat_dim, max(1, opt // patch), max(1, opt // patch)],
+            "lr_feats": {"min": [1, feat_dim, min_lr, min_lr], "opt": [1, feat_dim, max(min_lr, opt // patch), max(min_lr, opt // patch)],
                          "max": [max_batch, feat_dim, max(1, hi // patch), max(1, hi // patch)]},
             **shapes,
         }
     return shapes
 
 
-def trace(module, scope: str, feat_dim: int, token_dim: int, patch: int, sizes: tuple[int, int, int], max_batch: int):
-    """torch.export the deploy module with dynamic batch / sizes; ConfigError if a size gets pinned."""
+def trace(module, scope: str, feat_dim: int, token_dim: int, patch: int, sizes: tuple[int, int, int], max_batch: int,
+          min_lr: int = 1):
+    """torch.export the deploy module with dynamic batch / sizes; ConfigError if a size gets pinned.
+
+    min_lr: the smallest low-res grid side the upsampler scope accepts."""
     from torch.export import Dim
 
     lo, _, hi = sizes
@@ -261,10 +279,11 @@ def trace(module, scope: str, feat_dim: int, token_dim: int, patch: int, sizes: 
     if scope == "pipeline":
         args, dynamic = (image,), {"image": dyn_image}
     else:
-        lr_hi = max(2, hi // patch)
-        h, w = _example_values(2, max(lr_hi, 8), 2, avoid)
+        lr_hi = max(2, min_lr + 1, hi // patch)
+        h, w = _example_values(max(2, min_lr), max(lr_hi, 8), 2, avoid)
         lr = torch.randn(batch, feat_dim, h, w)
-        hd, wd = Dim("lr_height", min=1, max=max(lr_hi, h, w)), Dim("lr_width", min=1, max=max(lr_hi, h, w))
+        hd = Dim("lr_height", min=min_lr, max=max(lr_hi, h, w))
+        wd = Dim("lr_width", min=min_lr, max=max(lr_hi, h, w))
         args = (lr, image)
         dynamic = {"lr_feats": {2: hd, 3: wd, **({0: B} if B is not None else {})}, "image": dyn_image}
     try:
@@ -278,10 +297,13 @@ def trace(module, scope: str, feat_dim: int, token_dim: int, patch: int, sizes: 
 def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampler", precision: str = "fp32", opset: int = 20,
                 attention: str = "auto", sizes: tuple[int, int, int] = (224, 448, 896), max_batch: int = 8,
                 source: str | Path | None = None, patch_size: int | None = None) -> EngineMetadata:
-    """Trace `model` (a LoftUp, plus `backbone` for the pipeline scope) and write an ONNX file.
+    """Trace `model` (an upsampler of any kind, plus `backbone` for the pipeline scope) and write an ONNX file.
 
     For the upsampler scope a backbone is optional and only describes the inputs in the
-    metadata (name, patch size, normalisation).
+    metadata (name, patch size, normalisation). The graph's output is at the image's size for
+    every kind (`loftup.pipeline.fit_output`). LiFT / FeatUp-JBU upsampler-scope engines accept
+    low-res grids from min_size // patch cells (at least the kind's minimum): their traced
+    adaptive pooling is bounded for that range.
 
     Writes `path` (and `path.data` for models over 2 GB) with metadata in metadata_props,
     checked by onnx.checker. No parity here (see loftup.export.commands.export_engine, which
@@ -301,9 +323,14 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
             f"the checkpoint upsamples {model.cfg.feat_dim}-channel features but backbone {backbone.name} gives {backbone.embed_dim}; "
             "use a checkpoint trained for this backbone"
         )
-    module = deploy_module(model, backbone if scope == "pipeline" else None, scope, precision, encoding, sizes[2])
+    kind = getattr(model, "kind", "loftup")
+    min_lr = int(getattr(model, "min_lr_side", 1))
+    if kind != "loftup":
+        min_lr = max(min_lr, sizes[0] // patch)
+    module = deploy_module(model, backbone if scope == "pipeline" else None, scope, precision, encoding, sizes[2], min_lr)
     with _quiet_exporter():
-        ep = trace(module, scope, model.cfg.feat_dim, model.cfg.token_dim, patch, sizes, max_batch)
+        ep = trace(module, scope, model.cfg.feat_dim, getattr(model.cfg, "token_dim", model.cfg.feat_dim), patch, sizes,
+                   max_batch, min_lr if scope == "upsampler" else 1)
         program = torch.onnx.export(ep, opset_version=opset, dynamo=True, optimize=True, verbose=False)
     names = ("image",) if scope == "pipeline" else ("lr_feats", "image")
     graph = program.model.graph
@@ -327,7 +354,7 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
     md.patch_size = patch
     md.opset = opset
     md.attention = encoding
-    md.input_shapes = input_shapes(scope, model.cfg.feat_dim, patch, sizes, max_batch)
+    md.input_shapes = input_shapes(scope, model.cfg.feat_dim, patch, sizes, max_batch, min_lr)
     program.model.metadata_props.update(metadata_props(md))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -359,7 +386,8 @@ def _quiet_exporter():
 def metadata_props(md: EngineMetadata) -> dict[str, str]:
     """metadata_props entries: the full JSON under 'loftup', plus a few flat keys for viewers."""
     props = {METADATA_KEY: json.dumps(md.to_dict(), sort_keys=True)}
-    for key in ("backbone", "feat_dim", "patch_size", "precision", "opset", "scope", "attention", "loftup_version", "source_sha256"):
+    for key in ("upsampler", "backbone", "feat_dim", "patch_size", "precision", "opset", "scope", "attention", "loftup_version",
+                "source_sha256"):
         props[f"loftup.{key}"] = str(getattr(md, key))
     props["loftup.mean"], props["loftup.std"] = json.dumps(md.mean), json.dumps(md.std)
     if md.parity is not None:

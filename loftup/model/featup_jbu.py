@@ -42,9 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError, check_choice
-from ..kernels.adaptive_conv import CONV_BACKENDS, AdaptiveConvDispatcher
+from ..kernels.adaptive_conv import CONV_BACKENDS, AdaptiveConvDispatcher, tap_scan
 from .layers import ChannelNorm
-from .pooling import adaptive_pool2d, window_bound
+from .pooling import adaptive_pool2d
 
 RADIUS = 3
 DIAMETER = 2 * RADIUS + 1
@@ -115,9 +115,18 @@ class JBUStage(nn.Module):
         H, W = guidance.shape[-2:]
         proj = self.range_proj(guidance)  # (B, 32, H, W)
         padded = F.pad(proj, [RADIUS] * 4, mode="reflect")
-        logits = torch.stack(
-            [(padded[:, :, i : i + H, j : j + W] * proj).sum(1) for i in range(DIAMETER) for j in range(DIAMETER)], dim=1
-        )  # (B, 49, H, W), tap 7i + j
+        if isinstance(H, int) and isinstance(W, int):
+            logits = torch.stack(
+                [(padded[:, :, i : i + H, j : j + W] * proj).sum(1) for i in range(DIAMETER) for j in range(DIAMETER)], dim=1
+            )  # (B, 49, H, W), tap 7i + j
+        else:  # export: the same taps as one scan (an ONNX loop), see loftup.kernels.adaptive_conv
+            rows, cols = torch.arange(H, device=proj.device), torch.arange(W, device=proj.device)
+
+            def step(carry, i, j):
+                return carry.clone(), (padded.index_select(2, rows + i).index_select(3, cols + j) * proj).sum(1)
+
+            _, logits = tap_scan(step, DIAMETER, proj.new_zeros(()))  # (49, B, H, W)
+            logits = logits.permute(1, 0, 2, 3)
         temp = self.range_temp.exp().clamp_min(1e-4).clamp_max(1e4)
         return F.softmax(temp * logits, dim=1)
 
@@ -159,7 +168,6 @@ class FeatUpJBU(nn.Module):
         for k in range(1, STAGES + 1):
             setattr(self, f"up{k}", JBUStage(self.conv))
         self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(cfg.feat_dim, cfg.feat_dim, 1))
-        self.pool_windows: tuple[int, ...] | None = None  # set by deploy(): bounds for the traced pooling
 
     @property
     def stages(self) -> list[JBUStage]:
@@ -184,8 +192,7 @@ class FeatUpJBU(nn.Module):
 
     def stage_guidance(self, image: torch.Tensor, h, w, stage: int) -> torch.Tensor:
         """The full guidance average-pooled to stage `stage`'s output (2h x 2w of its input)."""
-        bound = self.pool_windows[stage] if self.pool_windows else None
-        return adaptive_pool2d(image, (2 * h, 2 * w), "avg", bound)
+        return adaptive_pool2d(image, (2 * h, 2 * w), "avg")
 
     def forward(self, lr_feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """lr_feats (B, C, h, w) raw features, image (B, 3, H, W) normalised -> (B, C, 16h, 16w)."""
@@ -201,18 +208,12 @@ class FeatUpJBU(nn.Module):
         """The low-res features in the space the upsampler works in (after the ChannelNorm, if any)."""
         return self.channelnorm(lr_feats) if self.cfg.use_norm else lr_feats
 
-    def deploy(self, max_image: int, min_lr: int) -> "FeatUpJBU":
-        """Eval-mode copy for export: PyTorch adaptive convolution (exportable ops, one band) and
-        window bounds for the traced guidance pooling (images up to `max_image`, grids >= `min_lr`)."""
-        up = copy.deepcopy(self).eval()
-        conv = AdaptiveConvDispatcher("torch", budget_bytes=1 << 62)
-        up.conv = conv
-        for stage in up.stages:
-            stage.conv = conv
-        up.cfg = up.cfg.replace(conv_backend="torch")
-        lo = max(self.min_lr_side, min_lr)
-        up.pool_windows = tuple(window_bound(max_image, 2 * lo * 2**k) for k in range(STAGES))
-        return up
+    def deploy(self, max_image: int = 0, min_lr: int = 0) -> "FeatUpJBU":
+        """Eval-mode copy for export: the PyTorch adaptive convolution, whose traced form is one
+        scan over the taps (loftup.kernels.adaptive_conv). The size bounds (used by LiFT's deploy)
+        are not needed here: the traced average pooling works for any sizes. Parameters are frozen:
+        the ONNX exporter cannot decompose a scan over tensors that require grad."""
+        return self.with_backend("torch").eval().requires_grad_(False)
 
     def with_backend(self, backend: str) -> "FeatUpJBU":
         """Copy whose adaptive convolution runs on `backend` (auto | torch | triton)."""

@@ -154,7 +154,7 @@ class LiFT(nn.Module):
     def deploy(self, max_image: int, min_lr: int) -> "LiFT":
         """Eval-mode copy that traces with symbolic sizes: the adaptive pooling gets a window bound
         for images up to `max_image` px and low-res grids of at least `min_lr` cells."""
-        up = copy.deepcopy(self).eval()
+        up = copy.deepcopy(self).eval().requires_grad_(False)
         n_max = -(-(-(-max_image // 2)) // 2)  # ceil(ceil(H / 2) / 2): the image branch's size
         up.pool_window = window_bound(n_max, 2 * max(1, min_lr))
         return up

@@ -4,11 +4,11 @@ Eager calls (concrete sizes) run PyTorch's own `adaptive_max_pool2d` / `adaptive
 the ops the official code calls, so the numbers are the official ones. While `torch.export`
 traces with symbolic sizes those ops pin the sizes (their decompositions need concrete window
 lengths), so the traced graph spells the same pooling out: separable (columns, then rows),
-output index o takes input indices floor(o*n/m) .. ceil((o+1)*n/m) - 1 (PyTorch's windows),
-gathered tap by tap up to `max_window` taps. Max pooling is exact that way; average pooling
-sums the same values in another order (float32 rounding, ~1e-7 relative). `max_window` must
-bound the longest window over the engine's input range; a deploy variant sets it from the
-export's sizes (see `LiFT.deploy` / `FeatUpJBU.deploy`).
+output index o takes input indices floor(o*n/m) .. ceil((o+1)*n/m) - 1 (PyTorch's windows).
+Max pooling gathers tap by tap up to `max_window` taps (exact); `max_window` must bound the
+longest window over the engine's input range, and a deploy variant sets it from the export's
+sizes (`LiFT.deploy`). Average pooling multiplies by averaging matrices (no bound needed; the
+same values summed in another order, float32 rounding ~1e-7 relative).
 """
 
 from __future__ import annotations
@@ -45,12 +45,34 @@ def _pool_axis(x: torch.Tensor, dim: int, out, mode: str, taps: int) -> torch.Te
     return acc
 
 
+def _avg_matrix(n, out, device, dtype) -> torch.Tensor:
+    """(out, n): row o averages input cells floor(o*n/out) .. ceil((o+1)*n/out) - 1."""
+    idx = torch.arange(out, device=device)
+    start = torch.div(idx * n, out, rounding_mode="floor").unsqueeze(1)
+    end = torch.div((idx + 1) * n + out - 1, out, rounding_mode="floor").unsqueeze(1)
+    j = torch.arange(n, device=device).unsqueeze(0)
+    inside = ((j >= start) & (j < end)).to(dtype)
+    return inside / (end - start).to(dtype)
+
+
 def adaptive_pool2d(x: torch.Tensor, size, mode: str, max_window: int | None = None) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, *size), adaptive "max" or "avg" pooling (PyTorch's windows)."""
+    """(B, C, H, W) -> (B, C, *size), adaptive "max" or "avg" pooling (PyTorch's windows).
+
+    Traced average pooling is two small matrix products (out x n averaging matrices: no window
+    bound needed); traced max pooling gathers up to `max_window` taps per axis.
+    """
     dims = (*x.shape[-2:], *size)
     if all(isinstance(v, int) for v in dims):
         fn = F.adaptive_max_pool2d if mode == "max" else F.adaptive_avg_pool2d
         return fn(x, tuple(size))
+    if mode == "avg":
+        B, C, H, W = x.shape
+        rows = _avg_matrix(H, size[0], x.device, x.dtype)  # (oh, H)
+        cols = _avg_matrix(W, size[1], x.device, x.dtype)  # (ow, W)
+        # plain 2-D matrix products: a batched matmul's layout heuristics would add size guards
+        y = (x.reshape(B * C * H, W) @ cols.transpose(0, 1)).reshape(B, C, H, size[1])
+        y = y.transpose(2, 3).reshape(B * C * size[1], H) @ rows.transpose(0, 1)  # (B*C*ow, oh)
+        return y.reshape(B, C, size[1], size[0]).transpose(2, 3)
     if not max_window:
         raise ConfigError("adaptive pooling with symbolic sizes needs a window bound; export the model's deploy() variant")
     x = _pool_axis(x, -1, size[1], mode, max_window)
