@@ -106,6 +106,7 @@ ALLOWED_RESAMPLING = {
     "train/data.py": (1, "training crops at the training size: the pipeline input itself"),
     "train/stage1.py": (1, "the pseudo-GT: low-res features upsampled bicubically"),
     "train/stage2.py": (2, "teacher outputs brought to the student crop (area / bilinear)"),
+    "train/baselines.py": (1, "FeatUp's training jitter: the same zoom of the image and of its upsampled features"),
     "eval/datasets.py": (2, "labels resized to the evaluation size"),
     "eval/mini.py": (1, "predictions brought to the label size"),
     "eval/upsamplers.py": (1, "the interpolation baselines (features, not images)"),

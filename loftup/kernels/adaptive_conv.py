@@ -105,24 +105,106 @@ def band_rows(batch: int, channels: int, width: int, element_bytes: int, budget_
     return max(1, budget_bytes // max(per_row, 1))
 
 
-def adaptive_conv_torch(source: torch.Tensor, kernel: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
-    """The adaptive convolution in plain PyTorch: source (B, C, H+k-1, W+k-1), kernel (B, H, W, k, k) -> (B, C, H, W).
-
-    Exact to FeatUp's CPU operator (module doc); differentiable; traceable with symbolic sizes.
-    """
-    k = kernel.shape[-1]
-    H, W = kernel.shape[1], kernel.shape[2]
-    if not (isinstance(H, int) and isinstance(W, int)):  # tracing with symbolic sizes: one scan
-        return _taps_traced(source, kernel)
-    check_adaptive_conv_inputs(source, kernel)
-    rows = band_rows(source.shape[0], source.shape[1], W, source.element_size(), budget_bytes)
+def _banded(source: torch.Tensor, kernel: torch.Tensor, budget_bytes: int) -> torch.Tensor:
+    B, H, W, k, _ = kernel.shape
+    rows = band_rows(B, source.shape[1], W, source.element_size(), budget_bytes)
     if rows >= H:
         return _taps(source, kernel, 0, H, W, k)
-    out = source.new_empty(source.shape[0], source.shape[1], H, W)
+    out = source.new_empty(B, source.shape[1], H, W)
     for y0 in range(0, H, rows):
         y1 = min(y0 + rows, H)
         out[:, :, y0:y1] = _taps(source, kernel, y0, y1, W, k)
     return out
+
+
+class _AdaptiveConv(torch.autograd.Function):
+    """Eager forward in row bands; backward by the same tap walk, accumulating the source gradient
+    in place (autograd through 49 slices would allocate 49 source-sized zero tensors per call)."""
+
+    @staticmethod
+    def forward(ctx, source, kernel, budget_bytes):
+        ctx.save_for_backward(source, kernel)
+        with torch.no_grad():
+            return _banded(source, kernel, budget_bytes)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        source, kernel = ctx.saved_tensors
+        _, H, W, k, _ = kernel.shape
+        grad_source = torch.zeros_like(source) if ctx.needs_input_grad[0] else None
+        grad_kernel = torch.empty_like(kernel) if ctx.needs_input_grad[1] else None
+        for i in range(k):
+            for j in range(k):
+                if grad_source is not None:  # (B, C, H, W) += w (B, 1, H, W) * grad
+                    grad_source[:, :, i : i + H, j : j + W].addcmul_(kernel[..., i, j].unsqueeze(1), grad_out)
+                if grad_kernel is not None:
+                    grad_kernel[..., i, j] = (grad_out * source[:, :, i : i + H, j : j + W]).sum(1)
+        return grad_source, grad_kernel, None
+
+
+def adaptive_conv_torch(source: torch.Tensor, kernel: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """The adaptive convolution in plain PyTorch: source (B, C, H+k-1, W+k-1), kernel (B, H, W, k, k) -> (B, C, H, W).
+
+    Exact to FeatUp's CPU operator (module doc); differentiable (a tap-walk backward that adds
+    into one source gradient); traceable with symbolic sizes.
+    """
+    H, W = kernel.shape[1], kernel.shape[2]
+    if not (isinstance(H, int) and isinstance(W, int)):  # tracing with symbolic sizes: one scan
+        return _taps_traced(source, kernel)
+    check_adaptive_conv_inputs(source, kernel)
+    if torch.is_grad_enabled() and (source.requires_grad or kernel.requires_grad):
+        return _AdaptiveConv.apply(source, kernel, budget_bytes)
+    return _banded(source, kernel, budget_bytes)
+
+
+class _TapDots(torch.autograd.Function):
+    """logits[b, 7i+j, y, x] = sum_c padded[b, c, y+i, x+j] * query[b, c, y, x], with an in-place tap-walk backward."""
+
+    @staticmethod
+    def forward(ctx, padded, query, k):
+        ctx.save_for_backward(padded, query)
+        ctx.k = k
+        H, W = query.shape[-2:]
+        with torch.no_grad():
+            return torch.stack([(padded[:, :, i : i + H, j : j + W] * query).sum(1) for i in range(k) for j in range(k)], dim=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        padded, query = ctx.saved_tensors
+        k = ctx.k
+        H, W = query.shape[-2:]
+        g_padded = torch.zeros_like(padded) if ctx.needs_input_grad[0] else None
+        g_query = torch.zeros_like(query) if ctx.needs_input_grad[1] else None
+        for t in range(k * k):
+            i, j = divmod(t, k)
+            g = grad[:, t : t + 1]  # (B, 1, H, W)
+            if g_padded is not None:
+                g_padded[:, :, i : i + H, j : j + W].addcmul_(g, query)
+            if g_query is not None:
+                g_query.addcmul_(g, padded[:, :, i : i + H, j : j + W])
+        return g_padded, g_query, None
+
+
+def tap_dots(padded: torch.Tensor, query: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k*k, H, W): for each tap (i, j) the channel dot product of the shifted padded map with the
+    query map (FeatUp's range logits before the temperature). padded (B, C, H+k-1, W+k-1), query (B, C, H, W).
+
+    Never holds the (k*k, C, H, W) unfold; as one scan when traced with symbolic sizes.
+    """
+    H, W = query.shape[-2:]
+    if not (isinstance(H, int) and isinstance(W, int)):
+        rows, cols = torch.arange(H, device=query.device), torch.arange(W, device=query.device)
+
+        def step(carry, i, j):
+            return carry.clone(), (padded.index_select(2, rows + i).index_select(3, cols + j) * query).sum(1)
+
+        _, logits = tap_scan(step, k, query.new_zeros(()))  # (k*k, B, H, W)
+        return logits.permute(1, 0, 2, 3)
+    if torch.is_grad_enabled() and (padded.requires_grad or query.requires_grad):
+        return _TapDots.apply(padded, query, k)
+    return torch.stack([(padded[:, :, i : i + H, j : j + W] * query).sum(1) for i in range(k) for j in range(k)], dim=1)
 
 
 class AdaptiveConvDispatcher:
@@ -168,4 +250,4 @@ def resolve_conv_backend(backend: str, device: torch.device) -> str:
 
 
 __all__ = ["CONV_BACKENDS", "AdaptiveConvDispatcher", "adaptive_conv_torch", "band_rows", "check_adaptive_conv_inputs",
-           "resolve_conv_backend", "tap_scan"]
+           "resolve_conv_backend", "tap_dots", "tap_scan"]

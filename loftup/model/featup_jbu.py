@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError, check_choice
-from ..kernels.adaptive_conv import CONV_BACKENDS, AdaptiveConvDispatcher, tap_scan
+from ..kernels.adaptive_conv import CONV_BACKENDS, AdaptiveConvDispatcher, tap_dots
 from .layers import ChannelNorm
 from .pooling import adaptive_pool2d
 
@@ -115,18 +115,7 @@ class JBUStage(nn.Module):
         H, W = guidance.shape[-2:]
         proj = self.range_proj(guidance)  # (B, 32, H, W)
         padded = F.pad(proj, [RADIUS] * 4, mode="reflect")
-        if isinstance(H, int) and isinstance(W, int):
-            logits = torch.stack(
-                [(padded[:, :, i : i + H, j : j + W] * proj).sum(1) for i in range(DIAMETER) for j in range(DIAMETER)], dim=1
-            )  # (B, 49, H, W), tap 7i + j
-        else:  # export: the same taps as one scan (an ONNX loop), see loftup.kernels.adaptive_conv
-            rows, cols = torch.arange(H, device=proj.device), torch.arange(W, device=proj.device)
-
-            def step(carry, i, j):
-                return carry.clone(), (padded.index_select(2, rows + i).index_select(3, cols + j) * proj).sum(1)
-
-            _, logits = tap_scan(step, DIAMETER, proj.new_zeros(()))  # (49, B, H, W)
-            logits = logits.permute(1, 0, 2, 3)
+        logits = tap_dots(padded, proj, DIAMETER)  # (B, 49, H, W), tap 7i + j; no 49 x 32 x H x W unfold
         temp = self.range_temp.exp().clamp_min(1e-4).clamp_max(1e4)
         return F.softmax(temp * logits, dim=1)
 

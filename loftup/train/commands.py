@@ -41,6 +41,10 @@ def _parse_set(items: Optional[List[str]]) -> dict:
 
 def train_command(
     stage: Optional[int] = typer.Option(None, "--stage", help="1: mask-bicubic pseudo-GT; 2: EMA self-distillation (needs --init)."),
+    upsampler: Optional[str] = typer.Option(
+        None, "--upsampler", help="loftup (default), lift (LiFT's 2x self-distillation) or featup_jbu (FeatUp's multi-view "
+        "reconstruction): each with its own objective and defaults."
+    ),
     data: Optional[Path] = typer.Option(None, "--data", help="Image folder (SA-1B jpg+json, COCO, or plain images) or SA-1B .tar shards."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name (see `loftup backbones`). Default dinov2_vits14."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder: config, logs, checkpoints, final model.safetensors."),
@@ -84,7 +88,8 @@ def train_command(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other option as KEY=VALUE (repeatable), e.g. --set center_fraction=0.8."),
 ) -> None:
-    """Train a LoftUp upsampler: stage 1 (mask-bicubic pseudo-GT) or stage 2 (EMA self-distillation).
+    """Train an upsampler: LoftUp stage 1 (mask-bicubic pseudo-GT) or 2 (EMA self-distillation), or
+    --upsampler lift / featup_jbu with their own objectives.
 
     Runs on one process, or data-parallel with `torchrun --nproc-per-node N -m loftup train ...`.
     """
@@ -97,7 +102,7 @@ def train_command(
     if epochs is not None and not epochs > 0:
         raise ConfigError(f"--epochs must be positive, got {epochs}")
     overrides = dict(
-        data=data, backbone=backbone, out=out, init=init, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
+        upsampler=upsampler, data=data, backbone=backbone, out=out, init=init, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, schedule=schedule, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
         size=size, precision=precision, device=device, masks=masks, coco_json=coco_json, max_masks=max_masks, alpha=alpha,
         refine_mode=refine_mode, student_sizes=_sizes(student_sizes), teacher_size=teacher_size, teacher_alpha=teacher_alpha,
@@ -126,5 +131,6 @@ def train_command(
         first = f"{result.losses[0]:.4g}" if result.losses else "-"
         last = f"{result.losses[-1]:.4g}" if result.losses else "-"
         skipped = f", skipped {result.skipped} unreadable samples" if result.skipped else ""
-        typer.echo(f"stage {cfg.stage}: step {result.step}/{result.total_steps}, loss {first} -> {last}{skipped}; "
+        label = f"stage {cfg.stage}" if cfg.upsampler == "loftup" else cfg.upsampler
+        typer.echo(f"{label}: step {result.step}/{result.total_steps}, loss {first} -> {last}{skipped}; "
                    f"weights in {result.checkpoint}")

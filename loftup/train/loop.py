@@ -136,11 +136,14 @@ class Trainer:
             feat_dim = getattr(backbone, "embed_dim", None)
             if feat_dim is None:
                 raise ConfigError("a custom backbone needs an `embed_dim` attribute (its feature channels)")
+            patch_size = getattr(backbone, "patch_size", 1)
         else:
             from ..backbones import get_spec
 
-            feat_dim = get_spec(cfg.backbone).embed_dim
+            spec = get_spec(cfg.backbone)
+            feat_dim, patch_size = spec.embed_dim, spec.patch_size
         self.feat_dim = int(feat_dim)
+        self.patch_size = int(patch_size)
         torch.manual_seed(cfg.seed)
         self.core = self._build_model(resume, latest)
 
@@ -156,7 +159,11 @@ class Trainer:
         self.backbone_id = backbone_identity(backbone)
         self.features = FeatureExtractor(backbone, cfg.cache_dir, cfg.precision)
 
-        if cfg.stage == 1:
+        if cfg.upsampler != "loftup":  # LiFT / FeatUp-JBU: their own objectives
+            from .baselines import objective_for
+
+            self.objective = objective_for(cfg, self)
+        elif cfg.stage == 1:
             from .stage1 import Stage1Objective
 
             self.objective = Stage1Objective(cfg, self.feat_dim, self.device)
@@ -167,14 +174,16 @@ class Trainer:
 
         self.model: nn.Module = self.core
         if ctx.distributed:
-            if self.core.cfg.minmax == "batch":
+            if getattr(self.core.cfg, "minmax", None) == "batch":
                 self._warn("minmax 'batch' scales images over each rank's local batch under DDP; use per_image")
-            convert_batchnorm(self.core.upsampler, self.device)
+            convert_batchnorm(getattr(self.core, "upsampler", self.core), self.device)
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.model = DDP(self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         self.params = [p for p in self.core.parameters() if p.requires_grad]
+        if hasattr(self.objective, "parameters"):  # e.g. FeatUp's downsampler and ScaleNet, trained alongside
+            self.params += list(self.objective.parameters())
         self.optimizer = self._build_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if (cfg.precision == "fp16" and self.device.type == "cuda") else None
 
@@ -202,19 +211,27 @@ class Trainer:
             raise ConfigError(f"cannot resume with a different {bad[0]} (run: {saved.get(bad[0])!r}, now: {now[bad[0]]!r})")
 
     def _build_model(self, resume: bool, latest: int | None):
-        from ..model import LoftUp, LoftUpConfig, load_checkpoint
+        from ..model import LoftUp, LoftUpConfig, build_upsampler, load_checkpoint
 
         cfg = self.cfg
+        kind = cfg.upsampler
         if resume:
-            model = load_checkpoint(self.run.weights(latest), feat_dim=self.feat_dim)
+            model = load_checkpoint(self.run.weights(latest), feat_dim=self.feat_dim, kind=kind)
         elif cfg.init:
-            model = load_checkpoint(cfg.init, feat_dim=self.feat_dim, **{k: v for k, v in cfg.model.items() if k in ("attn_backend", "attn_budget_mb")})
+            model = load_checkpoint(cfg.init, feat_dim=self.feat_dim, kind=kind,
+                                    **{k: v for k, v in cfg.model.items() if k in ("attn_backend", "attn_budget_mb", "conv_backend")})
+        elif kind != "loftup":
+            extra = {"patch_size": self.patch_size} if kind == "lift" else {}
+            model = build_upsampler(kind, self.feat_dim, backbone=cfg.backbone, **{**extra, **cfg.model})
         else:
             if cfg.stage == 2:
                 raise ConfigError("stage 2 starts from stage-1 weights: pass --init CKPT (a stage-1 run's model.safetensors)")
             model = LoftUp(LoftUpConfig(**{"feat_dim": self.feat_dim, "backbone": cfg.backbone, **cfg.model}))
         model = model.to(self.device).train()
-        model.channelnorm.requires_grad_(bool(cfg.train_channelnorm))
+        if kind == "loftup":
+            model.channelnorm.requires_grad_(bool(cfg.train_channelnorm))
+        elif hasattr(model, "channelnorm"):  # FeatUp's ChannelNorm (use_norm) is not optimised
+            model.channelnorm.requires_grad_(False)
         return model
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -255,7 +272,7 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def _meta(self, role: str) -> dict[str, Any]:
-        return {"role": role, "stage": self.cfg.stage, "step": self.step, "preset": self.cfg.preset,
+        return {"role": role, "upsampler": self.cfg.upsampler, "stage": self.cfg.stage, "step": self.step, "preset": self.cfg.preset,
                 "backbone": self.cfg.backbone, "backbone_id": self.backbone_id, "run": self.run.root.resolve().name}
 
     def save(self) -> Path | None:
@@ -308,8 +325,10 @@ class Trainer:
 
         cfg = self.cfg
         sampler = StepSampler(len(self.dataset), cfg.batch_size, cfg.sizes, cfg.seed, self.ctx.rank, self.ctx.world, self.step, end)
+        # its own generator: a DataLoader otherwise draws its base seed from torch's global RNG, which would
+        # shift every later draw of an objective that uses that RNG (FeatUp's jitters, dropout) on resume
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed + self.step))
 
     @contextlib.contextmanager
     def _signals(self):
@@ -346,7 +365,11 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
+        if hasattr(self.objective, "after_backward"):
+            self.objective.after_backward(self)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        if hasattr(self.objective, "grad_clip"):  # an objective's own schedule (FeatUp: 1e-4 for 10 steps)
+            clip = self.objective.grad_clip(self.step, clip)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -372,10 +395,10 @@ class Trainer:
         csv_log = CsvLog(self.run.log, LOG_FIELDS, resume_step=self.step) if main else None
         tb = TensorBoardLog(self.run.tb) if main else None
         if main and cfg.progress and self.step == 0:
-            print(f"stage {cfg.stage} ({cfg.preset}): {self.data_description}; {self.total_steps} steps of {cfg.batch_size} images"
+            print(f"{self._label()} ({cfg.preset}): {self.data_description}; {self.total_steps} steps of {cfg.batch_size} images"
                   + (f" on {ctx.world} ranks ({ctx.backend})" if ctx.distributed else "")
                   + ("" if tb.available else "; TensorBoard not installed, logging to CSV only"), file=sys.stderr)
-        bar = ProgressBar(self.total_steps, self.step, main and cfg.progress, f"stage {cfg.stage}")
+        bar = ProgressBar(self.total_steps, self.step, main and cfg.progress, self._label())
         t_start = time.perf_counter()
         t_window, n_window, ips = t_start, 0, 0.0
         interrupted = False
@@ -429,6 +452,10 @@ class Trainer:
                       f"continue with --resume --out {self.run.root}", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
         return result
+
+    def _label(self) -> str:
+        """'stage 1' / 'stage 2' for LoftUp, the kind's name for the others (one stage)."""
+        return f"stage {self.cfg.stage}" if self.cfg.upsampler == "loftup" else self.cfg.upsampler
 
     def _write_summary(self, result: TrainResult) -> None:
         from ..io import atomic_write

@@ -10,6 +10,12 @@ alpha 0.8, 224 px, teacher scale t in [2, 4], 2 crops per image, affinity loss.
 fixed random 64-d projection; stage 2 AdamW 1e-3, student sizes {224, 336, 448, 518} drawn per
 step, teacher at 896 px, teacher alpha 0.5, affinity weight 20. The released code's extra
 multi-view reconstruction and TV losses are not implemented.
+
+Other kinds (`upsampler: lift | featup_jbu`, loftup.train.baselines) train in one stage with
+their own objective; `KIND_PRESETS` holds their own defaults, applied over the preset:
+LiFT (canonical train_lift.py) Adam 1e-3, 448 px, cosine loss; FeatUp-JBU (jbu_upsampler.yaml)
+NAdam 1e-3, batch 4, 224 px, 5 jitters (pad 20, zoom up to 2), 30-d projections, CRF weight
+0.001. Neither uses masks, weight decay or our gradient clipping.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ OPTIMIZERS = ("adamw", "adam", "nadam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DISTILL_LOSSES = ("affinity", "l2")
+UPSAMPLERS = ("loftup", "lift", "featup_jbu")  # loftup.model.kinds.UPSAMPLER_KINDS
+LIFT_LOSSES = ("cosine", "l1", "l2")
 CROPS = ("center", "random")
 
 # Fields that define *what* is trained; a resumed run may not change them.
@@ -39,6 +47,7 @@ class TrainConfig:
 
     stage: int = 1
     preset: str = "paper"
+    upsampler: str = "loftup"  # loftup | lift | featup_jbu: the kind trained (the others with their own objective)
     # data
     data: str = ""
     out: str = ""
@@ -72,6 +81,15 @@ class TrainConfig:
     distill_weight: float = 1.0
     center_fraction: float = 0.8
     mask_max_res: int = 448  # teacher masks are sampled at min(teacher_size, this)
+    # LiFT (upsampler lift)
+    lift_loss: str = "cosine"  # cosine | l1 | l2
+    # FeatUp JBU (upsampler featup_jbu)
+    jitters: int = 5
+    jitter_pad: int = 20
+    jitter_zoom: float = 2.0
+    proj_dim: int = 30
+    crf_weight: float = 0.001
+    crf_samples: int = 1000
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -108,6 +126,15 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("distillation loss", self.distill_loss, DISTILL_LOSSES)
         check_choice("crop", self.crop, CROPS)
+        check_choice("upsampler kind", self.upsampler, UPSAMPLERS)
+        check_choice("LiFT loss", self.lift_loss, LIFT_LOSSES)
+        if self.upsampler != "loftup" and self.stage != 1:
+            raise ConfigError(f"{self.upsampler} trains in one stage with its own objective; use --stage 1 (stage 2 is LoftUp's)")
+        for name in ("jitters", "proj_dim", "crf_samples"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.jitter_pad < 0 or self.jitter_zoom < 1.0 or self.crf_weight < 0:
+            raise ConfigError("jitter_pad must be >= 0, jitter_zoom >= 1 and crf_weight >= 0")
         from .masks import REFINE_MODES
 
         check_choice("mask refinement mode", self.refine_mode, REFINE_MODES)
@@ -234,6 +261,16 @@ PRESET_VALUES: dict[str, dict[int, dict[str, Any]]] = {
 }
 
 
+# The other kinds' own hyper-parameters (FACTS_BASELINES.md 3.6, 4.5), applied over the preset.
+KIND_PRESETS: dict[str, dict[str, Any]] = {
+    "loftup": {},
+    "lift": dict(optimizer="adam", lr=1e-3, batch_size=8, size=448, masks="none", weight_decay=0.0, grad_clip=0.0,
+                 lift_loss="cosine"),
+    "featup_jbu": dict(optimizer="nadam", lr=1e-3, batch_size=4, size=224, masks="none", weight_decay=0.0, grad_clip=0.0,
+                       jitters=5, jitter_pad=20, jitter_zoom=2.0, proj_dim=30, crf_weight=0.001, crf_samples=1000),
+}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Options from a YAML mapping (keys = TrainConfig fields, `-` or `_` both accepted)."""
     import yaml
@@ -257,7 +294,11 @@ def build_config(stage: int | None = None, preset: str | None = None, yaml_path:
     stage / preset may come from the YAML file when not given here (preset default: paper).
     """
     file_values = load_yaml(yaml_path) if yaml_path else {}
+    kind = overrides.get("upsampler") or file_values.get("upsampler") or "loftup"
+    check_choice("upsampler kind", str(kind), UPSAMPLERS)
     stage = stage if stage is not None else file_values.get("stage")
+    if stage is None and kind != "loftup":
+        stage = 1  # the other kinds have one stage
     if stage is None:
         raise ConfigError("say which stage to train: --stage 1 or --stage 2")
     try:
@@ -268,6 +309,7 @@ def build_config(stage: int | None = None, preset: str | None = None, yaml_path:
         raise ConfigError(f"stage must be 1 or 2, got {stage}")
     preset = check_choice("preset", str(preset or file_values.get("preset") or "paper"), PRESETS)
     values: dict[str, Any] = dict(PRESET_VALUES[preset][stage])
+    values.update(KIND_PRESETS[str(kind)])
     values.update(file_values)
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["stage"], values["preset"] = stage, preset

@@ -270,3 +270,24 @@ def test_loftup_files_load_unchanged(official_dir, tmp_path):
     assert kind_of(model) == "loftup" and model.cfg.feat_dim == 32
     ours = load_checkpoint(save_checkpoint(model, tmp_path / "l.safetensors"), kind="loftup")
     assert kind_of(ours) == "loftup" and ours.cfg == model.cfg
+
+
+def test_tap_walk_gradients_equal_autograd():
+    """The adaptive convolution's and the range logits' hand-written backward (one in-place gradient
+    buffer) equal autograd through the plain slicing version."""
+    from loftup.kernels.adaptive_conv import tap_dots
+
+    g = torch.Generator().manual_seed(3)
+    src = torch.randn(2, 5, 10, 11, generator=g, requires_grad=True)
+    ker = torch.randn(2, 4, 5, 7, 7, generator=g, requires_grad=True)
+    query = torch.randn(2, 5, 4, 5, generator=g, requires_grad=True)
+    go = torch.randn(2, 5, 4, 5, generator=g)
+    plain_conv = sum(ker[..., i, j].unsqueeze(1) * src[:, :, i : i + 4, j : j + 5] for i in range(7) for j in range(7))
+    plain_dots = torch.stack([(src[:, :, i : i + 4, j : j + 5] * query).sum(1) for i in range(7) for j in range(7)], 1)
+    gl = torch.randn_like(plain_dots)
+    for ours, plain, grad_out, inputs in ((adaptive_conv_torch(src, ker), plain_conv, go, (src, ker)),
+                                          (tap_dots(src, query, 7), plain_dots, gl, (src, query))):
+        assert torch.allclose(ours, plain, atol=1e-5)
+        a = torch.autograd.grad(ours, inputs, grad_out)
+        b = torch.autograd.grad(plain, inputs, grad_out)
+        assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
