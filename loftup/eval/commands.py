@@ -11,8 +11,15 @@ import typer
 def eval_command(
     probe: str = typer.Option(..., "--probe", help="seg, depth, normals, video, matting, or mini (the offline mini benchmark)."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Engine to check against its reference: .onnx, .plan or a loftup checkpoint."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Evaluate a LoftUp checkpoint (no parity check)."),
-    random_init: bool = typer.Option(False, "--random-init", help="Evaluate an untrained LoftUp (pipeline smoke test)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Evaluate an upsampler checkpoint: LoftUp, LiFT or FeatUp-JBU (no parity check)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Evaluate an untrained upsampler (pipeline smoke test)."),
+    upsampler: Optional[str] = typer.Option(
+        None, "--upsampler", help="Kind of --checkpoint / --random-init: loftup, lift or featup_jbu (default: what the file holds)."
+    ),
+    compare: Optional[str] = typer.Option(
+        None, "--compare", help="Several upsamplers in one table: KIND:PATH, KIND:random or a baseline, comma-separated, "
+        "e.g. loftup:A.safetensors,lift:B.safetensors,featup_jbu:C.ckpt,bilinear."
+    ),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root in its public layout (not needed for --probe mini)."),
     layout: str = typer.Option("auto", "--layout", help="Force a layout: cocostuff27, cityscapes, navi, rgbd, davis2017, matting."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: the engine's / checkpoint's, else dinov2_vits14)."),
@@ -44,6 +51,7 @@ def eval_command(
 
     opts = EvalOptions(
         probe=probe, data=data, engine=engine, checkpoint=checkpoint, reference=reference, random_init=random_init,
+        upsampler=upsampler, compare=compare or "",
         backbone=backbone, weights=weights, layout=layout, baselines=baselines, out=out, plot=plot, epochs=epochs,
         batch_size=batch_size, lr=lr, size=size, input_size=input_size, hidden_dim=hidden_dim, max_train=max_train,
         max_eval=max_eval, atol=atol, rtol=rtol, quick=quick, device=device, seed=seed, extra=parse_settings(settings),

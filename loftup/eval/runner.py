@@ -7,8 +7,12 @@
 Modes:
 - `engine`: parity - the reference checkpoint (from --reference or the engine's metadata)
   and the engine are evaluated with ONE head trained on the reference's features;
-- `checkpoint` / `random_init`: a LoftUp model evaluated as one upsampler;
-- baselines (lowres, nearest, bilinear, bicubic) are added in either mode, each with its own head.
+- `checkpoint` / `random_init`: one upsampler of any kind (`upsampler`: loftup, lift, featup_jbu;
+  a checkpoint names its own kind, and `upsampler` must agree with it);
+- `compare`: several upsamplers side by side, e.g. "loftup:A.safetensors,lift:B.safetensors,
+  featup_jbu:C.ckpt,bilinear" (KIND:PATH, KIND:random, or an interpolation baseline), one
+  table with a row each - the supplement's comparison tables in one command;
+- baselines (lowres, nearest, bilinear, bicubic) are added in any mode, each with its own head.
 Files in `out`: results.json, results.md (table + parity line), and with `plot`
 {probe}_predictions.png (image | ground truth | each upsampler's prediction).
 """
@@ -41,6 +45,8 @@ class EvalOptions:
     checkpoint: Optional[Path] = None
     reference: Optional[Path] = None
     random_init: bool = False
+    upsampler: Optional[str] = None  # kind of --checkpoint / --random-init (None: the file's; loftup when random)
+    compare: str = ""  # "KIND:PATH,KIND:random,bilinear,..." (see parse_compare)
     backbone: Optional[str] = None
     weights: str = "default"
     layout: str = "auto"
@@ -95,18 +101,66 @@ def parse_settings(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def parse_compare(text: str | None) -> tuple[list[tuple[str, str, Optional[Path]]], list[str]]:
+    """'loftup:A.safetensors,lift:random,bilinear' -> ([(name, kind, path or None), ...], [baselines]).
+
+    An upsampler item is KIND:PATH (a checkpoint that must hold that kind) or KIND:random (an
+    untrained one); a bare item is an interpolation baseline. Names are the kinds, made unique
+    with the file's stem when a kind appears twice.
+    """
+    from ..errors import closest
+    from ..model import UPSAMPLER_KINDS
+    from .upsamplers import BASELINES
+
+    models: list[tuple[str, str, Optional[Path]]] = []
+    baselines: list[str] = []
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        kind, sep, where = item.partition(":")
+        if not sep:
+            if item in UPSAMPLER_KINDS:
+                raise ConfigError(f"--compare item {item!r} needs its weights: {item}:PATH (or {item}:random for an untrained one)")
+            if item not in BASELINES:
+                raise ConfigError(f"--compare item {item!r} is neither KIND:PATH nor a baseline{closest(item, [*BASELINES, *UPSAMPLER_KINDS])}; "
+                                  f"kinds: {', '.join(UPSAMPLER_KINDS)}; baselines: {', '.join(BASELINES)}")
+            if item not in baselines:
+                baselines.append(item)
+            continue
+        check_choice("upsampler kind", kind, UPSAMPLER_KINDS)
+        path = None if where == "random" else Path(where).expanduser()
+        if path is not None and not path.is_file():
+            raise InputError(f"--compare {kind}: checkpoint {path} does not exist")
+        models.append((kind, kind, path))
+    counts = {k: sum(m[1] == k for m in models) for k in {m[1] for m in models}}
+    named = [(kind if counts[kind] == 1 else f"{kind}:{path.stem if path else 'random'}", kind, path) for _, kind, path in models]
+    if len({n for n, _, _ in named}) != len(named):
+        raise ConfigError("--compare names the same upsampler twice; give each file once")
+    return named, baselines
+
+
 def _check(opts: EvalOptions) -> list[str]:
     """Cheap validation before anything is loaded; returns the parsed baselines."""
+    from ..model import UPSAMPLER_KINDS
     from .upsamplers import parse_baselines
 
     check_choice("probe", opts.probe, PROBE_CHOICES)
     check_choice(f"{opts.probe} data layout", opts.layout, LAYOUTS[opts.probe])
+    if opts.upsampler is not None:
+        check_choice("upsampler kind", opts.upsampler, UPSAMPLER_KINDS)
     baselines = parse_baselines(opts.baselines)
-    chosen = [n for n, v in (("--engine", opts.engine), ("--checkpoint", opts.checkpoint), ("--random-init", opts.random_init)) if v]
+    compared, compare_baselines = parse_compare(opts.compare)
+    baselines += [b for b in compare_baselines if b not in baselines]
+    chosen = [n for n, v in (("--engine", opts.engine), ("--checkpoint", opts.checkpoint), ("--random-init", opts.random_init),
+                             ("--compare", compared)) if v]
     if len(chosen) > 1:
-        raise ConfigError(f"{' and '.join(chosen)} exclude each other; evaluate one upsampler at a time")
+        raise ConfigError(f"{' and '.join(chosen)} exclude each other; evaluate one upsampler at a time, or list them all in --compare")
+    if opts.upsampler is not None and not (opts.checkpoint or opts.random_init):
+        raise ConfigError("--upsampler goes with --checkpoint or --random-init (in --compare write KIND:PATH)")
     if not chosen and not baselines:
-        raise ConfigError("nothing to evaluate: pass --engine PATH, --checkpoint PATH or --random-init, and/or --baselines bilinear,lowres")
+        raise ConfigError("nothing to evaluate: pass --engine PATH, --checkpoint PATH, --random-init or --compare KIND:PATH,..., "
+                          "and/or --baselines bilinear,lowres")
     if opts.reference is not None and opts.engine is None:
         raise ConfigError("--reference is only used with --engine (it is the checkpoint the engine was exported from)")
     if opts.probe != "mini" and opts.data is None:
@@ -161,7 +215,7 @@ def check_out(out: Path) -> None:
 def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> EvalPlan:
     """Load the backbone and build every upsampler under test (engine + its reference, or a model)."""
     from ..backbones import create_backbone
-    from ..model import load_checkpoint, load_or_init
+    from ..model import kind_of, load_checkpoint
     from .upsamplers import (
         BackboneRunner,
         EngineFeatures,
@@ -173,8 +227,11 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
     )
 
     handle = open_engine(opts.engine, cuda_graphs=opts.cuda_graphs) if opts.engine else None
-    ckpt_model = load_checkpoint(opts.checkpoint) if opts.checkpoint else None
-    name = opts.backbone or (handle.backbone if handle else None) or (ckpt_model.cfg.backbone if ckpt_model else None) or DEFAULT_BACKBONE
+    ckpt_model = load_checkpoint(opts.checkpoint, kind=opts.upsampler) if opts.checkpoint else None
+    compared = [(n, kind, load_checkpoint(path, kind=kind) if path else None) for n, kind, path in parse_compare(opts.compare)[0]]
+    named = [m.cfg.backbone for _, _, m in compared if m is not None and m.cfg.backbone]
+    name = (opts.backbone or (handle.backbone if handle else None) or (ckpt_model.cfg.backbone if ckpt_model else None)
+            or (named[0] if named else None) or DEFAULT_BACKBONE)
     if handle is not None:
         check_engine_fits(handle, name)  # before loading the backbone: exported for another one?
     backbone = create_backbone(name, weights=opts.weights, device=device)
@@ -188,16 +245,36 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
         plan.sources["engine"] = EngineFeatures(runner, handle, "engine")
         plan.shared, plan.pairs = {"engine": "reference"}, [("reference", "engine")]
     elif ckpt_model is not None:
-        if ckpt_model.cfg.feat_dim != runner.embed_dim:
-            raise InputError(f"checkpoint {Path(opts.checkpoint).name} upsamples {ckpt_model.cfg.feat_dim}-channel features but "
-                             f"backbone {name!r} gives {runner.embed_dim}; pass --backbone with the checkpoint's backbone")
-        plan.sources["loftup"] = LoftUpFeatures(runner, ckpt_model.to(device), "loftup", cuda_graphs=opts.cuda_graphs)
+        _check_channels(ckpt_model, Path(opts.checkpoint).name, name, runner)
+        kind = kind_of(ckpt_model)
+        plan.sources[kind] = LoftUpFeatures(runner, ckpt_model.to(device), kind, cuda_graphs=opts.cuda_graphs)
     elif opts.random_init:
-        model = load_or_init(None, random_init=True, feat_dim=runner.embed_dim, backbone=name, seed=opts.seed).to(device)
-        plan.sources["loftup-random"] = LoftUpFeatures(runner, model, "loftup-random", cuda_graphs=opts.cuda_graphs)
+        kind = opts.upsampler or "loftup"
+        model = _random_model(kind, runner, name, opts.seed).to(device)
+        plan.sources[f"{kind}-random"] = LoftUpFeatures(runner, model, f"{kind}-random", cuda_graphs=opts.cuda_graphs)
+    for source_name, kind, model in compared:
+        if model is None:
+            model = _random_model(kind, runner, name, opts.seed)
+        else:
+            _check_channels(model, Path(model.source_checkpoint).name, name, runner)
+        plan.sources[source_name] = LoftUpFeatures(runner, model.to(device), source_name, cuda_graphs=opts.cuda_graphs)
     for b in baselines:
         plan.sources[b] = make_baseline(b, runner)
     return plan
+
+
+def _check_channels(model, file_name: str, backbone: str, runner) -> None:
+    if model.cfg.feat_dim != runner.embed_dim:
+        raise InputError(f"checkpoint {file_name} upsamples {model.cfg.feat_dim}-channel features but "
+                         f"backbone {backbone!r} gives {runner.embed_dim}; pass --backbone with the checkpoint's backbone")
+
+
+def _random_model(kind: str, runner, backbone: str, seed: int):
+    """An untrained upsampler of `kind` for the runner's backbone (LiFT records its patch size)."""
+    from ..model import load_or_init
+
+    extra = {"patch_size": runner.patch_size} if kind == "lift" else {}
+    return load_or_init(None, random_init=True, feat_dim=runner.embed_dim, backbone=backbone, seed=seed, kind=kind, **extra)
 
 
 def run_mini(opts: EvalOptions, plan: EvalPlan, out: Path, atol: float, rtol: float, log) -> tuple[dict[str, Any], str, Any]:
@@ -289,4 +366,4 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     return results
 
 
-__all__ = ["LAYOUTS", "PROBE_CHOICES", "EvalOptions", "open_data", "parse_settings", "run_eval"]
+__all__ = ["LAYOUTS", "PROBE_CHOICES", "EvalOptions", "open_data", "parse_compare", "parse_settings", "run_eval"]

@@ -122,8 +122,10 @@ class InterpolatedFeatures(FeatureSource):
 
 
 class LoftUpFeatures(FeatureSource):
-    """A PyTorch LoftUp model (`loftup.model.LoftUp`) on the runner's features, run as a
-    `TorchEngine` in upsampler form; reference=True makes it the parity reference
+    """A PyTorch upsampler of any kind (LoftUp, LiFT, FeatUp-JBU; `loftup.model.build_upsampler`)
+    on the runner's features, run as a `TorchEngine` in upsampler form, so its output comes at
+    the guidance size (LiFT's 2x and JBU's 16x grids resized bilinearly by the engine, see
+    `loftup.pipeline.fit_output`) and in eval mode; reference=True makes it the parity reference
     (`loftup.export.engine.reference_engine`, the same one export and bench compare with)."""
 
     def __init__(self, runner: BackboneRunner, model: nn.Module, name: str = "loftup", reference: bool = False,
@@ -134,16 +136,20 @@ class LoftUpFeatures(FeatureSource):
         device = next(model.parameters()).device
         self.engine = (reference_engine(model, device=str(device)) if reference
                        else TorchEngine(model, device=str(device), cuda_graphs=cuda_graphs))
+        self.kind = getattr(model, "kind", "loftup")
         C = model.cfg.feat_dim
         if C != runner.embed_dim:
             raise InputError(
-                f"{name}: the LoftUp model upsamples {C}-channel features but backbone {runner.name!r} gives "
+                f"{name}: the {self.kind} model upsamples {C}-channel features but backbone {runner.name!r} gives "
                 f"{runner.embed_dim}; use a checkpoint trained for this backbone"
             )
 
     @torch.no_grad()
     def features(self, image, out_size=None):
         return self.engine(self.runner(image, out_size), self.guidance(image, out_size)).to(image.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "upsampler": self.kind}
 
 
 class EngineFeatures(FeatureSource):
@@ -237,8 +243,9 @@ def open_engine(path: str | Path, cuda_graphs: bool = False) -> EngineHandle:
 def check_engine_fits(handle: EngineHandle, backbone_name: str, runner: BackboneRunner | None = None) -> None:
     """ConfigError / InputError when the engine was built for another backbone or channel count.
 
-    The image normalisation is checked for pipeline engines only: an upsampler engine's
-    guidance is min-max scaled per channel, which undoes any per-channel normalisation.
+    The image normalisation is checked for pipeline engines, and for upsampler engines of the
+    kinds that read the normalised guidance as it is (LiFT, FeatUp-JBU); LoftUp's guidance is
+    min-max scaled per channel, which undoes any per-channel normalisation.
     """
     if handle.backbone and backbone_name and handle.backbone != backbone_name:
         raise ConfigError(
@@ -258,7 +265,8 @@ def check_engine_fits(handle: EngineHandle, backbone_name: str, runner: Backbone
             "--input-size cannot apply to it; drop --input-size, or export with --scope upsampler"
         )
     for what, theirs, ours in (("mean", handle.mean, runner.mean), ("std", handle.std, runner.std)):
-        if handle.scope == "pipeline" and theirs is not None and any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(theirs, ours)):
+        reads_norm = handle.scope == "pipeline" or handle.metadata.get("upsampler", "loftup") != "loftup"
+        if reads_norm and theirs is not None and any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(theirs, ours)):
             raise ConfigError(
                 f"engine {handle.path.name} expects images normalised with {what} {list(theirs)} but backbone "
                 f"{backbone_name!r} uses {list(ours)}; use the backbone the engine was exported with"
