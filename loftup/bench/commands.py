@@ -26,6 +26,9 @@ def _int_list(text: str, what: str) -> list[int]:
 def bench_command(
     checkpoint: Optional[Path] = typer.Option(None, help="LoftUp weights to benchmark."),
     random_init: bool = typer.Option(False, "--random-init", help="Benchmark an untrained upsampler (latency does not depend on the weights)."),
+    upsampler: Optional[str] = typer.Option(
+        None, "--upsampler", help="Kind: loftup, lift or featup_jbu (default: what --checkpoint holds; loftup for --random-init)."
+    ),
     backbone: str = typer.Option("dinov2_vits14", help="Backbone whose channels and patch size set the workload (its weights are not loaded)."),
     sizes: str = typer.Option("224,448,896", help="Output sizes (square), comma-separated."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes, comma-separated."),
@@ -49,7 +52,7 @@ def bench_command(
     from ..bench.harness import BenchOptions, run_bench
 
     opts = BenchOptions(
-        checkpoint=checkpoint, random_init=random_init, backbone=backbone, sizes=_int_list(sizes, "sizes"),
+        checkpoint=checkpoint, random_init=random_init, upsampler=upsampler, backbone=backbone, sizes=_int_list(sizes, "sizes"),
         batch_sizes=_int_list(batch_sizes, "batch-sizes"), precisions=[p for p in precisions.split(",") if p],
         backends=[b for b in backends.split(",") if b], warmup=warmup, repeats=repeats, max_seconds=max_seconds,
         threads=threads, device=device, out=out, cuda_graphs=cuda_graphs, profile=profile,

@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from ..errors import BackendUnavailableError, ConfigError, check_choice
 from ..export.formats import FORMATS, PRECISIONS
-from .flops import FORMULA, upsampler_flops
+from .flops import KIND_FORMULAS, model_flops
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ GROUPS = {
 class BenchOptions:
     checkpoint: Optional[Path] = None
     random_init: bool = False
+    upsampler: Optional[str] = None  # kind: loftup, lift, featup_jbu (None: the checkpoint's; loftup when random)
     backbone: str = "dinov2_vits14"
     sizes: list[int] = field(default_factory=lambda: [224, 448, 896])
     batch_sizes: list[int] = field(default_factory=lambda: [1])
@@ -226,7 +227,12 @@ def unavailable_reason(backend: BenchBackend, precision: str, device: str) -> st
 
 def estimated_bytes(backend: BenchBackend, cfg, batch: int, size: int, lr: int) -> int:
     """Rough peak working memory: activations, plus the full score matrix (scores and
-    probabilities, float32) for backends that materialise it."""
+    probabilities, float32) for backends that materialise it. LiFT / FeatUp-JBU: a few
+    feature maps at their native output (2x / 16x the grid) and at the guidance size."""
+    kind = getattr(cfg, "kind", "loftup")
+    if kind != "loftup":
+        native = (2 * lr if kind == "lift" else 16 * lr) ** 2
+        return batch * (native * (4 * cfg.feat_dim + 3 * 49 + 64) + size * size * 2 * cfg.feat_dim) * 4
     N, M = size * size, lr * lr
     act = batch * N * (cfg.token_dim * 6 + cfg.feat_dim * 2) * 4
     if backend.unchunked_attention:
@@ -340,6 +346,10 @@ def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
         raise ConfigError(f"--warmup must be 0 or more, got {opts.warmup}")
     if not opts.max_seconds > 0:
         raise ConfigError(f"--max-seconds must be positive, got {opts.max_seconds}")
+    if opts.upsampler is not None:
+        from ..model import UPSAMPLER_KINDS
+
+        check_choice("upsampler kind", opts.upsampler, UPSAMPLER_KINDS)
     opts = replace(opts, device=str(resolve_device(opts.device)))  # one-line error for a missing / unknown device
     if opts.cuda_graphs and not opts.device.startswith("cuda"):
         raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
@@ -372,6 +382,15 @@ def plan_rows(opts: BenchOptions, names: list[str]) -> list[tuple[int, int, str,
     return [(size, b, name, prec) for size in sorted(opts.sizes) for b in opts.batch_sizes for name in names for prec in opts.precisions]
 
 
+# What the attention-named torch rows mean for the kinds without attention (None: the row would
+# repeat torch-sdpa, so it is skipped with that reason).
+KIND_TORCH_ROWS = {
+    "lift": {"torch-sdpa": "LiFT, PyTorch eager", "torch-compile": "LiFT, torch.compile"},
+    "featup_jbu": {"torch-sdpa": "FeatUp-JBU, PyTorch adaptive convolution (ordered taps, row bands)",
+                   "torch-compile": "FeatUp-JBU, torch.compile", "triton": "FeatUp-JBU, Triton adaptive convolution"},
+}
+
+
 def run_row(ctx: BenchContext, size: int, b: int, name: str, prec: str) -> dict[str, Any]:
     """One row: skipped (with the reason), failed (with the error) or timed and compared."""
     from ..export.parity import TOLERANCES, compare, photo_batch, photo_features
@@ -379,10 +398,16 @@ def run_row(ctx: BenchContext, size: int, b: int, name: str, prec: str) -> dict[
 
     opts, cfg, p = ctx.opts, ctx.model.cfg, int(ctx.spec.patch_size)
     backend = BACKENDS[name]
+    kind = getattr(ctx.model, "kind", "loftup")
     lr_side = max(1, size // p)
     row: dict[str, Any] = {"backend": name, "precision": prec, "batch": b, "size": size, "lr_size": lr_side,
-                           "description": backend.description}
+                           "description": backend.description, "upsampler": kind}
     reason = unavailable_reason(backend, prec, opts.device)
+    if kind != "loftup" and backend.runtime == "torch":
+        meaning = KIND_TORCH_ROWS[kind].get(name)
+        if meaning is None:
+            return {**row, "status": "skipped", "reason": f"{kind} has no attention: this row would repeat torch-sdpa"}
+        row["description"] = meaning
     need = estimated_bytes(backend, cfg, b, size, lr_side)
     avail = available_memory()
     if reason is None and opts.device == "cpu" and avail and need > 0.9 * avail:
@@ -401,7 +426,7 @@ def run_row(ctx: BenchContext, size: int, b: int, name: str, prec: str) -> dict[
         engine = ctx.factory.get(backend, prec)
         times, out, mem = time_engine(engine, (lr, image), opts.warmup, opts.repeats, opts.max_seconds, opts.device)
         med = statistics.median(times)
-        flops = upsampler_flops(cfg, b, size, size, lr_side, lr_side)
+        flops = model_flops(cfg, b, size, size, lr_side, lr_side)
         err = compare(out, ctx.reference[key])
         err["passed"] = TOLERANCES[prec].passes(err)
         return {
@@ -452,7 +477,9 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
         backbone_spec = get_spec(opts.backbone)
     C, p = int(backbone_spec.embed_dim), int(backbone_spec.patch_size)
     if model is None:
-        model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=C, backbone=opts.backbone, seed=opts.seed)
+        extra = {"patch_size": p} if opts.upsampler == "lift" and opts.checkpoint is None else {}
+        model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=C, backbone=opts.backbone, seed=opts.seed,
+                             kind=opts.upsampler, **extra)
     if model.cfg.feat_dim != C:
         raise ConfigError(f"the model upsamples {model.cfg.feat_dim} channels but backbone {backbone_spec.name} gives {C}")
     if min(opts.sizes) < p:
@@ -483,7 +510,10 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
                       "(other load on the machine?); latencies are not comparable across rows[/yellow]")
     env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     data = report_data(opts, names, env, model, backbone_spec, peaks, peaks_after, rows)
-    report = write_report(data, opts, env, plot_title=f"LoftUp C={model.cfg.feat_dim} on {env['cpu'] if opts.device == 'cpu' else env.get('gpu')}")
+    from ..model import KINDS
+
+    title = KINDS[getattr(model, "kind", "loftup")].title
+    report = write_report(data, opts, env, plot_title=f"{title} C={model.cfg.feat_dim} on {env['cpu'] if opts.device == 'cpu' else env.get('gpu')}")
     console.print(render_table(rows))
     if opts.profile:
         from .profile import render_profile
@@ -504,10 +534,11 @@ def report_data(opts: BenchOptions, names: list[str], env: dict[str, Any], model
         "loftup_version": env["loftup"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "environment": env,
-        "model": {"feat_dim": cfg.feat_dim, "token_dim": cfg.token_dim, "backbone": spec.name, "patch_size": int(spec.patch_size),
+        "model": {"upsampler": getattr(model, "kind", "loftup"), "feat_dim": cfg.feat_dim,
+                  "token_dim": getattr(cfg, "token_dim", None), "backbone": spec.name, "patch_size": int(spec.patch_size),
                   "parameters": sum(t.numel() for t in model.parameters()), "config": cfg.to_dict(),
                   "source": str(opts.checkpoint) if opts.checkpoint else "random init"},
-        "flop_formula": FORMULA,
+        "flop_formula": KIND_FORMULAS[getattr(model, "kind", "loftup")],
         "gemm_peak_gflops": peaks,
         "gemm_peak_gflops_after": peaks_after,
         "parity_reference": "PyTorch fp32, sdpa attention (exact), same inputs",
