@@ -261,8 +261,9 @@ def upsample_batch(engine, images: torch.Tensor, picture: bool):
     hr = engine(lr, images)
     lr_normed = None
     if picture:
+        norm = getattr(engine.model, "channelnorm", None)  # LiFT and the no-norm FeatUp-JBU have none
         with torch.no_grad():
-            lr_normed = engine.model.channelnorm(lr.to(engine.device)).float()
+            lr_normed = (norm(lr.to(engine.device)) if norm is not None else lr).float()
     return hr, lr, lr_normed
 
 
