@@ -86,10 +86,7 @@ def feature_sources(panels: list[Panel], runner, device: str) -> dict[str, Any]:
             check_engine_fits(handle, runner.name, runner)
             sources[panel.label] = EngineFeatures(runner, handle, panel.label)
         else:
-            model = load_checkpoint(panel.path, feat_dim=runner.embed_dim)
-            found = getattr(model, "kind", "loftup")
-            if found != panel.kind:
-                raise ConfigError(f"{panel.path.name} is a {found} checkpoint, not {panel.kind}; write {found}:{panel.path}")
+            model = load_checkpoint(panel.path, feat_dim=runner.embed_dim, kind=panel.kind)  # another kind: one error line
             sources[panel.label] = LoftUpFeatures(runner, model.to(device), panel.label)
     return sources
 
