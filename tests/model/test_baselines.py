@@ -153,7 +153,7 @@ def test_adaptive_conv_bands_bound_memory_and_keep_gradients():
     assert torch.equal(whole, banded)
     gw = torch.autograd.grad(whole.square().sum(), (src, ker))
     gb = torch.autograd.grad(banded.square().sum(), (src, ker))
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(gw, gb))
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(gw, gb))  # halo rows add in another order
     with pytest.raises(InputError, match="does not fit kernel"):
         adaptive_conv_torch(src[:, :, :-1], ker)
 
