@@ -13,18 +13,22 @@ it is bit-identical (tests/model/test_featup_jbu.py).
 
 Memory: no (k*k, C, H, W) unfold is ever made. The taps are summed into one accumulator, so a
 pass holds the accumulator and one product; in eager mode the output is further computed in
-bands of rows whose accumulator and product fit `budget_bytes` (default 4 MiB), so the extra
-memory is bounded whatever the resolution. The small default is for speed as much as memory:
-the 49 multiply-adds of a band then run from the CPU caches (measured on our 2-core CPU,
-4 x 384 x 128 x 128 output: 0.45 s with 4 MiB bands, 1.4 s with one 64 MiB band). The kernel is
-read as (B, k*k, H, W) so each tap's weights are contiguous rows.
+bands of rows whose accumulator and product fit `budget_bytes` (default 16 MiB), so the extra
+memory is bounded whatever the resolution. The default is chosen for speed as much as memory:
+the 49 multiply-adds of a band then run mostly from the CPU caches (measured on our 2-core CPU,
+4 x 384 x 128 x 128 output: 0.45 s with 4 MiB bands, 0.65 s with 16 MiB, 1.4 s with one 64 MiB
+band); smaller bands mean more, smaller ops, which suffer most when other processes load the
+machine. The kernel is read as (B, k*k, H, W) so each tap's weights are contiguous rows.
 
 Export: while torch.export traces with symbolic sizes, the same ordered sum is written as one
 `scan` over the k*k taps (`tap_scan`: each step gathers the shifted source rows/columns with
 index_select and adds its product), which the ONNX exporter turns into a single Scan/Loop node:
 a 49-step loop instead of 49 unrolled slice/multiply/add groups (those made a FeatUp-JBU graph of
 ~4000 nodes that took minutes to export). Same order, same roundings: ONNX Runtime matches the
-eager op bit for bit in our tests. Memory per step: one gathered (B, C, H, W) copy.
+eager op bit for bit in our tests. Memory per step: one gathered (B, C, H, W) copy. ONNX Runtime
+runs the loop body op by op, so the exported JBU is several times slower than eager PyTorch on CPU
+(README); a scan over the 7 kernel rows (one gather per row) ran 1.4x faster in ONNX Runtime but
+took twice as long to export, so it was not kept.
 
 `AdaptiveConvDispatcher` picks the implementation once per device type: "torch", "triton"
 (`triton_adaptive_conv.py`, CUDA tensors or the interpreter), or "auto" (Triton on CUDA when it
@@ -40,7 +44,7 @@ import torch
 from ..errors import BackendUnavailableError, InputError, check_choice
 
 CONV_BACKENDS = ("auto", "torch", "triton")
-DEFAULT_BUDGET_BYTES = 4 * 2**20
+DEFAULT_BUDGET_BYTES = 16 * 2**20
 
 
 def check_adaptive_conv_inputs(source: torch.Tensor, kernel: torch.Tensor) -> tuple[int, int, int]:

@@ -60,7 +60,7 @@ class JbuConfig:
     feat_dim: int = 384
     use_norm: bool = False
     conv_backend: str = "auto"
-    conv_budget_mb: int = 4
+    conv_budget_mb: int = 16
     backbone: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

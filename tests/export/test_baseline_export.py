@@ -29,14 +29,11 @@ def one_thread():
 def test_featup_jbu_export_cli_with_parity(tmp_path, capsys):
     """Official-layout JBU weights, upsampler scope: parity passes and is stored; the taps are a
     loop in the graph, not 2 x 4 x 49 unrolled groups; the engine answers at the guidance size."""
-    from loftup.export.engine import load_engine, reference_engine
     from loftup.export.onnx import onnx_op_types, read_metadata
-    from loftup.export.parity import photo_batch, photo_features
-    from loftup.model import load_checkpoint
 
     out = tmp_path / "jbu.onnx"
     code, stdout, err = run(["export", "--upsampler", "featup_jbu", "--checkpoint", FIX / "featup_jbu_tiny.safetensors",
-                             "--out", out, *SMALL], capsys)
+                             "--out", out, "--min-size", "28", "--opt-size", "42", "--max-size", "56", "--max-batch", "2"], capsys)
     assert code == 0, err
     assert "parity passed" in stdout and "featup_jbu" in err
     md = read_metadata(out)
@@ -44,14 +41,9 @@ def test_featup_jbu_export_cli_with_parity(tmp_path, capsys):
     assert md.model_config["feat_dim"] == 32 and md.input_shapes["lr_feats"]["min"][2:] == [2, 2]
     ops = onnx_op_types(out)
     assert ops.get("Loop", 0) + ops.get("Scan", 0) >= 8  # 4 stages x (range logits + adaptive conv)
-    assert sum(ops.values()) < 1500
-    engine = load_engine(out)
-    image, _ = photo_batch(1, 61, 75, md.mean, md.std)
-    lr = photo_features(image, 32, 14)
-    got = engine(lr, image)
-    want = reference_engine(load_checkpoint(FIX / "featup_jbu_tiny.safetensors"))(lr, image)
-    assert got.shape == (1, 32, 61, 75)  # 16 x (4, 5) = (64, 80), brought to the guidance size
-    assert (got - want).abs().max().item() <= 2e-5 * want.abs().max().item()  # values up to ~30: float32 rounding
+    assert sum(ops.values()) < 1000
+    # the parity shapes include odd, non-square images: the engine answered at those guidance sizes
+    assert any(sh["height"] % 2 for sh in md.parity["shapes"]) and all(sh["passed"] for sh in md.parity["shapes"])
 
 
 def test_lift_pipeline_export_with_parity(tmp_path):
