@@ -75,7 +75,7 @@ def parse_panels(spec: str) -> list[Panel]:
 def feature_sources(panels: list[Panel], runner, device: str) -> dict[str, Any]:
     """Panels -> eval feature sources on one backbone runner (`loftup.eval.upsamplers`)."""
     from .eval.upsamplers import EngineFeatures, LoftUpFeatures, check_engine_fits, make_baseline, open_engine
-    from .model import load_checkpoint
+    from .model import kind_of, load_checkpoint
 
     sources: dict[str, Any] = {}
     for panel in panels:
@@ -86,7 +86,10 @@ def feature_sources(panels: list[Panel], runner, device: str) -> dict[str, Any]:
             check_engine_fits(handle, runner.name, runner)
             sources[panel.label] = EngineFeatures(runner, handle, panel.label)
         else:
-            model = load_checkpoint(panel.path, feat_dim=runner.embed_dim, kind=panel.kind)  # another kind: one error line
+            model = load_checkpoint(panel.path, feat_dim=runner.embed_dim)
+            found = kind_of(model)
+            if found != panel.kind:
+                raise ConfigError(f"{panel.path.name} holds a {found} upsampler, not {panel.kind}; write {found}:{panel.path}")
             sources[panel.label] = LoftUpFeatures(runner, model.to(device), panel.label)
     return sources
 

@@ -145,6 +145,19 @@ def test_viz_features_cli(tmp_path, capsys, ckpt):
     assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") == 1
 
 
+def test_viz_features_other_kinds(tmp_path, capsys, ckpt):
+    from loftup.model import build_upsampler
+
+    torch.manual_seed(0)
+    lift = save_checkpoint(build_upsampler("lift", 384), tmp_path / "lift.safetensors")
+    code, _, err = run(["viz", "features", "sample:chelsea", "--upsamplers", f"lift:{lift},loftup:{ckpt}", *COMMON,
+                        "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "o" / "chelsea_features.png").size[0] > 3 * 56
+    code, _, err = run(["viz", "features", "sample:chelsea", "--upsamplers", f"loftup:{lift}", *COMMON, "--out", tmp_path / "p"], capsys)
+    assert_one_line_error(code, err, "holds a lift upsampler", "write lift:")
+
+
 def test_viz_attention_cli(tmp_path, capsys, ckpt):
     code, stdout, err = run(["viz", "attention", "sample:chelsea", "--checkpoint", ckpt, "--pixels", "5,5;40,60",
                              "--block", "1", "--head", "2", *COMMON, "--out", tmp_path], capsys)
