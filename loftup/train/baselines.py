@@ -42,6 +42,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..pipeline import fit_output
+from .stage1 import StatelessObjective
 
 LIFT_LOSSES = ("cosine", "l1", "l2")
 
@@ -55,7 +56,7 @@ def _check_views(cfg, patch: int, factor: int, what: str) -> None:
 
 
 # -- LiFT -------------------------------------------------------------------------------------
-class LiftObjective:
+class LiftObjective(StatelessObjective):
     """LiFT's self-supervised 2x reconstruction across scales (module doc)."""
 
     name = "lift"
@@ -79,15 +80,6 @@ class LiftObjective:
             gen2 = trainer.model(f3, quarter)  # (B, C, S/2p, S/2p)
         l1, l2 = self.distance(gen1, f1), self.distance(gen2, f2)
         return l1 + l2, {"distill": float((l1 + l2).detach())}
-
-    def after_step(self, trainer, step: int) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 # -- FeatUp JBU ---------------------------------------------------------------------------------

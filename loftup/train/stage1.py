@@ -34,7 +34,20 @@ def random_projection(feat_dim: int, out_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(feat_dim, out_dim, generator=g) / math.sqrt(out_dim)
 
 
-class Stage1Objective:
+class StatelessObjective:
+    """An objective that keeps no state besides the model and optimiser (stage 1, LiFT)."""
+
+    def after_step(self, trainer, step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Stage1Objective(StatelessObjective):
     """Loss of one stage-1 batch: the model's output vs the mask-bicubic pseudo-GT."""
 
     name = "stage1"
@@ -56,13 +69,3 @@ class Stage1Objective:
             target = torch.einsum("bchw,cd->bdhw", target, self.proj)
         loss = F.mse_loss(pred, target)
         return loss, {"masks": float(batch["masks"].flatten(2).any(-1).sum(1).float().mean()) if "masks" in batch else 0.0}
-
-    # stage 1 keeps no state besides the model and optimiser
-    def after_step(self, trainer, step: int) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
