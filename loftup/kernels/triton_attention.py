@@ -404,6 +404,16 @@ TUNING_SPACE: dict[str, tuple[KernelConfig, ...]] = {
 }
 
 
+def register_kernel(name: str, space: tuple[KernelConfig, ...], footprint: tuple) -> None:
+    """Let another kernel family (triton_attention_v2) launch through this module's config
+    machinery (defaults by estimate, fallback chain, resource report): its tuning space, largest
+    first, and its `_FOOTPRINT` row. The v1 kernels' tables are not touched."""
+    if name in KERNELS:
+        raise ValueError(f"{name!r} is a v1 kernel")
+    TUNING_SPACE[name] = tuple(space)
+    _FOOTPRINT[name] = footprint
+
+
 def _sm90_measured(kernel: str, n_bucket: int) -> KernelConfig:
     """What the 8-config search picked on an H200 for bf16, d=101 (D_PAD 128) - gpu-findings.md."""
     if kernel == "fwd":
@@ -421,7 +431,7 @@ def default_config(kernel: str, arch: str, dtype: torch.dtype, d_pad: int, n_buc
     the shared-memory / register estimate - not measured.
     """
     element_bytes = torch.empty((), dtype=dtype).element_size()
-    if arch == "sm90" and dtype in (torch.float16, torch.bfloat16) and d_pad <= 128:
+    if kernel in KERNELS and arch == "sm90" and dtype in (torch.float16, torch.bfloat16) and d_pad <= 128:
         cfg = _sm90_measured(kernel, n_bucket)
         if fits(kernel, cfg, d_pad, element_bytes, smem_limit):
             return cfg, "measured"
