@@ -176,6 +176,17 @@ class CLIPVisionTower(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """MaskCLIP patch features (B, output_dim, H/16, W/16)."""
         p = self.cfg.patch_size
+        B, _, H, W = x.shape
+        t = self.trunk(x)
+        last = self.transformer.resblocks[-1]
+        t = last.attn.value_path(last.ln_1(t))  # (B, 1 + N, width)
+        t = self.ln_post(t[:, 1:]) @ self.proj  # (B, N, output_dim)
+        return t.reshape(B, H // p, W // p, -1).permute(0, 3, 1, 2)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, 1 + N, width) after every block but the last (class token first), the input
+        of the last block; ProxyCLIP (loftup.eval.ovseg) replaces that block's attention."""
+        p = self.cfg.patch_size
         if x.ndim != 4 or x.shape[1] != 3:
             raise InputError(f"expected an image batch (B, 3, H, W), got shape {tuple(x.shape)}")
         B, _, H, W = x.shape
@@ -189,12 +200,9 @@ class CLIPVisionTower(nn.Module):
         t = torch.cat([cls, t], dim=1)
         t = t + self.pos_embed_for(H, W).to(t.dtype)
         t = self.ln_pre(t)
-        *blocks, last = self.transformer.resblocks
-        for blk in blocks:
+        for blk in self.transformer.resblocks[:-1]:
             t = blk(t)
-        t = last.attn.value_path(last.ln_1(t))  # (B, 1 + N, width)
-        t = self.ln_post(t[:, 1:]) @ self.proj  # (B, N, output_dim)
-        return t.reshape(B, H // p, W // p, -1).permute(0, 3, 1, 2)
+        return t
 
 
 def clip_visual_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
