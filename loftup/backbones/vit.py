@@ -266,14 +266,23 @@ class DinoViT(nn.Module):
                 f"{p}; resize it (see loftup.pipeline.backbone_input)"
             )
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Official `forward_features` outputs for an image batch (B, 3, H, W)."""
+    accepts_patch_bias = True  # forward(x, patch_bias=...): see `forward_features`
+
+    def forward_features(self, x: torch.Tensor, patch_bias: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Official `forward_features` outputs for an image batch (B, 3, H, W).
+
+        patch_bias: an optional (B, C, H/p, W/p) or (B, N, C) tensor added to the patch tokens
+        after the patch and position embeddings, before the registers and the blocks (where
+        SimpleClick adds its click embedding); None leaves the official computation untouched.
+        """
         self._check_input(x)
         B, _, H, W = x.shape
         R = self.cfg.num_register_tokens
         t = self.patch_embed(x)  # (B, N, C)
         t = torch.cat([self.cls_token.expand(B, -1, -1), t], dim=1)
         t = t + self.pos_embed_for(H, W)
+        if patch_bias is not None:
+            t = torch.cat([t[:, :1], t[:, 1:] + self._patch_tokens(patch_bias, t.shape[1] - 1)], dim=1)
         if R:  # registers go between cls and patches, after the position embedding
             t = torch.cat([t[:, :1], self.register_tokens.expand(B, -1, -1), t[:, 1:]], dim=1)
         for blk in self.blocks:
@@ -286,9 +295,19 @@ class DinoViT(nn.Module):
             "x_prenorm": t,
         }
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch features (B, C, H/14, W/14), as LoftUp's DINOv2 featurizer returns them."""
-        tokens = self.forward_features(x)["x_norm_patchtokens"]  # (B, h*w, C)
+    def _patch_tokens(self, bias: torch.Tensor, n: int) -> torch.Tensor:
+        """A patch bias as (B, N, C) tokens, row-major like the patches; InputError if it does not fit."""
+        if bias.dim() == 4:
+            bias = bias.flatten(2).transpose(1, 2)
+        if bias.dim() != 3 or bias.shape[1] != n or bias.shape[2] != self.cfg.embed_dim:
+            raise InputError(f"patch_bias of shape {tuple(bias.shape)} does not fit {n} patch tokens of "
+                             f"{self.cfg.embed_dim} channels; give (B, C, H/p, W/p) or (B, N, C)")
+        return bias
+
+    def forward(self, x: torch.Tensor, patch_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch features (B, C, H/14, W/14), as LoftUp's DINOv2 featurizer returns them
+        (patch_bias: see `forward_features`)."""
+        tokens = self.forward_features(x, patch_bias)["x_norm_patchtokens"]  # (B, h*w, C)
         B, _, H, W = x.shape
         p = self.cfg.patch_size
         return tokens.reshape(B, H // p, W // p, -1).permute(0, 3, 1, 2)
