@@ -49,6 +49,10 @@ def size_class_of(size: int) -> str:
 
 def candidate_fn(name: str) -> Callable:
     """(q, k, v, scale) -> out for a table candidate; the PyTorch kernels strictly (refusal raises)."""
+    if name == "triton_v2":
+        from ..kernels.triton_attention_v2 import triton_attention_v2
+
+        return triton_attention_v2
     from ..kernels.triton_bench import attention_method
 
     return attention_method({"triton": "triton", "flash": "sdpa_flash", "efficient": "sdpa_efficient",
@@ -115,7 +119,7 @@ def measure_attention_table(device, precisions=("bf16", "fp16", "fp32"), size_cl
                     per: dict[str, dict] = {}
                     for name in candidates:
                         row: dict[str, Any] = {"ms": None, "correct": False}
-                        if name == "triton" and dt == "fp32":
+                        if name in ("triton", "triton_v2") and dt == "fp32":
                             row["status"] = "skipped: the IEEE-fp32 Triton path is never chosen"
                         else:
                             try:

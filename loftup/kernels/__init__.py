@@ -6,6 +6,8 @@
 - ``flash``, ``efficient``, ``cudnn``: one of PyTorch's fused CUDA kernels (``sdpa`` if it refuses).
 - ``triton``: fused forward + backward kernel (``triton_attention.py``), CUDA tensors, or CPU
   tensors under ``TRITON_INTERPRET=1``.
+- ``triton_v2``: the Hopper-oriented second generation (``triton_attention_v2.py``, unmeasured);
+  the same contract; `auto` runs it only where a measured table entry names it.
 - ``auto``: ``sdpa`` on CPU; on CUDA the backend a measured table names for the call's GPU
   architecture, dtype, head dim, size and mode (``attention_table.py``; unmeasured keys get
   ``sdpa``; fp32 never gets the IEEE-fp32 Triton path).
@@ -29,7 +31,8 @@ from ..errors import BackendUnavailableError, check_choice
 from .reference import reference_attention
 from .sdpa import DEFAULT_BUDGET_BYTES, FUSED_KERNELS, chunked_sdpa_attention, fused_sdpa_attention, sdpa_attention
 
-BACKENDS = ("auto", "reference", "sdpa", "triton", *FUSED_KERNELS)
+TRITON_BACKENDS = ("triton", "triton_v2")
+BACKENDS = ("auto", "reference", "sdpa", *TRITON_BACKENDS, *FUSED_KERNELS)
 CUDA_HEAD_MULTIPLE = 8  # head dims padded to this on CUDA: 16-byte rows in fp16/bf16 (32 in fp32)
 
 
@@ -114,11 +117,11 @@ def resolve_backend(backend: str, device: torch.device, shape: tuple | None = No
     shipped + local).
     """
     check_choice("attention backend", backend, BACKENDS)
-    if backend == "triton":
+    if backend in TRITON_BACKENDS:
         ok, why = triton_can_run(device)
         if not ok:
-            raise BackendUnavailableError(f"attention backend 'triton' cannot run here: {why}; use backend='sdpa'")
-        return "triton"
+            raise BackendUnavailableError(f"attention backend {backend!r} cannot run here: {why}; use backend='sdpa'")
+        return backend
     if backend in FUSED_KERNELS and device.type != "cuda":
         raise BackendUnavailableError(
             f"attention backend {backend!r} is one of PyTorch's fused CUDA kernels and needs CUDA tensors "
@@ -132,7 +135,7 @@ def resolve_backend(backend: str, device: torch.device, shape: tuple | None = No
 
     arch, dtype, d, n, m, grad = shape
     choice = (table or AttentionTable.load()).lookup(arch, dtype, d, n, m, grad)
-    if choice == "triton":
+    if choice in TRITON_BACKENDS:
         ok, why = triton_can_run(device)
         if not ok:
             warnings.warn(f"loftup: falling back to the sdpa attention backend: {why}", stacklevel=3)
@@ -153,6 +156,10 @@ def run_backend(name: str, q, k, v, scale: float | None = None, budget_bytes: in
         from .triton_attention import triton_attention
 
         return triton_attention(q, k, v, scale)
+    if name == "triton_v2":
+        from .triton_attention_v2 import triton_attention_v2
+
+        return triton_attention_v2(q, k, v, scale)
     raise BackendUnavailableError(f"unknown concrete attention backend {name!r}")
 
 

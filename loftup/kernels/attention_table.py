@@ -42,7 +42,8 @@ DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 HEAD_CLASSES = ("d128", "d256")
 SIZE_CLASSES = ("224", "448", "896")
 MODES = ("fwd", "train")
-CANDIDATES = ("triton", "flash", "efficient", "cudnn", "sdpa")
+CANDIDATES = ("triton", "triton_v2", "flash", "efficient", "cudnn", "sdpa")
+TRITON_CANDIDATES = ("triton", "triton_v2")  # never chosen for fp32 (IEEE-fp32 MMAs)
 DEFAULT = "sdpa"
 LOCAL_TABLE_NAME = "attention-table.json"
 
@@ -151,7 +152,7 @@ class AttentionTable:
     def lookup(self, arch: str, dtype: torch.dtype, d: int, n: int, m: int, grad: bool) -> str:
         """The backend for one call's (arch, dtype, padded head dim, N, M, gradient) - never triton for fp32."""
         choice = self.entry(table_key(arch, dtype, d, n, m, grad)).backend
-        if choice == "triton" and dtype == torch.float32:
+        if choice in TRITON_CANDIDATES and dtype == torch.float32:
             return DEFAULT
         return choice
 
@@ -203,7 +204,8 @@ def choose_fastest(key: str, results: dict[str, dict], source: str) -> TableEntr
     """
     ok = {b: r["ms"] for b, r in results.items() if r.get("ms") is not None and r.get("correct")}
     if key.split("/")[1] == "fp32":
-        ok.pop("triton", None)  # the IEEE-fp32 path is never chosen
+        for name in TRITON_CANDIDATES:
+            ok.pop(name, None)  # the IEEE-fp32 paths are never chosen
     if not ok:
         return None
     best = min(ok, key=ok.get)
