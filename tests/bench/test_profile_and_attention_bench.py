@@ -81,7 +81,7 @@ def test_size_classes_of_output_sides():
 
 def test_attention_measurement_writes_the_local_table(tmp_path, monkeypatch):
     monkeypatch.setenv("LOFTUP_CACHE", str(tmp_path))
-    ms = {"triton": 1.0, "flash": 2.0, "efficient": 3.0, "cudnn": 0.5, "sdpa": 2.5}
+    ms = {"triton": 1.0, "triton_v2": 1.5, "flash": 2.0, "efficient": 3.0, "cudnn": 0.5, "sdpa": 2.5}
     checked = []
 
     def check(name, dt, hc, m, grad, device):
@@ -98,7 +98,7 @@ def test_attention_measurement_writes_the_local_table(tmp_path, monkeypatch):
     chosen = {r["key"]: r["chosen"] for r in record["results"]}
     assert chosen == {"sm90/bf16/d128/448/fwd": "triton", "sm90/bf16/d128/448/train": "cudnn",
                       "sm90/fp32/d128/448/fwd": "flash", "sm90/fp32/d128/448/train": "cudnn"}
-    assert ("triton", "fp32") not in checked  # never measured, never chosen
+    assert ("triton", "fp32") not in checked and ("triton_v2", "fp32") not in checked  # never measured, never chosen
     statuses = record["results"][0]["candidates"]
     assert statuses["efficient"]["status"].startswith("unsupported: RuntimeError") and statuses["cudnn"]["status"] == "incorrect"
     table = AttentionTable.load()
@@ -106,4 +106,4 @@ def test_attention_measurement_writes_the_local_table(tmp_path, monkeypatch):
     shape = ("sm90", torch.bfloat16, 104, 448 * 448, 1024, True)
     assert resolve_backend("auto", torch.device("cuda"), shape, table) == "cudnn"  # the local table wins
     assert set(json.loads((tmp_path / "attention-table.json").read_text())["entries"]) == set(chosen)
-    assert set(CANDIDATES) == {"triton", "flash", "efficient", "cudnn", "sdpa"}
+    assert set(CANDIDATES) == {"triton", "triton_v2", "flash", "efficient", "cudnn", "sdpa"}
