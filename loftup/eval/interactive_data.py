@@ -89,8 +89,9 @@ def sbd_objects(instances: np.ndarray, min_area: int = MIN_OBJECT_AREA, min_rati
 def detect_layout(root: Path) -> str | None:
     if (root / "inst").is_dir() and (root / "img").is_dir():
         return "sbd"
-    for layout in ("davis", "berkeley", "grabcut"):
-        if any((root / a).is_dir() and (root / b).is_dir() for a, b in FOLDERS[layout]):
+    for layout in ("davis", "berkeley", "grabcut"):  # each by its own folders (Berkeley in data_GT/ reads as GrabCut)
+        a, b = FOLDERS[layout][0]
+        if (root / a).is_dir() and (root / b).is_dir():
             return layout
     return None
 
