@@ -111,6 +111,7 @@ ALLOWED_RESAMPLING = {
     "eval/mini.py": (1, "predictions brought to the label size"),
     "eval/upsamplers.py": (1, "the interpolation baselines (features, not images)"),
     "eval/probes.py": (2, "predictions and first-frame labels brought to the feature / label size"),
+    "eval/ovseg.py": (4, "ProxyCLIP: CLIP values to the proxy-feature size, logits to the window and label size; the proxy grid size"),
 }
 RESAMPLING_NAMES = {"interpolate", "resize", "resize_for_backbone", "backbone_input_size", "upsample"}
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import ConfigError, InputError, check_choice
 
-PROBE_CHOICES = ("seg", "depth", "normals", "video", "matting", "mini")
+PROBE_CHOICES = ("seg", "depth", "normals", "video", "matting", "mini", "ovseg")
 LAYOUTS = {
     "seg": ("auto", "cocostuff27", "cityscapes"),
     "depth": ("auto", "navi", "rgbd"),
@@ -33,7 +33,12 @@ LAYOUTS = {
     "video": ("auto", "davis2017"),
     "matting": ("auto", "matting"),
     "mini": ("auto",),
+    "ovseg": ("auto", "coco_object", "cityscapes", "ade20k"),
 }
+# Probes that live in a module of their own, loftup.eval.<module>, which provides: CONFIG (its
+# settings dataclass, what --set may change), probe_config(opts, device), open_data(opts) and
+# run(opts, plan, cfg, data, out, atol, rtol, log) -> (results to merge, table, ParityReport or None).
+PROBE_MODULES = {"ovseg": "ovseg"}
 DEFAULT_BACKBONE = "dinov2_vits14"
 
 
@@ -67,15 +72,26 @@ class EvalOptions:
     device: str = "cpu"
     seed: int = 0
     cuda_graphs: bool = False  # PyTorch upsamplers under test replay CUDA graphs (never the reference)
+    clip: Optional[str] = None  # ovseg: CLIP weights with the text tower (a file, or "online")
+    class_names: Optional[Path] = None  # ovseg: class-name file (one class a line, synonyms split by ";")
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # further ProbeConfig overrides
 
 
-def parse_settings(items: list[str] | None) -> dict[str, Any]:
-    """['radius=8', 'topk=3'] -> {'radius': 8, 'topk': 3}: any ProbeConfig field, typed like its default."""
+def probe_module(probe: str):
+    """The module of a probe listed in PROBE_MODULES, else None."""
+    import importlib
+
+    return importlib.import_module(f".{PROBE_MODULES[probe]}", __package__) if probe in PROBE_MODULES else None
+
+
+def parse_settings(items: list[str] | None, probe: str | None = None) -> dict[str, Any]:
+    """['radius=8', 'topk=3'] -> {'radius': 8, 'topk': 3}: any ProbeConfig field (or the field of
+    the probe module's CONFIG), typed like its default."""
     from .probes import ProbeConfig
 
-    fields = ProbeConfig.__dataclass_fields__
+    module = probe_module(probe) if probe else None
+    fields = (module.CONFIG if module else ProbeConfig).__dataclass_fields__
     settable = sorted(k for k in fields if k not in ("task", "device", "seed"))
     out: dict[str, Any] = {}
     for item in items or []:
@@ -334,13 +350,20 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     device = str(resolve_device(opts.device))
     atol = DEFAULT_ATOL if opts.atol is None else opts.atol
     rtol = DEFAULT_RTOL if opts.rtol is None else opts.rtol
-    cfg = probe_config("seg" if opts.probe == "mini" else opts.probe, epochs=opts.epochs, batch_size=opts.batch_size,
-                       lr=opts.lr, size=opts.size, input_size=opts.input_size, hidden_dim=opts.hidden_dim,
-                       max_train=opts.max_train, max_eval=opts.max_eval, seed=opts.seed, device=device)
+    module = probe_module(opts.probe)
+    if module is not None:
+        cfg = module.probe_config(opts, device)
+    else:
+        cfg = probe_config("seg" if opts.probe == "mini" else opts.probe, epochs=opts.epochs, batch_size=opts.batch_size,
+                           lr=opts.lr, size=opts.size, input_size=opts.input_size, hidden_dim=opts.hidden_dim,
+                           max_train=opts.max_train, max_eval=opts.max_eval, seed=opts.seed, device=device)
     cfg = replace(cfg, **opts.extra)  # --set: applied as given (None included)
 
     # data first: a wrong folder fails before any model is loaded
-    data = open_data(opts.probe, Path(opts.data), opts.layout) if opts.probe != "mini" else (None, None)
+    if module is not None:
+        data = module.open_data(opts)
+    else:
+        data = open_data(opts.probe, Path(opts.data), opts.layout) if opts.probe != "mini" else (None, None)
     plan = plan_eval(opts, cfg, device, baselines)
     log(f"backbone {plan.backbone} ({plan.runner.embed_dim} channels, patch {plan.runner.patch_size}); upsamplers: {', '.join(plan.sources)}")
     if plan.handle is not None:
@@ -355,6 +378,8 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     out.mkdir(parents=True, exist_ok=True)
     if opts.probe == "mini":
         found, table, parity = run_mini(opts, plan, out, atol, rtol, log)
+    elif module is not None:
+        found, table, parity = module.run(opts, plan, cfg, data, out, atol, rtol, log)
     else:
         found, table, parity = run_task(opts, plan, cfg, data, out, atol, rtol, log)
     results.update(found, table=table)
