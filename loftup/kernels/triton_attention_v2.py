@@ -94,17 +94,21 @@ _KC = KernelConfig
 # Largest first (also the fallback order). Forward: BLOCK_N queries x BLOCK_M keys per tile.
 # Backward: BLOCK_N queries streamed x BLOCK_M keys resident (dK, dV accumulators).
 V2_SPACE: dict[str, tuple[KernelConfig, ...]] = {
-    "v2_fwd": (_KC(128, 128, 8, 2), _KC(128, 128, 8, 3), _KC(128, 64, 8, 3), _KC(64, 64, 4, 2), _KC(32, 32, 4, 1)),
-    "v2_bwd": (_KC(128, 64, 8, 2), _KC(64, 64, 4, 2), _KC(64, 32, 4, 2), _KC(32, 32, 4, 1)),
+    "v2_fwd": (_KC(128, 128, 8, 2), _KC(128, 128, 8, 3), _KC(128, 64, 8, 3), _KC(128, 64, 8, 2), _KC(64, 64, 4, 2),
+               _KC(64, 32, 4, 2), _KC(32, 32, 4, 1)),
+    "v2_bwd": (_KC(128, 64, 8, 2), _KC(64, 64, 4, 2), _KC(64, 32, 8, 2), _KC(64, 32, 4, 2), _KC(32, 32, 4, 1)),
 }
 # v1's footprint rows: (resident rows, resident tiles, streamed rows, streamed tiles per stage,
 # fp32 accumulators). The backward holds dK, dV and a transient dQ tile (counted as a third).
 _V2_FOOTPRINT = {"v2_fwd": ("block_n", 1, "block_m", 2, 1), "v2_bwd": ("block_m", 2, "block_n", 2, 3)}
 for _name, _space in V2_SPACE.items():
     v1.register_kernel(_name, _space, _V2_FOOTPRINT[_name])
-# The same forward compiled with TMA descriptors is its own launch key (its failures fall back
-# to the pointer path, not to sdpa).
-v1.register_kernel("v2_fwd_tma", V2_SPACE["v2_fwd"], _V2_FOOTPRINT["v2_fwd"])
+# The forward's variants (TMA descriptors, warp-specialised key loop) are launch keys of their
+# own: a TMA failure falls back to the pointer path, not to sdpa, and each variant's resources
+# are reported separately.
+FWD_KERNELS = ("v2_fwd", "v2_fwd_tma", "v2_fwd_ws", "v2_fwd_tma_ws")
+for _name in FWD_KERNELS[1:]:
+    v1.register_kernel(_name, V2_SPACE["v2_fwd"], _V2_FOOTPRINT["v2_fwd"])
 
 # Options the benchmark switches (None: automatic).
 _OPTIONS = {"use_tma": None, "warp_specialize": False, "rescale_slack": 8.0, "backward": "fused"}
@@ -406,21 +410,23 @@ def _forward(q, k, v, scale: float, use_tma: bool | None = None, warp_specialize
     use_tma = _OPTIONS["use_tma"] if use_tma is None else use_tma
     if use_tma is None:
         use_tma = tma_usable(q, k, v, o)[0]
-    consts = {**v1._consts(q),
-              "RESCALE_SLACK": float(_OPTIONS["rescale_slack"] if rescale_slack is None else rescale_slack),
-              "WARP_SPECIALIZE": bool(_OPTIONS["warp_specialize"] if warp_specialize is None else warp_specialize)}
+    ws = bool(_OPTIONS["warp_specialize"] if warp_specialize is None else warp_specialize)
+    consts = {**v1._consts(q), "WARP_SPECIALIZE": ws,
+              "RESCALE_SLACK": float(_OPTIONS["rescale_slack"] if rescale_slack is None else rescale_slack)}
     args = _fwd_args(q, k, v, o, lse, scale)
+    suffix = "_ws" if ws else ""
     if use_tma:
         if q.device.type == "cuda":
             _ensure_allocator()
         try:
-            v1._launch("v2_fwd_tma", _v2_fwd_kernel, lambda c: _persistent_grid(q, c), args,
+            v1._launch("v2_fwd_tma" + suffix, _v2_fwd_kernel, lambda c: _persistent_grid(q, c), args,
                        {**consts, "USE_TMA": True}, q, M)
             return o, lse
         except NoConfigLaunched as exc:
             v1._warn_once(("v2-tma", q.dtype, q.shape[-1]), f"loftup: the TMA forward of triton_attention_v2 did not "
                           f"launch ({exc}); using its pointer-arithmetic path")
-    v1._launch("v2_fwd", _v2_fwd_kernel, lambda c: _persistent_grid(q, c), args, {**consts, "USE_TMA": False}, q, M)
+    v1._launch("v2_fwd" + suffix, _v2_fwd_kernel, lambda c: _persistent_grid(q, c), args,
+               {**consts, "USE_TMA": False}, q, M)
     return o, lse
 
 
@@ -529,4 +535,4 @@ def triton_attention_v2(
         return v1._sdpa_attention(q, k, v, scale)
 
 
-__all__ = ["BACKWARDS", "V2_SPACE", "set_options", "tma_usable", "triton_attention_v2"]
+__all__ = ["BACKWARDS", "FWD_KERNELS", "V2_SPACE", "set_options", "tma_usable", "triton_attention_v2"]

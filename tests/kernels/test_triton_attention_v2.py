@@ -274,7 +274,7 @@ def test_warp_specialize_option_reaches_the_kernel(monkeypatch):
     seen = record_launches(monkeypatch)
     q, k, v, _ = make_inputs(64, 40, 32, torch.float32)
     out = v2_fn(warp_specialize=True, rescale_slack=0.0)(q, k, v)  # the interpreter ignores the loop hint
-    assert seen == [("v2_fwd", False, True, 0.0)]
+    assert seen == [("v2_fwd_ws", False, True, 0.0)]
     assert max_err(out, reference_attention(q, k, v)) <= FP32_ATOL
 
 
