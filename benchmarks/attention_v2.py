@@ -11,16 +11,18 @@ end ``attention_v2.md`` holds the short tables. Sections:
 
 1. ``environment``: GPU, capability, SMs, opt-in shared memory, torch / Triton versions, the
    measured bf16 matmul ceiling.
-2. ``correctness``: every method (and v2's variants) at a reduced shape per dtype and head dim:
-   output and dq, dk, dv against float64, passing at <= 2x PyTorch's math attention in the same
-   dtype plus a floor (STYLE item 2); the Triton backwards run twice and compared bitwise.
+2. ``correctness``: v1, flash, cuDNN, then v2 (safest first) at a reduced shape (2048 queries)
+   per dtype and head dim: output and dq, dk, dv against float64, passing at <= 2x PyTorch's math
+   attention in the same dtype plus a floor (STYLE item 2); the Triton backwards run twice and
+   are compared bitwise.
 3. ``timing``: the issue's shapes (4 heads, batch 1; output 224/448/896 with 256/1024/4096 keys,
    head dim 101, and 448/1024/197), bf16 then fp16, forward and forward+backward, for v1, v2,
    flash and cuDNN: median ms (CUDA events, after warm-up), TFLOP/s on the *true* head dim,
    fraction of the measured matmul ceiling. Heads run zero-padded to a multiple of 8 (104, 200),
    as the model pads them on CUDA: that is what makes TMA and cuDNN usable.
-4. ``variants`` (448 / 1024 / 101, bf16): v2 without TMA (``v2_ptr``), with a warp-specialised
-   key loop (``v2_ws``), and with v1's backward kernels (``v2_split``).
+4. ``variants`` (448 / 1024 / 101, bf16), each checked like section 2 and then timed: v2 without
+   TMA (``v2_ptr``), with a warp-specialised key loop (``v2_ws``), and with v1's backward kernels
+   (``v2_split``).
 5. ``sweep``: the few v2 configs worth trying (forward 128x128/w8/s2, 128x128/w8/s3, 128x64/w8/s3;
    backward 128x64/w8/s2, 64x64/w4/s2) at 448 and 896, bf16 - no autotuner (`set_autotune(False)`).
 6. ``calibration``: v1 and flash at the *unpadded* 448 / 1024 / 101 bf16 forward, to tie this run
@@ -28,6 +30,10 @@ end ``attention_v2.md`` holds the short tables. Sections:
 7. ``resources``: every Triton config launched: registers, spills and shared memory from the
    compiled kernels' metadata (``n_regs``, ``n_spills``, ``metadata.shared``) next to our
    estimate (`triton_attention.resource_report`).
+
+``--safe`` (a rerun if the first call crashed the process, e.g. on a TMA or warp-specialisation
+miscompile): v2 on its pointer path only, no ``v2_ws``. The first call writes its JSON after
+every section, so what ran before a crash comes back.
 
 ``--cpu-smoke`` runs the same code under ``TRITON_INTERPRET=1`` at tiny shapes in fp16 (the
 interpreter's bf16 loads are wrong), timing with the wall clock; flash and cuDNN are then
@@ -47,7 +53,7 @@ import time
 import traceback
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,7 +72,7 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 HEAD_MULTIPLE = 8
-METHODS = ("v1", "v2", "flash", "cudnn")
+METHODS = ("v1", "flash", "cudnn", "v2")  # the safest first: a crash in v2 loses only what follows
 VARIANTS = ("v2_ptr", "v2_ws", "v2_split")
 TRITON_METHODS = ("v1", "v2", *VARIANTS)
 MODES = ("fwd", "fwd+bwd")
@@ -107,6 +113,7 @@ class Plan:
     fwd_sweep: tuple[str, ...]
     bwd_sweep: tuple[str, ...]
     sweep_cases: tuple[Case, ...]
+    variants: tuple[str, ...] = VARIANTS
 
 
 GPU_PLAN = Plan(CASES, ("bf16", "fp16"), 2048, ("128x128/w8/s2", "128x128/w8/s3", "128x64/w8/s3"),
@@ -243,18 +250,21 @@ def section_correctness(run: Run, plan: Plan) -> dict:
     for dt in plan.dtypes:
         for d in heads:
             case = next(c for c in plan.cases if c.d == d)
-            for name in (*METHODS, *VARIANTS):
-                row = {"method": name, "dtype": dt, "d": d, "d_run": case.d_run, "n": plan.check_n, "m": case.m}
-                if run.left() < 10:
-                    row.update(status="skipped", reason="time budget")
-                else:
-                    try:
-                        row.update(status="ok", **check_method(run, name, case, dt, plan.check_n))
-                    except _UNSUPPORTED as exc:
-                        row.update(status="unsupported", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
-                rows.append(row)
-                run.log(f"  check {name:<8} {dt} d={d}: {row['status']} {row.get('passed', '')}")
+            rows += [_check_row(run, name, case, dt, plan.check_n) for name in METHODS]
     return {"rows": rows}
+
+
+def _check_row(run: Run, name: str, case: Case, dt: str, n: int) -> dict:
+    row = {"method": name, "dtype": dt, "d": case.d, "d_run": case.d_run, "n": n, "m": case.m}
+    if run.left() < 10:
+        row.update(status="skipped", reason="time budget")
+    else:
+        try:
+            row.update(status="ok", **check_method(run, name, case, dt, n))
+        except _UNSUPPORTED as exc:
+            row.update(status="unsupported", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    run.log(f"  check {name:<8} {dt} d={case.d}: {row['status']} {row.get('passed', '')}")
+    return row
 
 
 # ------------------------------------------------------------------------------------------
@@ -327,9 +337,12 @@ def section_timing(run: Run, plan: Plan) -> dict:
 
 
 def section_variants(run: Run, plan: Plan) -> dict:
+    """v2's variants at one shape: checked first (the warp-specialised one is the least certain
+    to compile correctly), then timed."""
     case, dt = plan.cases[1] if len(plan.cases) > 1 else plan.cases[0], plan.dtypes[0]
-    jobs = [(name, case, dt, mode) for mode in MODES for name in VARIANTS]
-    return {"rows": _timed_rows(run, jobs)}
+    checks = [_check_row(run, name, case, dt, plan.check_n) for name in plan.variants]
+    jobs = [(name, case, dt, mode) for mode in MODES for name in plan.variants]
+    return {"checks": checks, "rows": _timed_rows(run, jobs)}
 
 
 @contextmanager
@@ -472,7 +485,7 @@ def _cell(row: dict) -> str:
 
 
 def _correctness_lines(doc: dict) -> list[str]:
-    rows = doc["sections"].get("correctness", {}).get("rows", [])
+    rows = doc["sections"].get("correctness", {}).get("rows", []) + doc["sections"].get("variants", {}).get("checks", [])
     if not rows:
         return []
     lines = ["", "Correctness (max abs error vs float64: ours / PyTorch math in the same dtype; pass = <= 2x + floor):", "",
@@ -521,6 +534,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                         help="results folder; a sub-folder named after the device is written inside")
     parser.add_argument("--cpu-smoke", action="store_true", help="interpreter, tiny shapes, fp16 (tests the script)")
     parser.add_argument("--budget-s", type=float, default=260.0, help="seconds of measurement before items are skipped")
+    parser.add_argument("--safe", action="store_true",
+                        help="v2 without TMA descriptors and without the warp-specialised variant (a rerun after a crash)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ", ".join(SECTIONS))
     args = parser.parse_args(argv)
     if not args.cpu_smoke and not torch.cuda.is_available():
@@ -533,9 +548,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
     v1.set_autotune(False)  # restricted tuning: per-arch defaults, plus the sweep's few configs
     plan = SMOKE_PLAN if args.cpu_smoke else GPU_PLAN
+    if args.safe:
+        plan = replace(plan, variants=tuple(v for v in plan.variants if v != "v2_ws"))
+    previous = v2_module().set_options(use_tma=False) if args.safe else {}
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     run = Run(args.out, device, args.budget_s)
-    run.doc.update(device=run.dir.name, plan={k: [asdict(c) if isinstance(c, Case) else c for c in v]
+    run.doc.update(device=run.dir.name, safe=args.safe, plan={k: [asdict(c) if isinstance(c, Case) else c for c in v]
                                               for k, v in asdict(plan).items() if isinstance(v, (tuple, list))})
     if run.cuda:
         run.doc["device_name"] = torch.cuda.get_device_name(device)
@@ -549,6 +567,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                 run.section(name, lambda r, fn=fn: fn(r, plan))
     finally:
         torch.set_num_threads(threads)
+        v2_module().set_options(**previous)
         from loftup.io import atomic_write
 
         md = run.dir / "attention_v2.md"

@@ -375,10 +375,13 @@ def _allocator(size: int, alignment: int, stream):
 def _ensure_allocator() -> None:
     """Device-made TMA descriptors need scratch global memory: give Triton a torch allocator,
     unless the application already set one."""
-    from triton.runtime import _allocation
+    try:
+        from triton.runtime import _allocation
 
-    current = _allocation._allocator.get()
-    if isinstance(current, _allocation.NullAllocator):
+        unset = isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+    except (ImportError, AttributeError):  # another Triton layout: set ours
+        unset = True
+    if unset:
         triton.set_allocator(_allocator)
 
 

@@ -45,8 +45,10 @@ def test_every_section_runs_and_is_written(bench, smoke):
 
 def test_correctness_rows_pass_and_backwards_repeat_bitwise(bench, smoke):
     rows = smoke[1]["sections"]["correctness"]["rows"]
-    ours = [r for r in rows if r["method"] in bench.TRITON_METHODS]
-    assert {(r["method"], r["d"]) for r in ours} == {(m, d) for m in bench.TRITON_METHODS for d in (101, 197)}
+    checks = smoke[1]["sections"]["variants"]["checks"]
+    ours = [r for r in rows + checks if r["method"] in bench.TRITON_METHODS]
+    assert {(r["method"], r["d"]) for r in ours} == {(m, d) for m in ("v1", "v2") for d in (101, 197)} | {
+        (m, bench.SMOKE_PLAN.cases[1].d) for m in bench.VARIANTS}
     assert all(r["status"] == "ok" and r["passed"] and r["backward_bitwise_repeatable"] for r in ours), ours
     assert all(r["max_abs"][k] <= 2 * r["torch_max_abs"][k] + 2e-4 for r in ours for k in ("out", "dq", "dk", "dv"))
     assert {r["status"] for r in rows if r["method"] == "cudnn"} == {"unsupported"}  # a CUDA-only kernel on CPU
@@ -80,7 +82,7 @@ def test_resources_list_the_v2_kernels(smoke):
 
 def test_markdown_has_the_issue_table(bench, smoke):
     md = smoke[2]
-    assert "| shape | dtype | v1 fwd | v2 fwd | flash fwd | cudnn fwd |" in md
+    assert "| shape | dtype | " + " | ".join(f"{m} fwd" for m in bench.METHODS) + " | " in md
     for case in bench.SMOKE_CASES:
         assert f"| {case.label} | fp16 |" in md
     assert "| kernel | key | config | registers | spills | shared memory (B) |" in md
@@ -110,6 +112,20 @@ def test_only_config_restores_the_launcher(bench):
         assert v1.TUNING_SPACE["v2_bwd"] == (cfg,) and v1._INTERPRETER_CONFIG["BLOCK_N"] == 32
         v1._UNLAUNCHABLE.add(("v2_bwd", "simulated"))
     assert (dict(v1.TUNING_SPACE), dict(v1._WORKING), set(v1._UNLAUNCHABLE), dict(v1._INTERPRETER_CONFIG)) == before
+
+
+def test_safe_rerun_drops_tma_and_warp_specialisation(bench, tmp_path, monkeypatch):
+    from loftup.kernels import triton_attention_v2 as v2
+
+    monkeypatch.setattr(bench, "SMOKE_PLAN", bench.replace(bench.SMOKE_PLAN, cases=bench.SMOKE_CASES[:1]))
+    seen = []
+    real = v2._forward
+    monkeypatch.setattr(v2, "_forward", lambda *a, **kw: (seen.append(v2._OPTIONS["use_tma"]), real(*a, **kw))[1])
+    written = bench.main(["--cpu-smoke", "--safe", "--out", str(tmp_path), "--sections", "environment,variants"])
+    doc = json.loads(written["json"].read_text())
+    assert doc["safe"] is True and seen and set(seen) == {False}
+    assert {r["method"] for r in doc["sections"]["variants"]["rows"]} == {"v2_ptr", "v2_split"}
+    assert v2._OPTIONS["use_tma"] is None  # restored
 
 
 def test_gpu_mode_refuses_without_cuda(bench, monkeypatch):
