@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/attention_v2.py --cpu-smoke --out /tmp/a2   # interpreter, tiny shapes
 
 Everything runs in one process, in priority order, against a deadline (``--budget-s``, default
-260 s of measurement time; what does not fit is recorded as skipped). After every section the
+240 s of measurement time; what does not fit is recorded as skipped). After every section the
 whole record is rewritten (atomically) as ``<out>/<device-slug>/attention_v2.json``, and at the
 end ``attention_v2.md`` holds the short tables. Sections:
 
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                         help="results folder; a sub-folder named after the device is written inside")
     parser.add_argument("--cpu-smoke", action="store_true", help="interpreter, tiny shapes, fp16 (tests the script)")
-    parser.add_argument("--budget-s", type=float, default=260.0, help="seconds of measurement before items are skipped")
+    parser.add_argument("--budget-s", type=float, default=240.0, help="seconds of measurement before items are skipped")
     parser.add_argument("--safe", action="store_true",
                         help="v2 without TMA descriptors and without the warp-specialised variant (a rerun after a crash)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ", ".join(SECTIONS))
