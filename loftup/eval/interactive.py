@@ -38,7 +38,8 @@ in its upsampler form `engine(lr_feats, image)` on those features; a pipeline en
 inside) cannot take the click embedding and is refused. The head (encoder + decoder) is trained
 once on the reference and then drives both; per-object feature parity is measured at the first
 click, where the inputs of both are identical by construction (later clicks follow each
-source's own predictions, and their effect shows in the metrics).
+source's own predictions, and their effect shows in the metrics); the largest difference of
+the predicted probabilities after that first click is reported too (`prob_max_abs`).
 
 Checkpoints: each trained head is written as `interactive_head_<source>.safetensors` in --out
 (tensors `encoder.*`, `decoder.*`; metadata: kind, channels, patch size, width, backbone, what
@@ -214,6 +215,8 @@ class PromptedRunner(BackboneRunner):
         return self.vit(x, patch_bias=self.encoder(maps)).float()
 
     def __call__(self, image: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        if out_size is not None and tuple(out_size) == tuple(image.shape[-2:]):
+            out_size = None  # the same pass whether a source names the image's own size or not
         if self.grad:
             return self.lr_features(image, out_size)
         key = (id(image), image._version, tuple(image.shape), tuple(out_size) if out_size else None, id(self.encoder))
@@ -434,7 +437,9 @@ def evaluate_interactive(sources: dict[str, Any], heads: dict[str, ClickHead], r
             if k == 0:
                 for a, b in pairs:
                     parity[f"{a}~{b}"].append({"batch": len(parity[f"{a}~{b}"]), "object": obj.get("name", str(n_obj)),
-                                               "images": 1, **compare(first_feats[a], first_feats[b])})
+                                               "images": 1, **compare(first_feats[a], first_feats[b]),
+                                               "prob_max_abs": float(np.abs(first_probs[a] - first_probs[b]).max()),
+                                               "prob_std": float(first_probs[a].std())})
             if not active:
                 break
         for name in sources:
@@ -448,8 +453,9 @@ def evaluate_interactive(sources: dict[str, Any], heads: dict[str, ClickHead], r
     return InteractiveResult({name: m.compute() for name, m in meters.items()}, parity, samples)
 
 
-def _mark_click(image: np.ndarray, click: C.Click, r: int = 3) -> np.ndarray:
+def _mark_click(image: np.ndarray, click: C.Click) -> np.ndarray:
     """A copy of the image with the first click drawn as a green square (for the pictures)."""
+    r = max(1, min(image.shape[:2]) // 80)
     out = np.array(image, copy=True)
     out[max(0, click.y - r) : click.y + r + 1, max(0, click.x - r) : click.x + r + 1] = (0, 255, 0)
     return out
@@ -589,6 +595,8 @@ def run(opts, plan, cfg: InteractiveConfig, data, out: Path, atol: float, rtol: 
         parity = ParityReport("interactive", PRIMARY, result.metrics["reference"], result.metrics["engine"], delta,
                               summarize_features(batches), batches, atol, rtol, failures)
     table = metrics_table(result.metrics, parity.delta if parity else None)
+    if parity is not None and parity.batches:  # the decoder's output after the first click, object by object
+        parity.features["prob_max_abs"] = max(b["prob_max_abs"] for b in parity.batches)
     found: dict[str, Any] = {"metrics": result.metrics, "config": cfg.to_dict(), "dataset": val.meta.get("layout"),
                              "heads_trained_on": trained_on, "head_files": files, "primary": PRIMARY, "higher_is_better": True}
     if opts.plot:

@@ -187,6 +187,8 @@ def test_onnx_engine_vs_reference_on_the_interactive_probe(tmp_path, capsys, dat
     assert abs(parity["delta"]["iou@1"]) <= parity["tolerance"]["atol"] + parity["tolerance"]["rtol"] * parity["reference"]["iou@1"]
     fp = parity["feature_parity"]
     assert fp["batches"] == 3 and fp["min_cos"] > 0.999 and fp["max_abs"] < 1e-2  # one per object, at the first click
+    # the decoder's probabilities after the first click agree too, and they are not a constant map
+    assert fp["prob_max_abs"] < 1e-3 and all(b["prob_std"] > 1e-3 for b in parity["feature_parity_per_batch"])
     assert res["heads_trained_on"] == {"reference": "reference", "engine": "reference"}
     head = out / "interactive_head_reference.safetensors"
     assert res["head_files"] == {"reference": str(head)} and head.is_file()
