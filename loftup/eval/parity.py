@@ -152,7 +152,7 @@ def parity_report(probe: str, result: EvalResult, primary: str, reference: str =
                         summarize_features(batches), batches, atol, rtol, failures)
 
 
-PRIMARY = {"seg": "miou", "depth": "rmse", "normals": "rmse", "matting": "mse", "video": "JF", "ovseg": "miou"}
+PRIMARY = {"seg": "miou", "depth": "rmse", "normals": "rmse", "matting": "mse", "video": "JF", "interactive": "iou@1", "ovseg": "miou"}
 
 __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "PRIMARY", "ParityReport", "compare_metrics", "parity_report", "run_probe",
            "summarize_features"]

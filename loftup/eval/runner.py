@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import ConfigError, InputError, check_choice
 
-PROBE_CHOICES = ("seg", "depth", "normals", "video", "matting", "mini", "ovseg")
+PROBE_CHOICES = ("seg", "depth", "normals", "video", "matting", "mini", "ovseg", "interactive")
 LAYOUTS = {
     "seg": ("auto", "cocostuff27", "cityscapes"),
     "depth": ("auto", "navi", "rgbd"),
@@ -34,11 +34,12 @@ LAYOUTS = {
     "matting": ("auto", "matting"),
     "mini": ("auto",),
     "ovseg": ("auto", "coco_object", "cityscapes", "ade20k"),
+    "interactive": ("auto", "grabcut", "berkeley", "davis", "sbd"),
 }
 # Probes that live in a module of their own, loftup.eval.<module>, which provides: CONFIG (its
 # settings dataclass, what --set may change), probe_config(opts, device), open_data(opts) and
 # run(opts, plan, cfg, data, out, atol, rtol, log) -> (results to merge, table, ParityReport or None).
-PROBE_MODULES = {"ovseg": "ovseg"}
+PROBE_MODULES = {"ovseg": "ovseg", "interactive": "interactive"}
 DEFAULT_BACKBONE = "dinov2_vits14"
 
 
@@ -74,6 +75,8 @@ class EvalOptions:
     cuda_graphs: bool = False  # PyTorch upsamplers under test replay CUDA graphs (never the reference)
     clip: Optional[str] = None  # ovseg: CLIP weights with the text tower (a file, or "online")
     class_names: Optional[Path] = None  # ovseg: class-name file (one class a line, synonyms split by ";")
+    train_data: Optional[Path] = None  # interactive: SBD root the click encoder + decoder are trained on
+    head: Optional[Path] = None  # interactive: a saved click encoder + decoder (instead of --train-data)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # further ProbeConfig overrides
 
