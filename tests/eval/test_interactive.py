@@ -233,3 +233,13 @@ def test_bad_input_is_one_line(extra, needles, tmp_path, capsys, data):
     code, _, err = run(args + extra, capsys)
     assert_one_line_error(code, err, *needles, only_line=False)
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_a_pipeline_engine_is_refused_before_any_work(tmp_path):
+    """A pipeline engine runs its own backbone, which cannot take the click embedding."""
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(handle=SimpleNamespace(scope="pipeline", path=tmp_path / "p.onnx"), sources={}, runner=None)
+    with pytest.raises(ConfigError, match="pipeline engine: its backbone cannot take the click embedding; export it with --scope upsampler"):
+        I.run(SimpleNamespace(plot=False), plan, I.interactive_config(), (None, None, None), tmp_path, 1e-3, 1e-2, print)
+    assert not list(tmp_path.iterdir())
