@@ -194,7 +194,8 @@ class ProxyCLIP:
         prompts = [t.format(q) for q in self.queries for t in TEMPLATES]
         embs = []
         for s in range(0, len(prompts), self.cfg.text_batch):
-            tokens = tok(prompts[s : s + self.cfg.text_batch]).to(self.device)
+            tokens = tok(prompts[s : s + self.cfg.text_batch])
+            tokens = tokens[:, : int((tokens > 0).sum(1).max())].to(self.device)  # causal: the padding changes nothing
             embs.append(F.normalize(self.clip.text(tokens).float(), dim=-1))
         per_query = torch.cat(embs).view(len(self.queries), len(TEMPLATES), -1).mean(1)
         return F.normalize(per_query, dim=-1)
