@@ -14,9 +14,12 @@ ignore, `name`. Only the validation split is read (ovseg trains nothing). Layout
   *_gtFine_labelIds.png, label ids mapped to the 19 train ids (the seg probe's reader).
 - ADE20K (SceneParsing, ADEChallengeData2016): ROOT/images/validation/*.jpg and
   ROOT/annotations/validation/*.png with 0 = "other" (ignored) and 1..150 the classes
-  (mmseg's `reduce_zero_label`: class k is label k - 1). Class names from ROOT/objectInfo150.txt
-  or .csv (the `Name` column; its ';' / ',' separated words are synonyms) when the folder has
-  it, else `--class-names FILE` is required.
+  (mmseg's `reduce_zero_label`: class k is label k - 1); ROOT/ADEChallengeData2016/ works too.
+
+Class names by default are ProxyCLIP's own lists (configs/cls_*.txt of mc-lan/ProxyCLIP, which
+it shares with SCLIP): COCO-Object's background words plus the 80 COCO names; Cityscapes' and
+ADE20K's mmseg class names with their spaces removed ("trafficlight", "chestofdrawers"), as
+ProxyCLIP prompts them. `--class-names FILE` replaces them (it must list every class).
 
 Class-name files (`--class-names`): one class a line in label order, synonyms split by ';'
 (ProxyCLIP's `cls_*.txt` format), e.g. `sky; wall; tree` for one class.
@@ -24,14 +27,13 @@ Class-name files (`--class-names`): one class a line in label order, synonyms sp
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from .datasets import CITYSCAPES_CLASSES, IGNORE, SampleList, _check_root, _images_in, _listing, open_cityscapes, read_label_png, read_rgb
+from .datasets import IGNORE, SampleList, _check_root, _images_in, _listing, open_cityscapes, read_label_png, read_rgb
 
 LAYOUTS = ("coco_object", "cityscapes", "ade20k")
 
@@ -50,6 +52,28 @@ COCO_THINGS = (
 COCO_BACKGROUND = ("sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain", "sands", "desk", "bed",
                    "building", "cloud", "floor", "hill", "rail")
 COCO_OBJECT_CLASSES: tuple[tuple[str, ...], ...] = (COCO_BACKGROUND, *((name,) for name in COCO_THINGS))
+# ProxyCLIP's (and SCLIP's) cls_city_scapes.txt / cls_ade20k.txt: mmseg's class names, spaces removed
+CITYSCAPES_CLASSES_PROXYCLIP = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "trafficlight", "trafficsign", "vegetation", "terrain", "sky",
+    "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chestofdrawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
+    "stairs", "runway", "case", "pooltable", "pillow", "screendoor", "stairway", "river", "bridge", "bookcase",
+    "blind", "coffeetable", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchenisland", "computer", "swivelchair", "boat", "bar", "arcademachine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "televisionreceiver", "airplane",
+    "dirttrack", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
+    "stage", "van", "ship", "fountain", "conveyerbelt", "canopy", "washer", "plaything", "swimmingpool", "stool",
+    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "tradename", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
+    "hood", "sconce", "vase", "trafficlight", "tray", "ashcan", "fan", "pier", "crtscreen", "plate", "monitor",
+    "bulletinboard", "shower", "radiator", "glass", "clock", "flag",
+)
 
 
 def read_class_names(path: str | Path) -> list[tuple[str, ...]]:
@@ -65,24 +89,6 @@ def read_class_names(path: str | Path) -> list[tuple[str, ...]]:
     if not classes:
         raise InputError(f"class-name file {path} is empty; write one class a line (synonyms split by ';')")
     return classes
-
-
-def _ade_object_info(root: Path) -> list[tuple[str, ...]] | None:
-    """Class names from ADEChallengeData2016's objectInfo150.txt / .csv, if present."""
-    for name, delimiter in (("objectInfo150.txt", "\t"), ("objectInfo150.csv", ",")):
-        path = root / name
-        if not path.is_file():
-            continue
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f, delimiter=delimiter))
-        header = [h.strip().lower() for h in rows[0]] if rows else []
-        if "name" not in header or "idx" not in header:
-            raise InputError(f"{path} has no Idx / Name columns; pass --class-names FILE instead")
-        col, idx = header.index("name"), header.index("idx")
-        by_idx = {int(r[idx]): r[col] for r in rows[1:] if len(r) > max(col, idx) and r[idx].strip().isdigit()}
-        names = [by_idx[i] for i in sorted(by_idx)]
-        return [tuple(w.strip() for w in n.replace(",", ";").split(";") if w.strip()) for n in names]
-    return None
 
 
 def _loader(lut: np.ndarray):
@@ -130,16 +136,13 @@ def open_ade20k(root: str | Path) -> SampleList:
     pairs = _pairs(base, base / "images" / "validation", base / "annotations" / "validation", ".png", "ADE20K")
     lut = np.full(256, IGNORE, dtype=np.uint8)
     lut[1:151] = np.arange(150)
-    names = _ade_object_info(base)
-    meta = {"num_classes": 150, "background": False, "task": "ovseg"}
-    if names is not None:
-        meta["class_names"] = names
-    return SampleList("ade20k-val", pairs, _loader(lut), meta)
+    return SampleList("ade20k-val", pairs, _loader(lut), {"num_classes": 150, "class_names": [(n,) for n in ADE20K_CLASSES],
+                                                          "background": False, "task": "ovseg"})
 
 
 def open_cityscapes_val(root: str | Path) -> SampleList:
     data = open_cityscapes(root, "val")
-    return SampleList(data.name, data.items, data.loader, {**data.meta, "class_names": [(n,) for n in CITYSCAPES_CLASSES],
+    return SampleList(data.name, data.items, data.loader, {**data.meta, "class_names": [(n,) for n in CITYSCAPES_CLASSES_PROXYCLIP],
                                                            "background": False, "task": "ovseg"})
 
 
@@ -159,7 +162,7 @@ def detect_layout(root: Path) -> str:
 
 def open_ovseg(root: str | Path, layout: str = "auto", class_names: str | Path | None = None) -> SampleList:
     """The validation split of `layout` (detected when "auto"), with its class names in
-    meta["class_names"] (tuples of synonyms): from `class_names` if given, else the layout's."""
+    meta["class_names"] (tuples of synonyms): from `class_names` if given, else ProxyCLIP's list."""
     from ..errors import check_choice
 
     root = _check_root(root)
@@ -173,11 +176,8 @@ def open_ovseg(root: str | Path, layout: str = "auto", class_names: str | Path |
             raise InputError(f"class-name file {class_names} lists {len(names)} classes but {layout} has "
                              f"{data.meta['num_classes']}; give one line per class, in label order")
         data.meta["class_names"] = names
-    elif "class_names" not in data.meta:
-        raise InputError(f"{root} has no class-name list (objectInfo150.txt); pass --class-names FILE with the "
-                         f"{data.meta['num_classes']} {layout} class names, one a line")
     return data
 
 
-__all__ = ["COCO_BACKGROUND", "COCO_OBJECT_CLASSES", "COCO_THINGS", "LAYOUTS", "detect_layout", "open_ade20k",
+__all__ = ["ADE20K_CLASSES", "CITYSCAPES_CLASSES_PROXYCLIP", "COCO_BACKGROUND", "COCO_OBJECT_CLASSES", "COCO_THINGS", "LAYOUTS", "detect_layout", "open_ade20k",
            "open_coco_object", "open_cityscapes_val", "open_ovseg", "read_class_names"]

@@ -46,7 +46,7 @@ def write_coco_object(root, n=3, seed=0):
     return root
 
 
-def write_ade20k(root, n=2, seed=0, object_info=True):
+def write_ade20k(root, n=2, seed=0):
     """ADEChallengeData2016 validation: labels 0 (other, ignored) and 1..4."""
     rng = np.random.default_rng(seed)
     base = root / "ADEChallengeData2016"
@@ -54,9 +54,6 @@ def write_ade20k(root, n=2, seed=0, object_info=True):
         lab = random_layout(rng, 5)
         save_png(base / "images" / "validation" / f"ADE_val_{i:08d}.png", PALETTE[lab])
         save_png(base / "annotations" / "validation" / f"ADE_val_{i:08d}.png", lab.astype(np.uint8))
-    if object_info:
-        rows = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{k}\t0.01\t10\t1\tthing{k};object {k}" for k in range(1, 151)]
-        (base / "objectInfo150.txt").write_text("\n".join(rows) + "\n")
     return root
 
 
@@ -156,9 +153,11 @@ def test_readers_for_the_three_layouts(tmp_path):
     assert set(np.unique(coco[0]["label"])) <= {0, 1, 3, 16, 255} and (coco[0]["label"][:4, :4] == 255).all()
     city = open_ovseg(write_cityscapes(tmp_path / "city"), "auto")
     assert city.meta["layout"] == "cityscapes" and len(city) == 2 and city.meta["class_names"][13] == ("car",)
+    assert city.meta["class_names"][6] == ("trafficlight",)  # ProxyCLIP's list: mmseg names without spaces
     ade = open_ovseg(write_ade20k(tmp_path / "ade"), "auto")
     assert ade.meta["layout"] == "ade20k" and ade.meta["num_classes"] == 150 and len(ade) == 2
-    assert ade.meta["class_names"][0] == ("thing1", "object 1") and len(ade.meta["class_names"]) == 150
+    assert ade.meta["class_names"][0] == ("wall",) and ade.meta["class_names"][149] == ("flag",)
+    assert len(ade.meta["class_names"]) == 150 and ade.meta["class_names"][44] == ("chestofdrawers",)
     raw = np.asarray(__import__("PIL.Image").Image.open(ade.items[0][1]))
     assert (ade[0]["label"][raw == 0] == 255).all() and (ade[0]["label"][raw == 3] == 2).all()  # reduce_zero_label
 
@@ -167,9 +166,9 @@ def test_class_name_files(tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("sky; wall\n\nperson\n  cat  \n")
     assert read_class_names(names) == [("sky", "wall"), ("person",), ("cat",)]
-    root = write_ade20k(tmp_path / "ade", object_info=False)
-    with pytest.raises(InputError, match="no class-name list .*--class-names"):
-        open_ovseg(root, "ade20k")
+    root = write_ade20k(tmp_path / "ade")
+    with pytest.raises(InputError, match="class-name file .*missing.txt does not exist"):
+        open_ovseg(root, "ade20k", tmp_path / "missing.txt")
     with pytest.raises(InputError, match="lists 3 classes but ade20k has 150"):
         open_ovseg(root, "ade20k", names)
     names.write_text("".join(f"c{k}\n" for k in range(150)))
@@ -293,8 +292,12 @@ def test_bad_input_is_one_line(tmp_path, capsys, tiny_clip_file):
     base = ["eval", "--probe", "ovseg", "--random-init", "--backbone", "tiny_conv", "--out", tmp_path / "o"]
     code, _, err = run([*base, "--data", city, "--layout", "coco_object", "--clip", tiny_clip_file], capsys)
     assert_one_line_error(code, err, "not a COCO-Object folder", "images/val2017")
-    code, _, err = run([*base, "--data", write_ade20k(tmp_path / "ade", object_info=False), "--clip", tiny_clip_file], capsys)
-    assert_one_line_error(code, err, "no class-name list", "--class-names")
+    code, _, err = run([*base, "--data", write_ade20k(tmp_path / "ade"), "--clip", tiny_clip_file, "--class-names",
+                        tmp_path / "names.txt"], capsys)
+    assert_one_line_error(code, err, "class-name file", "names.txt does not exist")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    code, _, err = run([*base, "--data", city, "--clip", tiny_clip_file, "--class-names", tmp_path / "empty.txt"], capsys)
+    assert_one_line_error(code, err, "is empty")
     code, _, err = run([*base, "--data", city], capsys)
     assert_one_line_error(code, err, "needs CLIP weights with the text tower", "--clip")
     vis_only = tmp_path / "visual_only.safetensors"
