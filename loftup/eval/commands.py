@@ -52,7 +52,8 @@ def eval_command(
                                         "training (it then drives every upsampler)."),
     settings: Optional[list[str]] = typer.Option(None, "--set", help="Any other protocol setting, KEY=VALUE, repeatable: "
                                                  "weight_decay, n_bins, min_depth, max_depth, relative_depth, context, radius, "
-                                                 "topk, temperature, video_scale, cache_mb, plot_samples."),
+                                                 "topk, temperature, video_scale, cache_mb, plot_samples; ovseg: beta, gamma, logit_scale, prob_thd, "
+                                                 "slide_crop, slide_stride, proxy_scale, chunk_mb."),
 ) -> None:
     """Evaluate upsamplers on downstream probes; with --engine, check the engine against its reference."""
     from .runner import EvalOptions, parse_settings, run_eval
