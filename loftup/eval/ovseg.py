@@ -284,9 +284,11 @@ def predict_image(pc: ProxyCLIP, sources: dict[str, Any], image01: torch.Tensor,
         crop = image01[..., y1:y2, x1:x2]
         values = pc.values(_normalise(crop, CLIP_MEAN, CLIP_STD))
         out_size = proxy_out_size(y2 - y1, x2 - x1, first.runner.patch_size, first.runner.input_size, cfg.proxy_scale)
-        feats = {}
+        feats, inputs = {}, {}
         for name, src in sources.items():
-            feats[name] = src.features(_normalise(crop, src.mean, src.std), out_size).float()
+            key = (tuple(src.mean), tuple(src.std))  # one tensor per normalisation: sources on one runner share its pass
+            inputs.setdefault(key, _normalise(crop, src.mean, src.std))
+            feats[name] = src.features(inputs[key], out_size).float()
             logits = pc.logits(values, feats[name])
             acc[name][:, y1:y2, x1:x2] += F.interpolate(logits, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
         count[:, y1:y2, x1:x2] += 1

@@ -238,6 +238,21 @@ def test_one_hot_proxy_features_give_one_class_per_region(tmp_path, tiny_clip_fi
             assert len(np.unique(pred[region])) == 1
 
 
+def test_sources_on_one_runner_share_one_backbone_pass_per_window(tiny_clip_file):
+    from loftup.backbones.clip_text import load_clip
+
+    sources = _sources(("bilinear", "lowres", "nearest"))
+    backbone = sources["bilinear"].runner.backbone
+    calls = []
+    handle = backbone.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
+    cfg = O.OvsegConfig(size=32, slide_crop=16, slide_stride=8)
+    pc = O.ProxyCLIP(load_clip(tiny_clip_file), [("red",), ("green",)], cfg)
+    preds, _ = O.predict_image(pc, sources, torch.rand(1, 3, 32, 32), (40, 40), 0.0)
+    handle.remove()
+    assert calls == [(1, 3, 16, 16)] * 9  # 9 windows, one proxy-backbone pass each for three sources
+    assert all(p.shape == (40, 40) and set(p.unique().tolist()) <= {0, 1} for p in preds.values())
+
+
 # ----------------------------------------------------------------------------------------
 # `loftup eval --probe ovseg`
 
