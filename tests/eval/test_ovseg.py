@@ -13,6 +13,7 @@ import pytest
 import torch
 from cli_support import assert_one_line_error, run
 from eval_fixtures import PALETTE, OracleSource, random_layout, save_png, write_cityscapes
+from PIL import Image
 from safetensors.torch import save_file
 
 from loftup.backbones.clip import CLIPVisionConfig
@@ -158,7 +159,7 @@ def test_readers_for_the_three_layouts(tmp_path):
     assert ade.meta["layout"] == "ade20k" and ade.meta["num_classes"] == 150 and len(ade) == 2
     assert ade.meta["class_names"][0] == ("wall",) and ade.meta["class_names"][149] == ("flag",)
     assert len(ade.meta["class_names"]) == 150 and ade.meta["class_names"][44] == ("chestofdrawers",)
-    raw = np.asarray(__import__("PIL.Image").Image.open(ade.items[0][1]))
+    raw = np.asarray(Image.open(ade.items[0][1]))
     assert (ade[0]["label"][raw == 0] == 255).all() and (ade[0]["label"][raw == 3] == 2).all()  # reduce_zero_label
 
 
