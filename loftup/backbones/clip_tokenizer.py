@@ -23,7 +23,7 @@ we apply the parts of it that reach ordinary text: Unicode NFC composition, curl
 straight ones and the Latin ligatures (ﬁ, ﬂ, ...) spelled out. Text that needs ftfy's mojibake
 repair may tokenize differently; class names and prompt templates do not.
 
-The vocabulary `data/bpe_simple_vocab_16e6.txt.gz` (262,434 bytes, sha256 924691ac...804a) is
+The vocabulary `data/bpe_simple_vocab_16e6.txt.gz` (1,356,917 bytes, sha256 924691ac...804a) is
 OpenAI's, shipped unchanged; it comes from the MIT-licensed OpenAI CLIP repository
 (Copyright (c) 2021 OpenAI) as redistributed, also under MIT, by open_clip
 (open_clip_torch 3.3.0 on PyPI).
