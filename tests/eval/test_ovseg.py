@@ -239,6 +239,40 @@ def test_one_hot_proxy_features_give_one_class_per_region(tmp_path, tiny_clip_fi
             assert len(np.unique(pred[region])) == 1
 
 
+def test_a_clip_built_to_know_the_colours_scores_perfectly(tmp_path, tiny_clip_file):
+    """Classes distinguishable by construction: with one-hot proxy features each colour region
+    pools to one CLIP feature; CLIP's `proj` is then solved so that each region's feature lands
+    on its class name's text embedding. The whole chain (prompts, class order, label ids,
+    windows, resizing, classification, metric) must then score every pixel right."""
+    from eval_fixtures import CITY_TRAIN
+
+    from loftup.backbones.clip_text import load_clip
+    from loftup.pipeline import CLIP_MEAN, CLIP_STD
+
+    data = open_ovseg(write_cityscapes(tmp_path / "city"), "cityscapes")
+    clip = load_clip(tiny_clip_file)
+    cfg = O.OvsegConfig(size=32, slide_crop=0)
+    pc = O.ProxyCLIP(clip, data.meta["class_names"], cfg)
+    oracle = OracleSource()
+    oracle.runner = _sources(("bilinear",))["bilinear"].runner
+    visual, rows, targets = clip.visual, [], []
+    for i in range(len(data)):
+        image01 = torch.from_numpy(np.array(data[i]["image"])).permute(2, 0, 1)[None].float() / 255
+        values = pc.values(O._normalise(image01, CLIP_MEAN, CLIP_STD))
+        proxy = oracle.features(O._normalise(image01, oracle.mean, oracle.std), (64, 64))
+        v = torch.nn.functional.interpolate(values, size=(64, 64), mode="bilinear", align_corners=False)
+        u = visual.ln_post(visual.transformer.resblocks[-1].attn.out_proj(O.proxy_attention(proxy, v.flatten(2).transpose(1, 2))))[0]
+        colour = proxy[0].argmax(0).flatten()
+        for c in colour.unique().tolist():
+            rows.append(u[colour == c][0])  # one feature per region: every member attends to the same pixels
+            targets.append(pc.text[CITY_TRAIN[c - 1]])
+    with torch.no_grad():
+        visual.proj.copy_(torch.linalg.lstsq(torch.stack(rows), torch.stack(targets)).solution)
+    result = O.evaluate_ovseg(pc, {"oracle": oracle}, data)
+    assert result.metrics["oracle"]["miou"] == 1.0 and result.metrics["oracle"]["pixel_acc"] == 1.0
+    assert result.metrics["oracle"]["classes_present"] == 4
+
+
 def test_sources_on_one_runner_share_one_backbone_pass_per_window(tiny_clip_file):
     from loftup.backbones.clip_text import load_clip
 
