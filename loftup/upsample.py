@@ -47,6 +47,7 @@ class UpsampleOptions:
     batch_size: int = 1
     attn_backend: str = "auto"
     cuda_graphs: bool = False  # --checkpoint only: replay one CUDA graph per input shape
+    memory_budget: Optional[str] = None  # --checkpoint only: "auto" / None (loftup.budget) or a size such as 2GB
     picture: bool = True
     features: bool = True  # False: pictures only (no feature files)
     seed: int = 0
@@ -217,11 +218,18 @@ def check_options(opts: UpsampleOptions) -> None:
             raise ConfigError("--dtype applies to --checkpoint; an engine's precision is fixed when it is exported (loftup export --precision)")
         if opts.cuda_graphs:
             raise ConfigError("--cuda-graphs applies to --checkpoint (PyTorch); an exported engine's runtime schedules the GPU itself")
+        if opts.memory_budget not in (None, "auto"):
+            raise ConfigError("--memory-budget applies to --checkpoint (PyTorch tiling); an exported ONNX engine bounds its "
+                              "memory by its query blocks")
     elif opts.checkpoint is None and not opts.random_init:
         raise ConfigError(
             "no trained LoftUp weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
             "`loftup train` checkpoint), --engine MODEL.onnx|MODEL.plan, or --random-init to try the pipeline with an untrained upsampler"
         )
+    elif opts.memory_budget is not None:
+        from .budget import parse_memory_budget
+
+        parse_memory_budget(opts.memory_budget)  # a bad value is reported before anything loads
 
 
 def open_upsampler(opts: UpsampleOptions, device: torch.device):
@@ -247,8 +255,10 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
 
         warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {opts.backbone!r}")
     input_size = DEFAULT_INPUT_SIZE if opts.input_size is None else opts.input_size
+    from .budget import parse_memory_budget
+
     engine = TorchEngine(model, backbone, precision=opts.dtype, device=str(device), input_size=input_size,
-                         cuda_graphs=opts.cuda_graphs)
+                         cuda_graphs=opts.cuda_graphs, memory_budget=parse_memory_budget(opts.memory_budget))
     return engine, tuple(backbone.mean), tuple(backbone.std), int(backbone.patch_size)
 
 

@@ -40,7 +40,10 @@ def bench_command(
     warmup: int = typer.Option(1, help="Untimed runs before timing (compilation happens here)."),
     repeats: int = typer.Option(5, help="Timed runs (fewer if --max-seconds would be exceeded)."),
     max_seconds: float = typer.Option(60.0, "--max-seconds", help="Time budget per row for the timed runs."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: PyTorch's)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: PyTorch's, one per "
+                                          "physical core; intra-op only, inter-op 1)."),
+    memory_budget: str = typer.Option("auto", "--memory-budget", help="Peak process memory the PyTorch rows' tiling keeps "
+                                      "under: a size such as 2GB, or auto (resident memory + half of MemAvailable)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(Path("bench_results"), help="Output folder (or a .json path); a PNG plot is written next to the JSON."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="PyTorch rows replay one CUDA graph per input shape (CUDA only)."),
@@ -55,7 +58,7 @@ def bench_command(
         checkpoint=checkpoint, random_init=random_init, upsampler=upsampler, backbone=backbone, sizes=_int_list(sizes, "sizes"),
         batch_sizes=_int_list(batch_sizes, "batch-sizes"), precisions=[p for p in precisions.split(",") if p],
         backends=[b for b in backends.split(",") if b], warmup=warmup, repeats=repeats, max_seconds=max_seconds,
-        threads=threads, device=device, out=out, cuda_graphs=cuda_graphs, profile=profile,
+        threads=threads, device=device, out=out, cuda_graphs=cuda_graphs, profile=profile, memory_budget=memory_budget,
     )
     if attention:
         from ..bench.attention import run_attention_bench

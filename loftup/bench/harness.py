@@ -60,10 +60,10 @@ BACKENDS: dict[str, BenchBackend] = {
         BenchBackend("torch-stages", "torch", False, PRECISIONS, "torch-auto with the Fourier features and FFNs compiled",
                      attn_backend="auto", compile_stages=True),
         BenchBackend("triton", "torch", True, PRECISIONS, "PyTorch with the fused Triton attention kernel", attn_backend="triton"),
-        BenchBackend("onnxruntime-cpu", "onnx", False, ONNX_PRECISIONS, "ONNX Runtime, CPU provider",
-                     ort_provider="CPUExecutionProvider", unchunked_attention=True),
-        BenchBackend("onnxruntime-cuda", "onnx", True, ONNX_PRECISIONS, "ONNX Runtime, CUDA provider",
-                     ort_provider="CUDAExecutionProvider", unchunked_attention=True),
+        BenchBackend("onnxruntime-cpu", "onnx", False, ONNX_PRECISIONS, "ONNX Runtime, CPU provider (query-chunked graph)",
+                     ort_provider="CPUExecutionProvider"),
+        BenchBackend("onnxruntime-cuda", "onnx", True, ONNX_PRECISIONS, "ONNX Runtime, CUDA provider (query-chunked graph)",
+                     ort_provider="CUDAExecutionProvider"),
         BenchBackend("onnxruntime-tensorrt", "onnx", True, ONNX_PRECISIONS, "ONNX Runtime, TensorRT provider",
                      ort_provider="TensorrtExecutionProvider"),
         BenchBackend("tensorrt", "trt", True, FORMATS["trt"].precisions, "TensorRT 10 plan"),
@@ -95,6 +95,7 @@ class BenchOptions:
     cuda_graphs: bool = False  # torch rows replay CUDA graphs (CUDA only)
     profile: bool = False  # torch rows also get a per-stage profile (loftup.bench.profile)
     profile_iters: int = 3
+    memory_budget: Optional[str] = None  # torch rows: LoftUp's tiling budget ("auto" / None: loftup.budget's default)
     progress: bool = True
     plot: bool = True
     seed: int = 0
@@ -281,9 +282,12 @@ class EngineFactory:
         from ..export.engine import TorchEngine, load_engine, with_attention_backend
 
         if backend.runtime == "torch":
+            from ..budget import parse_memory_budget
+
             model = with_attention_backend(self.model, backend.attn_backend)
             return TorchEngine(model, None, precision=precision, compile=backend.compile, device=self.opts.device,
-                               cuda_graphs=self.opts.cuda_graphs, compile_stages=backend.compile_stages)
+                               cuda_graphs=self.opts.cuda_graphs, compile_stages=backend.compile_stages,
+                               memory_budget=parse_memory_budget(self.opts.memory_budget))
         path = self._engine_file(backend.runtime, precision)
         return load_engine(path, providers=[backend.ort_provider] if backend.ort_provider else None,
                            threads=self.opts.threads or _torch_threads())
@@ -346,6 +350,10 @@ def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
         raise ConfigError(f"--warmup must be 0 or more, got {opts.warmup}")
     if not opts.max_seconds > 0:
         raise ConfigError(f"--max-seconds must be positive, got {opts.max_seconds}")
+    if opts.memory_budget is not None:
+        from ..budget import parse_memory_budget
+
+        parse_memory_budget(opts.memory_budget)
     if opts.upsampler is not None:
         from ..model import UPSAMPLER_KINDS
 
@@ -545,7 +553,7 @@ def report_data(opts: BenchOptions, names: list[str], env: dict[str, Any], model
         "tolerances": {k: vars(v) for k, v in TOLERANCES.items()},
         "options": {"sizes": opts.sizes, "batch_sizes": opts.batch_sizes, "precisions": opts.precisions, "backends": names,
                     "warmup": opts.warmup, "repeats": opts.repeats, "max_seconds": opts.max_seconds, "threads": opts.threads,
-                    "cuda_graphs": opts.cuda_graphs, "profile": opts.profile},
+                    "cuda_graphs": opts.cuda_graphs, "profile": opts.profile, "memory_budget": opts.memory_budget},
         "rows": rows,
     }
 

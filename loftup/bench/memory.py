@@ -8,36 +8,19 @@ Without /proc (not Linux), the process-lifetime peak from getrusage is reported 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+from ..budget import available_memory, current_rss, proc_kib
+
+__all__ = ["PeakMemory", "available_memory", "current_rss"]
+
 _PROC = Path("/proc/self")
 
 
-def current_rss() -> int:
-    """Resident set size of this process in bytes (0 if unknown)."""
-    try:
-        return int((_PROC / "statm").read_text().split()[1]) * _PAGE
-    except OSError:
-        return 0
-
-
-def _proc_kib(path: Path, key: str) -> int:
-    """The `key:  N kB` line of a /proc file, in bytes (0 if the file or line is missing)."""
-    try:
-        for line in path.read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _hwm() -> int:
-    return _proc_kib(_PROC / "status", "VmHWM")
+    return proc_kib(_PROC / "status", "VmHWM")
 
 
 def _reset_hwm() -> bool:
@@ -46,11 +29,6 @@ def _reset_hwm() -> bool:
         return True
     except OSError:
         return False
-
-
-def available_memory() -> int:
-    """MemAvailable in bytes (Linux), or 0 if unknown."""
-    return _proc_kib(Path("/proc/meminfo"), "MemAvailable")
 
 
 class PeakMemory:

@@ -133,14 +133,16 @@ class TorchEngine(Engine):
     channels_last (None: on for bf16/fp16 on CUDA) runs the convolutions channels-last;
     compile_stages (True, or a torch.compile backend name) compiles the Fourier-feature stage
     and the FFNs; cuda_graphs replays one CUDA graph per input shape (`loftup.export.cuda_graphs`;
-    CUDA only).
+    CUDA only). memory_budget: bytes of process peak RSS LoftUp's tiling keeps under (None: the
+    default, `loftup.budget`).
     """
 
     name = "torch"
 
     def __init__(self, model, backbone=None, precision: str = "fp32", compile: bool = False, device: str = "cpu",
                  metadata: EngineMetadata | None = None, source: str | Path | None = None, input_size=None,
-                 cuda_graphs: bool = False, channels_last: bool | None = None, compile_stages: bool | str = False):
+                 cuda_graphs: bool = False, channels_last: bool | None = None, compile_stages: bool | str = False,
+                 memory_budget: int | None = None):
         from ..pipeline import Pipeline
         from . import cuda_graphs as graphs
 
@@ -149,6 +151,8 @@ class TorchEngine(Engine):
         if cuda_graphs:
             graphs.check_device(self.device)
         self.model = model.eval().to(self.device)
+        if memory_budget is not None and hasattr(getattr(self.model, "upsampler", None), "memory_budget"):
+            self.model.upsampler.memory_budget = int(memory_budget)  # LoftUp tiles to stay under it
         self.channels_last = self.device.type == "cuda" and precision != "fp32" if channels_last is None else channels_last
         if self.channels_last or compile_stages:
             from ..model import deploy

@@ -158,6 +158,7 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
             model, onnx_path, backbone=backbone, scope=scope, precision=precision if row.build is None else "fp32",
             opset=opset, attention=attention, sizes=sizes, max_batch=max_batch, source=source,
             patch_size=getattr(backbone, "patch_size", None) or patch_size,
+            query_chunk="auto" if row.query_chunks else None,
         )
         engine_path = onnx_path
         if row.build is not None:

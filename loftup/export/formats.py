@@ -44,6 +44,10 @@ class EngineFormat:
     build_options: tuple[str, ...] = ()  # the export options the builder takes
     write_metadata: str | None = None  # (path, metadata): store the metadata with the engine
     companions: str | None = None  # (path) -> files that travel with the engine (sidecar, external data)
+    # The LoftUp graph this format gets: True = the token path (attention, FFN, head) as one loop
+    # over blocks of queries, memory bounded at any size (what ONNX Runtime runs best on CPU);
+    # False = one whole block, the pattern TensorRT fuses into its own attention kernels.
+    query_chunks: bool = False
 
     @property
     def suffix(self) -> str:
@@ -85,6 +89,7 @@ FORMATS: dict[str, EngineFormat] = {
             open_options=("providers", "threads"),
             write_metadata="loftup.export.onnx:write_metadata",
             companions="loftup.export.onnx:companion_files",
+            query_chunks=True,
         ),
         EngineFormat(
             name="trt",

@@ -18,9 +18,16 @@ What is traced is a deploy variant of the very module that was trained:
 
 Dynamic axes: batch, image height/width and (upsampler scope) lr height/width, bounded by
 the export's min/max sizes; `torch.export` is called directly so a size that would be pinned
-is an error, never a silently static graph. Memory note: ONNX attention materialises the
-(B, heads, H*W, h*w) score matrix (no query chunking in a graph), e.g. 3.3 GB at 448x448
-output from 32x32 features in float32.
+is an error, never a silently static graph.
+
+Memory: written whole, attention materialises the (B, heads, H*W, h*w) score matrix (3.3 GB at
+448x448 output from 32x32 features in float32, 10-11 GB peak RSS in ONNX Runtime). Formats whose
+table row says `query_chunks` (ONNX) get the token path - q projection, attention, FFNs, final
+norm and the 1x1 head - as one `scan` over blocks of queries (`LoftUpUpsampler.
+_chunked_tokens_out`; an ONNX Scan node), so only one block's scores are alive; the block length
+comes from `query_chunk_length` at the export's largest size. TensorRT gets the whole pattern,
+which it fuses into its own attention kernels. The scan is traced with parameters that need no
+grad (`deploy_upsampler`): torch would otherwise export its backward's saved sizes and fail.
 """
 
 from __future__ import annotations
@@ -85,10 +92,23 @@ def _featurizer_in_float32(module, dtype) -> None:
             sub.register_forward_hook(lambda m, args, out: out.to(dtype))
 
 
-def deploy_upsampler(model, attention: str, precision: str = "fp32", max_size: int = 448, min_lr: int = 1):
+SCORE_BUDGET_BYTES = 128 * 2**20  # per image: one query block's attention scores and token activations
+
+
+def query_chunk_length(cfg, max_lr_tokens: int, budget_bytes: int = SCORE_BUDGET_BYTES) -> int:
+    """Queries per block of a chunked LoftUp graph: one block's float32 scores and probabilities
+    (2 x heads x M) plus its token activations (~8 x D + 2 x C) fit `budget_bytes` per image at the
+    export's largest low-res grid (M tokens); a multiple of 256, at least 256."""
+    per_query = 4 * (2 * cfg.num_heads * max_lr_tokens + 8 * cfg.token_dim + 2 * cfg.feat_dim)
+    return max(256, budget_bytes // per_query // 256 * 256)
+
+
+def deploy_upsampler(model, attention: str, precision: str = "fp32", max_size: int = 448, min_lr: int = 1,
+                     query_chunk: int | None = None):
     """The traced variant of an upsampler.
 
-    LoftUp: BN folded, no tiling, export attention, precision. LiFT / FeatUp-JBU have neither
+    LoftUp: BN folded, no tiling, export attention, precision; query_chunk: queries per block of
+    the token path's loop (`LoftUpUpsampler._chunked_tokens_out`), None for one whole block. LiFT / FeatUp-JBU have neither
     attention nor LoftUp's conv-BN head: their own `deploy(max_size, min_lr)` (eval mode, window
     bounds for the traced adaptive pooling, JBU's adaptive convolution in plain ops), then the
     precision. ONNX Runtime and TensorRT fold LiFT's BatchNorms into its convs themselves.
@@ -104,6 +124,8 @@ def deploy_upsampler(model, attention: str, precision: str = "fp32", max_size: i
     up = fold_batchnorm(model)
     up.cfg = up.cfg.replace(tiling="never")
     up.upsampler.cfg = up.cfg
+    up.upsampler.query_chunk = query_chunk
+    up.requires_grad_(False)  # a scan over parameters that need grad is exported with its backward's sizes, which fails
     attn = ExportAttention(attention)
     for module in up.modules():
         if hasattr(module, "dispatcher"):
@@ -218,10 +240,11 @@ class UpsamplerGraph(nn.Module):
         return upsample_to_guidance(self.core, lr_feats.to(self.compute_dtype), image).to(torch.float32)
 
 
-def deploy_module(model, backbone, scope: str, precision: str, attention: str, max_size: int, min_lr: int = 1):
+def deploy_module(model, backbone, scope: str, precision: str, attention: str, max_size: int, min_lr: int = 1,
+                  query_chunk: int | None = None):
     """The module that is traced: float32 image (and lr_feats) in, float32 hr_feats out."""
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    up = deploy_upsampler(model, attention, precision, max_size, min_lr)
+    up = deploy_upsampler(model, attention, precision, max_size, min_lr, query_chunk)
     if scope == "upsampler":
         return UpsamplerGraph(up, dtype).eval()
     bb = traceable_backbone(backbone, max_size)
@@ -296,10 +319,13 @@ def trace(module, scope: str, feat_dim: int, token_dim: int, patch: int, sizes: 
 
 def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampler", precision: str = "fp32", opset: int = 20,
                 attention: str = "auto", sizes: tuple[int, int, int] = (224, 448, 896), max_batch: int = 8,
-                source: str | Path | None = None, patch_size: int | None = None) -> EngineMetadata:
+                source: str | Path | None = None, patch_size: int | None = None,
+                query_chunk: int | str | None = None) -> EngineMetadata:
     """Trace `model` (an upsampler of any kind, plus `backbone` for the pipeline scope) and write an ONNX file.
 
-    For the upsampler scope a backbone is optional and only describes the inputs in the
+    query_chunk: queries per block of the token path's loop (LoftUp; "auto": `query_chunk_length`
+    at the largest size, None: one whole block, as TensorRT wants it; the format table's
+    `query_chunks` says which a format gets). For the upsampler scope a backbone is optional and only describes the inputs in the
     metadata (name, patch size, normalisation). The graph's output is at the image's size for
     every kind (`loftup.pipeline.fit_output`). LiFT / FeatUp-JBU upsampler-scope engines accept
     low-res grids from min_size // patch cells (at least the kind's minimum): their traced
@@ -327,7 +353,12 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
     min_lr = int(getattr(model, "min_lr_side", 1))
     if kind != "loftup":
         min_lr = max(min_lr, sizes[0] // patch)
-    module = deploy_module(model, backbone if scope == "pipeline" else None, scope, precision, encoding, sizes[2], min_lr)
+    chunk = None
+    if query_chunk == "auto" and kind == "loftup":
+        chunk = query_chunk_length(model.cfg, max(1, sizes[2] // patch) ** 2)
+    elif isinstance(query_chunk, int) and kind == "loftup":
+        chunk = max(1, query_chunk)
+    module = deploy_module(model, backbone if scope == "pipeline" else None, scope, precision, encoding, sizes[2], min_lr, chunk)
     with _quiet_exporter():
         ep = trace(module, scope, model.cfg.feat_dim, getattr(model.cfg, "token_dim", model.cfg.feat_dim), patch, sizes,
                    max_batch, min_lr if scope == "upsampler" else 1)
@@ -354,6 +385,8 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
     md.patch_size = patch
     md.opset = opset
     md.attention = encoding
+    if chunk:
+        md.runtime["query_chunk"] = chunk  # the graph's token path loops over blocks of this many queries
     md.input_shapes = input_shapes(scope, model.cfg.feat_dim, patch, sizes, max_batch, min_lr)
     program.model.metadata_props.update(metadata_props(md))
     path = Path(path)

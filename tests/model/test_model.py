@@ -36,9 +36,12 @@ def test_tiled_equals_untiled(official_model, tile_size):
     assert maxdiff(full, tiled) < 1e-5
 
 
-def test_tiling_chosen_automatically_above_threshold(official_model):
-    model = LoftUp(official_model.cfg.replace(tile_threshold=40 * 40, tile_size=16)).eval()
-    assert model.upsampler.use_tiling(41, 40) and not model.upsampler.use_tiling(40, 40)
+def test_tiling_chosen_automatically_from_the_memory_budget(official_model):
+    """Budget arithmetic: tests/model/test_memory_budget.py."""
+    model = LoftUp(official_model.cfg.replace(tile_size=16)).eval()
+    model.upsampler.memory_budget = 2**60
+    assert not model.upsampler.use_tiling(1000, 1000)
+    assert LoftUp(model.cfg.replace(tiling="always")).eval().upsampler.use_tiling(8, 8)
     model.train()
     assert not model.upsampler.use_tiling(1000, 1000)  # BatchNorm batch stats: never tile in training
     with pytest.raises(ConfigError, match="eval mode"):

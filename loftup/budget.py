@@ -1,0 +1,77 @@
+"""Memory budget of a run: the bound on the process's peak resident memory that tiling keeps.
+
+`--memory-budget` (upsample, bench, export's parity run) takes a size (`1.5GB`, `800MB`,
+`2G`, bytes) or `auto`: the process's resident memory when the engine is made plus
+`DEFAULT_FRACTION` of the machine's available memory (Linux `MemAvailable`: free memory plus
+what the kernel can reclaim), so a run leaves the rest to other processes. Without
+/proc/meminfo (not Linux) `auto` means no bound.
+
+The LoftUp upsampler turns the budget into a tile plan (`loftup.model.upsampler`): what is left
+after the resident memory at call time and the output, divided by the working memory per output
+pixel, gives the pixels per tile. Tiles are exact (the 2-pixel halo rule), so the budget only
+changes speed and memory, never the numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_FRACTION = 0.5  # of MemAvailable, for `auto`
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def proc_kib(path: Path, key: str) -> int:
+    """The `key:  N kB` line of a /proc file, in bytes (0 if the file or line is missing)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes (0 if unknown)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+def available_memory() -> int:
+    """MemAvailable in bytes (Linux), or 0 if unknown."""
+    return proc_kib(Path("/proc/meminfo"), "MemAvailable")
+
+
+def default_memory_budget(fraction: float = DEFAULT_FRACTION) -> int | None:
+    """`auto`: resident memory now + `fraction` of MemAvailable; None when MemAvailable is unknown."""
+    avail = available_memory()
+    return current_rss() + int(fraction * avail) if avail else None
+
+
+def parse_memory_budget(text: str | int | None) -> int | None:
+    """'auto' / None -> the default budget (`default_memory_budget`); '1.5GB', '800MB', '2G', 123 -> bytes."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "auto")):
+        return default_memory_budget()
+    if isinstance(text, int):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        unit = match.group(2).lower() if match else None
+        if not match or unit not in _UNITS:
+            raise ConfigError(f"--memory-budget takes a size such as 1.5GB, 800MB or auto, got {text!r}")
+        value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ConfigError(f"--memory-budget must be positive, got {text!r}")
+    return value
+
+
+def format_bytes(n: int | float) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
