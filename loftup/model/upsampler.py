@@ -210,10 +210,15 @@ class LoftUpUpsampler(nn.Module):
     def use_tiling(self, H: int, W: int, B: int = 1) -> bool:
         return self.tile_plan(B, H, W) is not None
 
-    def forward(self, lr: torch.Tensor, image: torch.Tensor, tile: bool | None = None) -> torch.Tensor:
+    def forward(self, lr: torch.Tensor, image: torch.Tensor, tile: bool | None = None,
+                window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """lr (B, C, h, w) channel-normed features, image (B, 3, H, W) -> (B, C, H, W).
 
         tile: None = decide from the config; True/False forces (tiling is exact, eval mode only).
+        window: (top, left, height, width) -> only that window of the output, (B, C, height,
+        width), computed from the window plus its halo - exact, like a tile (in eval mode; in
+        train mode BatchNorm takes its statistics over the window). Training on random windows
+        (`loftup.train.stage1`, `window`) costs a fraction of the whole output.
         """
         B, _, H, W = image.shape
         with stage("min-max"):
@@ -225,6 +230,11 @@ class LoftUpUpsampler(nn.Module):
             hy, wx = torch.meshgrid(coord_grid(lr.shape[2], lr.device), coord_grid(lr.shape[3], lr.device), indexing="ij")
             k_pos = torch.stack([hy.flatten(), wx.flatten()], dim=1)
         ys, xs = coord_grid(H, image.device), coord_grid(W, image.device)
+        if window is not None:
+            top, left, h, w = (int(v) for v in window)
+            if not (0 <= top and 0 <= left and h > 0 and w > 0 and top + h <= H and left + w <= W):
+                raise ConfigError(f"window {tuple(window)} does not lie inside the {H}x{W} output")
+            return self._window(image, lo, hi, ys, xs, kv, k_pos, top, left, top + h, left + w)
         if tile and self.training:
             raise ConfigError("tiled inference needs eval mode (BatchNorm uses batch statistics in train mode)")
         plan, attn = None, None
@@ -241,22 +251,26 @@ class LoftUpUpsampler(nn.Module):
         finally:
             self.dispatcher.budget_bytes = kept
 
+    def _window(self, image, lo, hi, ys, xs, kv, k_pos, y0, x0, y1, x1) -> torch.Tensor:
+        """Output rows y0:y1, columns x0:x1, from that window of the image plus its halo."""
+        H, W = image.shape[-2:]
+        halo = self.halo
+        wy0, wx0 = max(y0 - halo, 0), max(x0 - halo, 0)
+        wy1, wx1 = min(y1 + halo, H), min(x1 + halo, W)
+        return self._queries_and_out(image[:, :, wy0:wy1, wx0:wx1], lo, hi, ys[wy0:wy1], xs[wx0:wx1], kv, k_pos,
+                                     (y0 - wy0, x0 - wx0, y1 - y0, x1 - x0))
+
     def _tiles(self, image, lo, hi, ys, xs, kv, k_pos, plan) -> torch.Tensor:
         """The query path over the tiles of `plan` ((rows, cols) or None: one pass), each with its halo."""
         B, _, H, W = image.shape
         if plan is None:
             return self._queries_and_out(image, lo, hi, ys, xs, kv, k_pos, (0, 0, H, W))
         out = None
-        (th, tw), halo = plan, self.halo
+        th, tw = plan
         for y0 in range(0, H, th):
             for x0 in range(0, W, tw):
                 y1, x1 = min(y0 + th, H), min(x0 + tw, W)
-                wy0, wx0 = max(y0 - halo, 0), max(x0 - halo, 0)
-                wy1, wx1 = min(y1 + halo, H), min(x1 + halo, W)
-                piece = self._queries_and_out(
-                    image[:, :, wy0:wy1, wx0:wx1], lo, hi, ys[wy0:wy1], xs[wx0:wx1], kv, k_pos,
-                    (y0 - wy0, x0 - wx0, y1 - y0, x1 - x0),
-                )
+                piece = self._window(image, lo, hi, ys, xs, kv, k_pos, y0, x0, y1, x1)
                 if out is None:
                     out = piece.new_empty(B, piece.shape[1], H, W)
                 out[:, :, y0:y1, x0:x1] = piece
@@ -301,11 +315,13 @@ class LoftUp(nn.Module):
         if not (lr_feats.is_floating_point() and image.is_floating_point()):
             raise InputError("lr_feats and image must be floating-point tensors")
 
-    def forward(self, lr_feats: torch.Tensor, image: torch.Tensor, tile: bool | None = None) -> torch.Tensor:
+    def forward(self, lr_feats: torch.Tensor, image: torch.Tensor, tile: bool | None = None,
+                window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """window: (top, left, height, width) of the output to compute (see LoftUpUpsampler.forward)."""
         self.check_inputs(lr_feats, image)
         with stage("lr channel norm"):
             lr = self.channelnorm(lr_feats)
-        return self.upsampler(lr, image, tile=tile)
+        return self.upsampler(lr, image, tile=tile, window=window)
 
     @torch.no_grad()
     def upsample(self, lr_feats: torch.Tensor, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -46,15 +46,17 @@ class FeatureExtractor:
         self.hits = 0
         self.misses = 0
 
-    def _run(self, images: torch.Tensor) -> torch.Tensor:
+    def _run(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
         from ..devices import autocast
         from ..pipeline import backbone_input
 
         with torch.no_grad(), autocast(images.device, self.precision):
-            return self.backbone(backbone_input(images, self.patch_size)).float()
+            return self.backbone(backbone_input(images, self.patch_size, input_size)).float()
 
-    def key(self, image: torch.Tensor) -> str:
+    def key(self, image: torch.Tensor, input_size: int | None = None) -> str:
         h = hashlib.sha256(self.identity.encode())
+        if input_size is not None:
+            h.update(f"|input {int(input_size)}".encode())
         x = image.detach().to("cpu", torch.float32).contiguous()
         h.update(str(tuple(x.shape)).encode())
         h.update(x.numpy().tobytes())
@@ -63,14 +65,16 @@ class FeatureExtractor:
     def _path(self, key: str) -> Path:
         return self.cache_dir / key[:2] / f"{key}.safetensors"
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
+        """input_size: the backbone sees the images with this shorter side (the pipeline's rule);
+        None: as they are (training sizes are patch multiples)."""
         if self.cache_dir is None:
-            return self._run(images)
+            return self._run(images, input_size)
         from safetensors.torch import load_file, save_file
 
         from ..io import atomic_write
 
-        keys = [self.key(x) for x in images]
+        keys = [self.key(x, input_size) for x in images]
         found: dict[int, torch.Tensor] = {}
         for i, k in enumerate(keys):
             p = self._path(k)
@@ -83,7 +87,7 @@ class FeatureExtractor:
         self.hits += len(found)
         self.misses += len(missing)
         if missing:
-            feats = self._run(images[missing])
+            feats = self._run(images[missing], input_size)
             for j, i in enumerate(missing):
                 t = feats[j].detach().cpu().contiguous()
                 found[i] = t

@@ -16,6 +16,13 @@ their own objective; `KIND_PRESETS` holds their own defaults, applied over the p
 LiFT (canonical train_lift.py) Adam 1e-3, 448 px, cosine loss; FeatUp-JBU (jbu_upsampler.yaml)
 NAdam 1e-3, batch 4, 224 px, 5 jitters (pad 20, zoom up to 2), 30-d projections, CRF weight
 0.001. Neither uses masks, weight decay or our gradient clipping.
+`offline` (ours, measured on the offline mini benchmark, docs/mini-benchmark.md): stage 1
+regresses an *oracle* target - the backbone's own features of the image seen at 2x, channel
+normed and resized bilinearly to the output - instead of the mask-bicubic pseudo-GT, whose
+superpixel masks (no SA-1B offline) make it score below bilinear; the loss is taken on a random
+32 x 32 output window per step (exact: two 3x3 convs need a 2-pixel halo), so a 224 px step on
+a CPU costs about a twentieth of the full output; AdamW 1e-3, cosine to 10%, 20 warm-up steps,
+random crops and flips. Stage 2 keeps the paper's values.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from typing import Any
 
 from ..errors import ConfigError, check_choice
 
-PRESETS = ("paper", "released")
+PRESETS = ("paper", "released", "offline")
+TARGETS = ("pseudo_gt", "oracle")
 MASK_SOURCES = ("auto", "sa1b", "coco", "felzenszwalb", "slic", "none")
 OPTIMIZERS = ("adamw", "adam", "nadam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -69,6 +77,9 @@ class TrainConfig:
     alpha: float = 0.8
     refine_mode: str = "vectorised"  # vectorised | sequential (official)
     target_proj_dim: int = 0  # >0: stage-1 MSE in a fixed random projection to this many dims
+    target: str = "pseudo_gt"  # pseudo_gt (the paper) | oracle (ours: the backbone at oracle_scale x, resized)
+    oracle_scale: float = 2.0
+    window: int = 0  # ours: >0 takes the stage-1 loss on one random window x window of the output per step
     # stage 2
     student_sizes: list[int] = field(default_factory=list)  # empty: [size]; else drawn per step
     teacher_size: int = 0  # 0: the student size
@@ -126,6 +137,11 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("distillation loss", self.distill_loss, DISTILL_LOSSES)
         check_choice("crop", self.crop, CROPS)
+        check_choice("stage-1 target", self.target, TARGETS)
+        if self.oracle_scale <= 1.0:
+            raise ConfigError(f"oracle_scale must be above 1, got {self.oracle_scale}")
+        if self.window < 0 or (self.window and self.window >= self.size):
+            raise ConfigError(f"window must be 0 (the whole output) or smaller than size {self.size}, got {self.window}")
         check_choice("upsampler kind", self.upsampler, UPSAMPLERS)
         check_choice("LiFT loss", self.lift_loss, LIFT_LOSSES)
         if self.upsampler != "loftup" and self.stage != 1:
@@ -256,6 +272,14 @@ PRESET_VALUES: dict[str, dict[int, dict[str, Any]]] = {
             optimizer="adamw", lr=1e-3, batch_size=8, size=224, student_sizes=[224, 336, 448, 518], teacher_size=896,
             teacher_alpha=0.5, teacher_scale=(2.0, 4.0), crops_per_image=2, ema_decay=0.99, ema_every=10,
             distill_loss="affinity", distill_weight=20.0,
+        ),
+    },
+    "offline": {
+        1: dict(optimizer="adamw", lr=1e-3, batch_size=8, size=224, target="oracle", oracle_scale=2.0, window=32,
+                schedule="cosine", warmup_steps=20, min_lr_ratio=0.1, crop="random", hflip=True, masks="none"),
+        2: dict(
+            optimizer="adamw", lr=1e-4, batch_size=8, size=224, teacher_alpha=0.8, teacher_scale=(2.0, 4.0),
+            crops_per_image=2, ema_decay=0.99, ema_every=10, distill_loss="affinity", distill_weight=1.0,
         ),
     },
 }

@@ -1,10 +1,16 @@
-"""Stage 1: regress the mask-bicubic pseudo-GT.
+"""Stage 1: regress the mask-bicubic pseudo-GT (the paper), or an oracle target (ours).
 
-Target: the channel-normed low-res features (the model's own `channelnorm`, without
+Target "pseudo_gt": the channel-normed low-res features (the model's own `channelnorm`, without
 gradient), bicubically upsampled to the training size S, then refined per mask
-(`mask_refine`, alpha 0.8). Loss: mean squared error between the upsampler output and that
-target, over batch, channels and pixels - or, with target_proj_dim > 0 (the released code),
-in a fixed random projection of the channels to that many dimensions.
+(`mask_refine`, alpha 0.8). Target "oracle" (the `offline` preset): the backbone's features
+of the same image seen at `oracle_scale` x S, channel-normed the same way and resized
+bilinearly to S - what the backbone itself sees at a higher resolution (offline, without
+SA-1B's masks, superpixel masks make the pseudo-GT worse than bilinear on the mini benchmark;
+docs/mini-benchmark.md). Loss: mean squared error between the upsampler output and the target,
+over batch, channels and pixels - or, with target_proj_dim > 0 (the released code), in a fixed
+random projection of the channels to that many dimensions. With `window` > 0 the loss covers
+one random window x window of the output per step (the same window for the batch, drawn from
+the seed and the step), which the model computes exactly from the window and its halo.
 """
 
 from __future__ import annotations
@@ -26,6 +32,21 @@ def mask_bicubic_target(lr_normed: torch.Tensor, masks: torch.Tensor | None, siz
     if masks is None or masks.shape[1] == 0:
         return up
     return mask_refine(up, masks.to(up.device), alpha, mode)
+
+
+@torch.no_grad()
+def oracle_target(hr_normed: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Channel-normed features of the image seen at a higher resolution (B, C, h', w') -> (B, C, H, W)."""
+    return F.interpolate(hr_normed.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def window_box(size: tuple[int, int], window: int, seed: int, step: int) -> tuple[int, int, int, int]:
+    """(top, left, window, window): a random window of an output of `size`, from (seed, step)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+    H, W = size
+    top = int(torch.randint(0, H - window + 1, (1,), generator=g))
+    left = int(torch.randint(0, W - window + 1, (1,), generator=g))
+    return top, left, int(window), int(window)
 
 
 def random_projection(feat_dim: int, out_dim: int, seed: int) -> torch.Tensor:
@@ -55,15 +76,30 @@ class Stage1Objective(StatelessObjective):
     def __init__(self, cfg, feat_dim: int, device: torch.device):
         self.alpha = float(cfg.alpha)
         self.mode = cfg.refine_mode
+        self.target = cfg.target
+        self.oracle_scale = float(cfg.oracle_scale)
+        self.window = int(cfg.window)
+        self.seed = int(cfg.seed)
         self.proj = random_projection(feat_dim, cfg.target_proj_dim, cfg.seed).to(device) if cfg.target_proj_dim > 0 else None
 
     def loss(self, trainer, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         image = batch["image"]
+        size = tuple(image.shape[-2:])
         lr = trainer.features(image)  # (B, C, h, w) raw backbone features
-        target = mask_bicubic_target(trainer.core.channelnorm(lr), batch.get("masks"), tuple(image.shape[-2:]), self.alpha, self.mode)
+        norm = trainer.core.channelnorm
+        if self.target == "oracle":
+            with torch.no_grad():
+                hr = trainer.features(image, input_size=round(min(size) * self.oracle_scale))
+                target = oracle_target(norm(hr), size)
+        else:
+            target = mask_bicubic_target(norm(lr), batch.get("masks"), size, self.alpha, self.mode)
+        box = window_box(size, self.window, self.seed, trainer.step) if self.window else None
         with trainer.autocast():
-            pred = trainer.model(lr, image)  # (B, C, H, W)
+            pred = trainer.model(lr, image, window=box) if box else trainer.model(lr, image)  # (B, C, H, W) or the window
         pred = pred.float()
+        if box:
+            top, left, h, w = box
+            target = target[:, :, top : top + h, left : left + w]
         if self.proj is not None:
             pred = torch.einsum("bchw,cd->bdhw", pred, self.proj)
             target = torch.einsum("bchw,cd->bdhw", target, self.proj)

@@ -74,7 +74,8 @@ def test_mini_benchmark_reports_per_upsampler(tmp_path):
     # real (if random-conv) features beat features that carry no information, on held-out pixels
     assert bil["arc"]["seg"]["miou"] > const["arc"]["seg"]["miou"]
     assert bil["arc"]["depth"]["rmse"] < const["arc"]["depth"]["rmse"]
-    assert bil["moto"]["disparity"]["rmse"] < const["moto"]["disparity"]["rmse"]
+    # (disparity is not compared: random tiny-conv features carry none that survives the blocked split)
+    assert np.isfinite(bil["moto"]["disparity"]["rmse"]) and np.isfinite(const["moto"]["disparity"]["rmse"])
     assert res["settings"]["size"] == 112 and res["settings"]["holdout"] == 0.5
     saved = json.loads((tmp_path / "mini.json").read_text())
     assert saved["upsamplers"]["lowres"]["voc"]["seg"]["miou"] == pytest.approx(res["upsamplers"]["lowres"]["voc"]["seg"]["miou"])
@@ -96,3 +97,58 @@ def test_mini_via_cli_with_engine_parity(tmp_path, capsys, tiny_ckpt):
     assert parity["passed"] and parity["delta"]["voc/seg/miou"] == 0.0
     assert parity["feature_parity"]["batches"] == 3 and parity["feature_parity"]["max_abs"] == 0.0
     assert (out / "mini.md").exists() and (out / "mini.json").exists()
+
+
+def test_blocked_split_keeps_blocks_whole_and_covers_the_valid_pixels():
+    from loftup.eval.mini import _split, block_side
+
+    img = load_mini_images(112)[0]
+    H, W = img.valid["seg"].shape
+    assert block_side(224) == 32 and block_side(112) == 16
+    train, held = _split(img, "seg", 0.5, seed=3, block=16)
+    assert not (train & held).any() and np.array_equal(train | held, img.valid["seg"].reshape(-1))
+    t = train.reshape(H, W) | ~img.valid["seg"]
+    h = held.reshape(H, W) | ~img.valid["seg"]
+    for y in range(0, H, 16):  # every block lies wholly on one side (invalid pixels aside)
+        for x in range(0, W, 16):
+            assert t[y:y + 16, x:x + 16].all() or h[y:y + 16, x:x + 16].all(), (y, x)
+    assert 0.25 < train.sum() / img.valid["seg"].sum() < 0.75
+    again, _ = _split(img, "seg", 0.5, seed=3, block=16)
+    other, _ = _split(img, "seg", 0.5, seed=4, block=16)
+    assert np.array_equal(train, again) and not np.array_equal(train, other)
+    pixelwise, _ = _split(img, "seg", 0.5, seed=3, block=1)  # the old protocol, still available
+    assert not np.array_equal(pixelwise, train)
+
+
+def test_metrics_are_the_mean_over_the_splits():
+    runner = BackboneRunner(create_backbone("tiny_conv"))
+    res = run_mini_benchmark({"bilinear": make_baseline("bilinear", runner)}, None, quick=True, splits=2)
+    assert res["settings"]["seeds"] == [0, 1] and res["settings"]["block"] == 16
+    runs = res["per_split"]["bilinear"]["arc"]
+    assert len(runs) == 2 and runs[0]["depth"]["rmse"] != runs[1]["depth"]["rmse"]
+    assert res["upsamplers"]["bilinear"]["arc"]["depth"]["rmse"] == pytest.approx(np.mean([r["depth"]["rmse"] for r in runs]))
+
+
+def test_reference_rows_oracle_and_pseudo_gt():
+    import torch.nn.functional as F
+
+    from loftup.eval.upsamplers import OracleFeatures, PseudoGTFeatures
+    from loftup.pipeline import backbone_input, guidance_image, normalize
+    from loftup.train.masks import superpixel_masks
+    from loftup.train.stage1 import mask_bicubic_target
+
+    bb = create_backbone("tiny_conv")
+    runner = BackboneRunner(bb)
+    img = load_mini_images(112)[0].image[:56, :64]
+    x = normalize(torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255, bb.mean, bb.std)
+    oracle = OracleFeatures(runner, 2).features(x)
+    hr = bb(backbone_input(guidance_image(x, (56, 64)), bb.patch_size, 112))
+    assert oracle.shape == (1, bb.embed_dim, 56, 64) and hr.shape[-2] == 112 // bb.patch_size
+    assert torch.allclose(oracle, F.interpolate(hr, size=(56, 64), mode="bilinear", align_corners=False))
+    with pytest.raises(Exception, match="above 1"):
+        OracleFeatures(runner, 1)
+    pgt = PseudoGTFeatures(runner).features(x)
+    lr = F.layer_norm(runner(x).permute(0, 2, 3, 1), (bb.embed_dim,)).permute(0, 3, 1, 2)
+    masks = torch.from_numpy(superpixel_masks(img.copy(), "slic", 150))[None]
+    expected = mask_bicubic_target(lr, masks, (56, 64), 0.8)
+    assert pgt.shape == expected.shape and torch.allclose(pgt, expected, atol=1e-5)

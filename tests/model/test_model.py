@@ -200,3 +200,16 @@ def test_attention_budget_reaches_the_sdpa_chunks(official_model, monkeypatch):
     with torch.no_grad():
         assert maxdiff(out, official_model(lr, img)) < 1e-5
     assert len(calls) == 2  # default budget: one call per block
+
+
+def test_window_equals_the_slice_of_the_whole_output():
+    torch.manual_seed(0)
+    model = LoftUp(LoftUpConfig(feat_dim=16)).eval()
+    lr, image = torch.randn(2, 16, 5, 6), torch.randn(2, 3, 37, 41)
+    with torch.no_grad():
+        full = model(lr, image, tile=False)
+        for box in [(0, 0, 9, 11), (13, 7, 20, 30), (30, 33, 7, 8), (0, 0, 37, 41)]:
+            t, l, h, w = box
+            assert torch.allclose(model(lr, image, window=box), full[:, :, t:t + h, l:l + w], atol=1e-5), box
+    with pytest.raises(Exception, match="inside"):
+        model(lr, image, window=(30, 0, 10, 5))

@@ -148,3 +148,41 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
     write_photos(tmp_path / "photos", n=4, side=48)
     r = Trainer(config(1, tmp_path, steps=2, precision="bf16", batch_size=2), backbone=TinyBackbone()).fit()
     assert len(r.losses) == 2 and all(math.isfinite(x) for x in r.losses)
+
+
+def test_offline_preset_trains_on_oracle_targets_in_windows(tmp_path):
+    from loftup.train.stage1 import oracle_target, window_box
+
+    write_photos(tmp_path / "photos", n=6, side=64)
+    cfg = build_config(1, "offline", data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=12,
+                       batch_size=3, steps=12, warmup_steps=2, num_workers=0, progress=False, log_every=4, seed=0)
+    assert (cfg.target, cfg.window, cfg.oracle_scale, cfg.schedule) == ("oracle", 12, 2.0, "cosine")
+    trainer = Trainer(cfg, backbone=TinyBackbone())
+    batch = fixed_batch(trainer, n=3)
+    trainer.step = 5
+    loss, _ = trainer.objective.loss(trainer, batch)
+    # the same loss by hand: the backbone at 2x, channel-normed, bilinear; the model's window vs its slice
+    image = batch["image"]
+    with torch.no_grad():
+        hr = trainer.features(image, input_size=2 * SIZE)
+        assert hr.shape[-1] == 2 * SIZE // trainer.patch_size
+        target = oracle_target(trainer.core.channelnorm(hr), (SIZE, SIZE))
+        top, left, h, w = window_box((SIZE, SIZE), 12, 0, 5)
+        assert (h, w) == (12, 12) and window_box((SIZE, SIZE), 12, 0, 5) == (top, left, h, w)
+        pred = trainer.model(trainer.features(image), image, window=(top, left, h, w))
+    assert pred.shape == (3, 16, 12, 12)
+    expected = torch.nn.functional.mse_loss(pred, target[:, :, top:top + h, left:left + w])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+    trainer.step = 0
+    r = trainer.fit()
+    assert r.finished and len(r.losses) == 12 and all(math.isfinite(x) for x in r.losses)
+    assert sum(r.losses[-3:]) < sum(r.losses[:3])
+
+
+def test_offline_preset_checks_its_window():
+    from loftup.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="window"):
+        build_config(1, "offline", data="x", out="y", size=32, window=32)
+    with pytest.raises(ConfigError, match="oracle_scale"):
+        build_config(1, "offline", data="x", out="y", oracle_scale=1.0)
