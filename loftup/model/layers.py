@@ -129,9 +129,25 @@ class ImplicitFeaturizer(nn.Module):
         freqs = torch.exp(torch.linspace(-2, 10, self.n_freqs, device=x.device)).to(x.dtype)
         feats = feats.unsqueeze(1) * freqs.view(1, -1, 1, 1, 1)  # (B, nf, dm, H, W)
         phase = self.biases.view(2, 1, self.n_freqs, self.dim_multiplier, 1, 1).to(x.dtype)
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            return self._one_pass(x, feats, phase)
         sin = torch.sin(feats + phase[0]).reshape(b, -1, h, w)
         cos = torch.cos(feats + phase[1]).reshape(b, -1, h, w)
         return torch.cat([sin, cos, x] if self.color else [sin, cos], dim=1)
+
+    def _one_pass(self, x: torch.Tensor, feats: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """Inference: the same adds, sines and cosines written straight into one output tensor
+        (no sin/cos temporaries, no concatenation copy): bit-identical, ~2 feature widths less
+        memory per pixel."""
+        b, nf, dm, h, w = feats.shape
+        out = feats.new_empty(b, self.out_channels, h, w)
+        k = nf * dm
+        sin, cos = out[:, :k].view(b, nf, dm, h, w), out[:, k : 2 * k].view(b, nf, dm, h, w)
+        torch.add(feats, phase[0], out=sin).sin_()
+        torch.add(feats, phase[1], out=cos).cos_()
+        if self.color:
+            out[:, 2 * k :] = x
+        return out
 
 
 class Rope2d(nn.Module):
