@@ -59,6 +59,8 @@ def upsample(
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay one CUDA graph per input shape (--checkpoint on --device cuda)."),
     memory_budget: str = typer.Option("auto", "--memory-budget", help="Peak process memory LoftUp's tiling keeps under "
                                       "(--checkpoint): a size such as 2GB, or auto (resident memory + half of MemAvailable)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads: PyTorch's intra-op threads, or ONNX Runtime's for an .onnx "
+                                          "--engine (default: PyTorch's, one per physical core). Set 1 per process when running several."),
     picture: bool = typer.Option(True, help="Write a PCA picture per image (input | low-res | bilinear | LoftUp)."),
     features: bool = typer.Option(True, help="Write the feature files (--no-features: pictures only)."),
 ) -> None:
@@ -69,6 +71,7 @@ def upsample(
         backbone=backbone, checkpoint=checkpoint, engine=engine, random_init=random_init, weights=weights, size=size,
         input_size=input_size, out=out, format=format, device=device, dtype=dtype, batch_size=batch_size,
         attn_backend=attn_backend, cuda_graphs=cuda_graphs, picture=picture, features=features, memory_budget=memory_budget,
+        threads=threads,
     )
     result = run_upsample(inputs, opts)
     summary = result.summary(out, "feature file" if features else "picture")

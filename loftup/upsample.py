@@ -48,6 +48,7 @@ class UpsampleOptions:
     attn_backend: str = "auto"
     cuda_graphs: bool = False  # --checkpoint only: replay one CUDA graph per input shape
     memory_budget: Optional[str] = None  # --checkpoint only: "auto" / None (loftup.budget) or a size such as 2GB
+    threads: Optional[int] = None  # CPU threads (PyTorch intra-op, and ONNX Runtime's for --engine); None: PyTorch's default
     picture: bool = True
     features: bool = True  # False: pictures only (no feature files)
     seed: int = 0
@@ -201,7 +202,7 @@ def check_options(opts: UpsampleOptions) -> None:
     check_choice("feature format", opts.format, FORMATS)
     check_choice("dtype", opts.dtype, PRECISIONS)
     check_choice("attention backend", opts.attn_backend, BACKENDS)
-    for name in ("size", "input_size", "batch_size"):
+    for name in ("size", "input_size", "batch_size", "threads"):
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -238,7 +239,7 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
     from .export.engine import TorchEngine, load_engine
 
     if opts.engine is not None:
-        engine = load_engine(opts.engine, device=str(device))
+        engine = load_engine(opts.engine, device=str(device), threads=opts.threads)
         md = engine.metadata
         if md.scope != "pipeline":
             raise ConfigError(f"{Path(opts.engine).name} is a {md.scope} engine; upsample --engine runs pipeline engines "
@@ -284,6 +285,8 @@ def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = Tru
     from .pipeline import prepare_image
 
     check_options(opts)
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
     device = resolve_device(opts.device)
     if opts.cuda_graphs and device.type != "cuda":
         raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
