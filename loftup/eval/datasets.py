@@ -325,7 +325,8 @@ class SampleList:
 # semantic segmentation
 
 
-def _seg_loader(lut: np.ndarray):
+def seg_loader(lut: np.ndarray):
+    """Loader of (image, label PNG) pairs whose raw label values map to classes through `lut`."""
     def load(item: tuple[Path, Path]) -> dict[str, Any]:
         img_path, label_path = item
         image = read_rgb(img_path)
@@ -380,7 +381,7 @@ def open_cocostuff27(root: str | Path, split: str = "train") -> SampleList:
         pairs.append((img, label))
     if not pairs:
         raise InputError(f"no images in {img_dir}; the COCO-Stuff {split} split is empty")
-    return SampleList(f"cocostuff27-{split}", pairs, _seg_loader(cocostuff27_lut()),
+    return SampleList(f"cocostuff27-{split}", pairs, seg_loader(cocostuff27_lut()),
                       {"num_classes": 27, "class_names": list(COCOSTUFF27_CLASSES), "task": "seg"})
 
 
@@ -407,7 +408,7 @@ def open_cityscapes(root: str | Path, split: str = "train") -> SampleList:
         pairs.append((img, label))
     if not pairs:
         raise InputError(f"no *_leftImg8bit.png images under {img_dir}; expected leftImg8bit/{split}/CITY/*_leftImg8bit.png")
-    return SampleList(f"cityscapes-{split}", pairs, _seg_loader(cityscapes_lut()),
+    return SampleList(f"cityscapes-{split}", pairs, seg_loader(cityscapes_lut()),
                       {"num_classes": 19, "class_names": list(CITYSCAPES_CLASSES), "task": "seg"})
 
 

@@ -28,12 +28,11 @@ Class-name files (`--class-names`): one class a line in label order, synonyms sp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from .datasets import IGNORE, SampleList, _check_root, _images_in, _listing, open_cityscapes, read_label_png, read_rgb
+from .datasets import IGNORE, SampleList, _check_root, _images_in, _listing, open_cityscapes, seg_loader
 
 LAYOUTS = ("coco_object", "cityscapes", "ade20k")
 
@@ -91,19 +90,6 @@ def read_class_names(path: str | Path) -> list[tuple[str, ...]]:
     return classes
 
 
-def _loader(lut: np.ndarray):
-    def load(item: tuple[Path, Path]) -> dict[str, Any]:
-        img_path, label_path = item
-        image = read_rgb(img_path)
-        raw = read_label_png(label_path)
-        if raw.shape != image.shape[:2]:
-            raise InputError(f"label map {label_path} is {raw.shape[1]}x{raw.shape[0]} but its image is "
-                             f"{image.shape[1]}x{image.shape[0]}; the dataset is damaged")
-        return {"name": img_path.stem, "image": image, "label": lut[np.clip(raw, 0, 255)].astype(np.int64)}
-
-    return load
-
-
 def _pairs(root: Path, img_dir: Path, ann_dir: Path, suffix: str, what: str) -> list[tuple[Path, Path]]:
     missing = [f"{d.relative_to(root)}/" for d in (img_dir, ann_dir) if not d.is_dir()]
     if missing:
@@ -125,7 +111,7 @@ def open_coco_object(root: str | Path) -> SampleList:
     pairs = _pairs(root, root / "images" / "val2017", root / "annotations" / "val2017", "_instanceTrainIds.png", "COCO-Object")
     lut = np.full(256, IGNORE, dtype=np.uint8)
     lut[:81] = np.arange(81)
-    return SampleList("coco_object-val", pairs, _loader(lut), {"num_classes": 81, "class_names": list(COCO_OBJECT_CLASSES),
+    return SampleList("coco_object-val", pairs, seg_loader(lut), {"num_classes": 81, "class_names": list(COCO_OBJECT_CLASSES),
                                                                "background": True, "task": "ovseg"})
 
 
@@ -136,7 +122,7 @@ def open_ade20k(root: str | Path) -> SampleList:
     pairs = _pairs(base, base / "images" / "validation", base / "annotations" / "validation", ".png", "ADE20K")
     lut = np.full(256, IGNORE, dtype=np.uint8)
     lut[1:151] = np.arange(150)
-    return SampleList("ade20k-val", pairs, _loader(lut), {"num_classes": 150, "class_names": [(n,) for n in ADE20K_CLASSES],
+    return SampleList("ade20k-val", pairs, seg_loader(lut), {"num_classes": 150, "class_names": [(n,) for n in ADE20K_CLASSES],
                                                           "background": False, "task": "ovseg"})
 
 
