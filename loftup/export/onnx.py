@@ -25,7 +25,10 @@ Memory: written whole, attention materialises the (B, heads, H*W, h*w) score mat
 table row says `query_chunks` (ONNX) get the token path - q projection, attention, FFNs, final
 norm and the 1x1 head - as one `scan` over blocks of queries (`LoftUpUpsampler.
 _chunked_tokens_out`; an ONNX Scan node), so only one block's scores are alive; the block length
-comes from `query_chunk_length` at the export's largest size. TensorRT gets the whole pattern,
+comes from `query_chunk_length` at the export's largest size. Measured (C = 384, fresh process,
+one forward, 2-core CPU): ONNX Runtime peaks at 1.66 GB at 448 px and 7.1 GB at 896 px; what
+is left is the full-resolution Fourier features, convolutions and token copies before the loop
+(the loop does not cover them yet). TensorRT gets the whole pattern,
 which it fuses into its own attention kernels. The scan is traced with parameters that need no
 grad (`deploy_upsampler`): torch would otherwise export its backward's saved sizes and fail.
 """

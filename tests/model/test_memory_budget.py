@@ -33,7 +33,8 @@ def small_model(C: int = 16) -> LoftUp:
 def budget_for_pixels(up, B: int, H: int, W: int, pixels: int, rss: int, n_keys: int = 0) -> int:
     """The budget whose plan holds about `pixels` pixels per tile (inverse of tile_plan's arithmetic)."""
     working = pixels * up.working_bytes_per_pixel(B)
-    attn = min(up.cfg.attn_budget_mb * MB, max(16 * MB, working // 3))
+    # tile_plan lends the score blocks min(dispatcher budget, max(64 MB, before // 4), before // 2) of it
+    attn = working if working < 64 * MB else 64 * MB if working < 192 * MB else min(up.cfg.attn_budget_mb * MB, working // 3)
     reserve = 96 * MB + 2 * B * up.cfg.num_blocks * n_keys * up.cfg.token_dim * 4
     return int((working + attn) / 0.85) + rss + B * up.cfg.feat_dim * H * W * 4 + reserve
 
@@ -74,9 +75,9 @@ def test_attention_blocks_shrink_with_the_budget_for_one_call(monkeypatch):
     monkeypatch.setattr(budget_mod, "current_rss", lambda: 300 * MB)
     model = small_model()
     up = model.upsampler
-    up.memory_budget = 450 * MB
+    up.memory_budget = 700 * MB
     _, attn = up._plan(1, 64, 64, 20)
-    assert 16 * MB <= attn < up.cfg.attn_budget_mb * MB
+    assert 64 * MB <= attn < up.cfg.attn_budget_mb * MB
     seen = []
     real = sdpa.chunked_sdpa_attention
     monkeypatch.setattr(sdpa, "chunked_sdpa_attention", lambda q, k, v, s, b: seen.append(b) or real(q, k, v, s, b))
