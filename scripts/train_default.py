@@ -104,7 +104,10 @@ def main(argv=None) -> int:
         torch.save(feats, cache_path)
     N = len(views)
     torch.manual_seed(cfg.seed)
-    model = load_or_init(None, random_init=True, feat_dim=backbone.embed_dim, backbone=cfg.backbone, seed=cfg.seed).train()
+    model = load_or_init(None, random_init=True, feat_dim=backbone.embed_dim, backbone=cfg.backbone, seed=cfg.seed,
+                         **cfg.model).train()
+    if cfg.positional_init:
+        model.upsampler.ca_transformer.init_positional(cfg.positional_init)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
 

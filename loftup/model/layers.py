@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..kernels import AttentionDispatcher
 from ..profiling import stage
 
@@ -306,6 +307,24 @@ class CATransformer(nn.Module):
         )
         self.rope = rope
         self.compiled: dict = {}  # "ffn" -> compiled ffn_residual (loftup.model.deploy.compile_stages)
+
+    @torch.no_grad()
+    def init_positional(self, amplitude: float) -> None:
+        """Start every block's attention local (ours, for short training runs): with RoPE, the same
+        bias vector c (amplitude in the first channel of every rotated pair) on the q and k
+        projections makes q.k contain |c|^2-weighted cosines of the query-key offset, a bump at
+        zero offset, so each output pixel starts attending to the low-res tokens around it
+        instead of to arbitrary ones. Content terms from the weights add to it and training
+        adjusts both. Needs lr_pe "rope"."""
+        if self.rope is None or self.rope.n == 0:
+            raise ConfigError("positional attention init needs the rope low-res PE (lr_pe: rope)")
+        for block, _ in self.layers:
+            att = block.attention
+            D = att.in_proj_weight.shape[1]
+            c = torch.zeros(att.heads, D // att.heads)
+            c[:, 0 : 4 * self.rope.n : 2] = float(amplitude)
+            att.in_proj_bias[:D] = c.flatten()
+            att.in_proj_bias[D : 2 * D] = c.flatten()
 
     def project_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-block (k, v) for context tokens (B, M, D): computed once, reused by every query tile."""

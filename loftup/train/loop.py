@@ -227,6 +227,8 @@ class Trainer:
             if cfg.stage == 2:
                 raise ConfigError("stage 2 starts from stage-1 weights: pass --init CKPT (a stage-1 run's model.safetensors)")
             model = LoftUp(LoftUpConfig(**{"feat_dim": self.feat_dim, "backbone": cfg.backbone, **cfg.model}))
+            if cfg.positional_init:
+                model.upsampler.ca_transformer.init_positional(cfg.positional_init)
         model = model.to(self.device).train()
         if kind == "loftup":
             model.channelnorm.requires_grad_(bool(cfg.train_channelnorm))

@@ -22,7 +22,10 @@ normed and resized bilinearly to the output - instead of the mask-bicubic pseudo
 superpixel masks (no SA-1B offline) make it score below bilinear; the loss is taken on a random
 32 x 32 output window per step (exact: two 3x3 convs need a 2-pixel halo), so a 224 px step on
 a CPU costs about a twentieth of the full output; AdamW 1e-3, cosine to 10%, 20 warm-up steps,
-random crops and flips. Stage 2 keeps the paper's values.
+random crops and flips. The low-res positional encoding is RoPE (the paper's Table B.3 ablation,
+on par with the sine PE) with every attention block started local (`positional_init`: the same
+bias on q and k makes q.k a bump at zero query-key offset): with the sine PE and a random init
+the attention had found no positions after 200 CPU steps. Stage 2 keeps the paper's values.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class TrainConfig:
     target: str = "pseudo_gt"  # pseudo_gt (the paper) | oracle (ours: the backbone at oracle_scale x, resized)
     oracle_scale: float = 2.0
     window: int = 0  # ours: >0 takes the stage-1 loss on one random window x window of the output per step
+    positional_init: float = 0.0  # ours: >0 starts a fresh model's attention local (needs model lr_pe: rope)
     # stage 2
     student_sizes: list[int] = field(default_factory=list)  # empty: [size]; else drawn per step
     teacher_size: int = 0  # 0: the student size
@@ -140,6 +144,8 @@ class TrainConfig:
         check_choice("stage-1 target", self.target, TARGETS)
         if self.oracle_scale <= 1.0:
             raise ConfigError(f"oracle_scale must be above 1, got {self.oracle_scale}")
+        if self.positional_init < 0 or (self.positional_init and self.model.get("lr_pe") != "rope"):
+            raise ConfigError("positional_init needs the rope low-res PE: set model lr_pe: rope (or positional_init 0)")
         if self.window < 0 or (self.window and self.window >= self.size):
             raise ConfigError(f"window must be 0 (the whole output) or smaller than size {self.size}, got {self.window}")
         check_choice("upsampler kind", self.upsampler, UPSAMPLERS)
@@ -276,7 +282,8 @@ PRESET_VALUES: dict[str, dict[int, dict[str, Any]]] = {
     },
     "offline": {
         1: dict(optimizer="adamw", lr=1e-3, batch_size=8, size=224, target="oracle", oracle_scale=2.0, window=32,
-                schedule="cosine", warmup_steps=20, min_lr_ratio=0.1, crop="random", hflip=True, masks="none"),
+                schedule="cosine", warmup_steps=20, min_lr_ratio=0.1, crop="random", hflip=True, masks="none",
+                model={"lr_pe": "rope"}, positional_init=2.0),
         2: dict(
             optimizer="adamw", lr=1e-4, batch_size=8, size=224, teacher_alpha=0.8, teacher_scale=(2.0, 4.0),
             crops_per_image=2, ema_decay=0.99, ema_every=10, distill_loss="affinity", distill_weight=1.0,

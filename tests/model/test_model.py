@@ -213,3 +213,22 @@ def test_window_equals_the_slice_of_the_whole_output():
             assert torch.allclose(model(lr, image, window=box), full[:, :, t:t + h, l:l + w], atol=1e-5), box
     with pytest.raises(Exception, match="inside"):
         model(lr, image, window=(30, 0, 10, 5))
+
+
+def test_positional_init_makes_attention_start_local():
+    from loftup.explain import attention_at_pixels
+
+    torch.manual_seed(0)
+    model = LoftUp(LoftUpConfig(feat_dim=384, lr_pe="rope")).eval()  # the real width: 24 rotated pairs per axis
+    lr, image = torch.randn(1, 384, 16, 16), torch.randn(1, 3, 112, 112)
+    pixels = [(3, 3), (56, 40), (108, 20)]
+    # the closest of the 16 x 16 tokens on the model's grids (linspace(-1, 1) for pixels and tokens alike)
+    nearest = [tuple(round((p / 111) * 15) for p in px) for px in pixels]
+    with torch.no_grad():
+        before = attention_at_pixels(model, lr, image, pixels).weights[0][0].reshape(3, -1)
+        model.upsampler.ca_transformer.init_positional(2.0)
+        after = attention_at_pixels(model, lr, image, pixels).weights[0][0].reshape(3, -1)
+    assert [divmod(int(a), 16) for a in after.argmax(-1)] == nearest
+    assert (after.max(-1).values > 3 * before.max(-1).values).all()
+    with pytest.raises(ConfigError, match="rope"):
+        LoftUp(LoftUpConfig(feat_dim=16)).upsampler.ca_transformer.init_positional(2.0)
