@@ -24,7 +24,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def bench_command(
-    checkpoint: Optional[Path] = typer.Option(None, help="LoftUp weights to benchmark."),
+    checkpoint: Optional[Path] = typer.Option(None, help="LoftUp weights to benchmark (default: the checkpoint shipped for the backbone, if any)."),
     random_init: bool = typer.Option(False, "--random-init", help="Benchmark an untrained upsampler (latency does not depend on the weights)."),
     upsampler: Optional[str] = typer.Option(
         None, "--upsampler", help="Kind: loftup, lift or featup_jbu (default: what --checkpoint holds; loftup for --random-init)."
