@@ -206,7 +206,10 @@ def describe_weights(model) -> str:
 
 
 def kind_name(model) -> str:
-    return {"loftup": "LoftUp", "lift": "LiFT", "featup_jbu": "FeatUp-JBU"}.get(getattr(model, "kind", "loftup"), "upsampler")
+    """How tables and messages name the model's kind (`kinds.KINDS[kind].title`)."""
+    from .kinds import KINDS, kind_of
+
+    return KINDS[kind_of(model)].title
 
 
 def save_half(model, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
