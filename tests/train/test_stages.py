@@ -172,7 +172,7 @@ def test_offline_preset_trains_on_oracle_targets_in_windows(tmp_path):
         pred = trainer.model(trainer.features(image), image, window=(top, left, h, w))
     assert pred.shape == (3, 16, 12, 12)
     expected = torch.nn.functional.mse_loss(pred, target[:, :, top:top + h, left:left + w])
-    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+    assert loss.item() == pytest.approx(float(expected), rel=1e-4)
     trainer.step = 0
     r = trainer.fit()
     assert r.finished and len(r.losses) == 12 and all(math.isfinite(x) for x in r.losses)
