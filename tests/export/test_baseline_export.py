@@ -10,20 +10,10 @@ import torch
 from cli_support import assert_one_line_error, run
 from export_helpers import MAX_BATCH, PARITY_SHAPES, SIZES, make_backbone
 
-pytestmark = pytest.mark.export
+pytestmark = [pytest.mark.export, pytest.mark.usefixtures("one_thread")]
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "baselines"
 SMALL = ["--min-size", "28", "--opt-size", "56", "--max-size", "84", "--max-batch", "2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are per-op-overhead bound: one intra-op thread is much faster than two spinning
-    threads on a loaded 2-core machine (measured: a 2x2 -> 32x32 JBU forward 0.01 s vs 2 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_featup_jbu_export_cli_with_parity(tmp_path, capsys):

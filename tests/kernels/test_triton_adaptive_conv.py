@@ -22,19 +22,10 @@ from loftup.errors import InputError
 from loftup.kernels import triton_adaptive_conv as tac
 from loftup.kernels.adaptive_conv import AdaptiveConvDispatcher, adaptive_conv_torch
 
-pytestmark = pytest.mark.skipif(not tac._interpreted(), reason="needs TRITON_INTERPRET=1 before triton import")
+pytestmark = [pytest.mark.skipif(not tac._interpreted(), reason="needs TRITON_INTERPRET=1 before triton import"),
+              pytest.mark.usefixtures("one_thread")]
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "baselines"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are per-op-overhead bound: one intra-op thread is much faster than two spinning
-    threads on a loaded 2-core machine (measured: a 2x2 -> 32x32 JBU forward 0.01 s vs 2 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def grads(fn, src, ker, go):

@@ -20,15 +20,7 @@ FIX = Path(__file__).resolve().parents[1] / "fixtures" / "baselines"
 LIFT_ATOL = 2e-5  # FACTS_BASELINES.md section 5: suggested float32 tolerances
 JBU_ATOL = 1e-5
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are per-op-overhead bound: one intra-op thread is much faster than two spinning
-    threads on a loaded 2-core machine (measured: a 2x2 -> 32x32 JBU forward 0.01 s vs 2 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t(npz, key):

@@ -6,18 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from train_helpers import TinyBackbone, write_photos
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny training steps are per-op-overhead bound: one intra-op thread is faster (and far
-    faster on a loaded machine) than two spinning threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_for_training(one_thread):
+    """Every training test module runs with one intra-op thread (tests/conftest.py `one_thread`):
+    tiny training steps are per-op-overhead bound."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
