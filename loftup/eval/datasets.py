@@ -325,15 +325,22 @@ class SampleList:
 # semantic segmentation
 
 
+def read_image_and_map(img_path: Path, map_path: Path, read_map, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image and its per-pixel map (labels, a mask, instances) read by `read_map`;
+    InputError naming `what` when their sizes differ."""
+    image = read_rgb(img_path)
+    raw = read_map(map_path)
+    if raw.shape != image.shape[:2]:
+        raise InputError(f"{what} {map_path} is {raw.shape[1]}x{raw.shape[0]} but its image is "
+                         f"{image.shape[1]}x{image.shape[0]}; the dataset is damaged")
+    return image, raw
+
+
 def seg_loader(lut: np.ndarray):
     """Loader of (image, label PNG) pairs whose raw label values map to classes through `lut`."""
     def load(item: tuple[Path, Path]) -> dict[str, Any]:
         img_path, label_path = item
-        image = read_rgb(img_path)
-        raw = read_label_png(label_path)
-        if raw.shape != image.shape[:2]:
-            raise InputError(f"label map {label_path} is {raw.shape[1]}x{raw.shape[0]} but its image is "
-                             f"{image.shape[1]}x{image.shape[0]}; the dataset is damaged")
+        image, raw = read_image_and_map(img_path, label_path, read_label_png, "label map")
         label = lut[np.clip(raw, 0, 255)].astype(np.int64)
         return {"name": img_path.stem, "image": image, "label": label}
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError, check_choice
 from .clicks import IGNORE
-from .datasets import IMAGE_SUFFIXES, SampleList, _check_root, _listing, _reading, read_rgb
+from .datasets import IMAGE_SUFFIXES, SampleList, _check_root, _listing, _reading, read_image_and_map
 
 LAYOUTS = ("grabcut", "berkeley", "davis", "sbd")
 # (images folder, masks folder) per layout, in the order they are tried
@@ -104,11 +104,7 @@ def _layout_hint() -> str:
 def _mask_loader(layout: str):
     def load(item: tuple[Path, Path]) -> dict[str, Any]:
         img_path, mask_path = item
-        image = read_rgb(img_path)
-        raw = read_mask_image(mask_path)
-        if raw.shape != image.shape[:2]:
-            raise InputError(f"mask {mask_path} is {raw.shape[1]}x{raw.shape[0]} but its image is "
-                             f"{image.shape[1]}x{image.shape[0]}; the dataset is damaged")
+        image, raw = read_image_and_map(img_path, mask_path, read_mask_image, "mask")
         mask = (raw > 0).astype(np.int64) if layout == "davis" else trimap_to_mask(raw)
         return {"name": img_path.stem, "image": image, "mask": mask}
 
@@ -138,11 +134,7 @@ def _open_mask_folders(root: Path, layout: str) -> SampleList:
 
 def _sbd_loader(item: tuple[Path, Path]) -> dict[str, Any]:
     img_path, inst_path = item
-    image = read_rgb(img_path)
-    inst = read_sbd_instances(inst_path)
-    if inst.shape != image.shape[:2]:
-        raise InputError(f"instance map {inst_path} is {inst.shape[1]}x{inst.shape[0]} but its image is "
-                         f"{image.shape[1]}x{image.shape[0]}; the dataset is damaged")
+    image, inst = read_image_and_map(img_path, inst_path, read_sbd_instances, "instance map")
     kept = sbd_objects(inst)
     inst = np.where(np.isin(inst, kept), inst, 0)
     return {"name": img_path.stem, "image": image, "instances": inst}
