@@ -43,6 +43,7 @@ interpreter's bf16 loads are wrong), timing with the wall clock; flash and cuDNN
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -50,7 +51,6 @@ import os
 import platform
 import sys
 import time
-import traceback
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -147,28 +147,25 @@ class Run:
         return path
 
     def section(self, name: str, fn: Callable[["Run"], dict]) -> dict:
-        start = time.monotonic()
-        if self.left() <= 0:
-            data = {"status": "skipped", "reason": "time budget used up"}
-        else:
-            try:
-                data = {"status": "ok", **fn(self)}
-            except Exception as exc:  # one broken section must not lose the others
-                data = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000],
-                        "traceback": traceback.format_exc()[-4000:]}
-        data["seconds"] = round(time.monotonic() - start, 2)
+        data = _gpu_suite().run_section(fn, self, self.left())
         self.doc["sections"][name] = data
         self.save()
         self.log(f"[{name}] {data['status']} in {data['seconds']:.1f} s")
         return data
 
 
-def _device_slug(device: str) -> str:
-    """The results folder name gpu_suite.py uses for this device (one rule for both scripts)."""
+@functools.lru_cache(maxsize=1)
+def _gpu_suite():
+    """gpu_suite.py (a sibling script, loaded once): its results-folder rule and section runner."""
     spec = importlib.util.spec_from_file_location("loftup_gpu_suite", Path(__file__).with_name("gpu_suite.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.device_slug(device)
+    return module
+
+
+def _device_slug(device: str) -> str:
+    """The results folder name gpu_suite.py uses for this device (one rule for both scripts)."""
+    return _gpu_suite().device_slug(device)
 
 
 # ------------------------------------------------------------------------------------------

@@ -98,22 +98,30 @@ class Suite:
     def run(self, name: str, fn: Callable[["Suite"], dict]) -> dict:
         from loftup.io import atomic_write
 
-        start = time.monotonic()
-        if self.left() <= 0:
-            data = {"status": "skipped", "reason": "time budget used up"}
-        else:
-            try:
-                data = {"status": "ok", **fn(self)}
-            except Exception as exc:  # a section that breaks must not lose the others
-                data = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000],
-                        "traceback": traceback.format_exc()[-4000:]}
-        data["seconds"] = round(time.monotonic() - start, 2)
+        data = run_section(fn, self, self.left())
         data["device"] = self.slug
         path = self.dir / f"{name}.json"
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str)))
         self.written[name] = path
         self.log(f"[{name}] {data['status']} in {data['seconds']:.1f} s -> {path}")
         return data
+
+
+def run_section(fn: Callable[[Any], dict], owner: Any, left_s: float) -> dict:
+    """fn(owner) as one section of a deadline-guarded run: {"status": "ok", **its result}, or
+    "skipped" when no time is left, or "error" with the traceback (a section that breaks must not
+    lose the others); "seconds" in every case. Also used by attention_v2.py."""
+    start = time.monotonic()
+    if left_s <= 0:
+        data = {"status": "skipped", "reason": "time budget used up"}
+    else:
+        try:
+            data = {"status": "ok", **fn(owner)}
+        except Exception as exc:
+            data = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000],
+                    "traceback": traceback.format_exc()[-4000:]}
+    data["seconds"] = round(time.monotonic() - start, 2)
+    return data
 
 
 def device_slug(device: str) -> str:
