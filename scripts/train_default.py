@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -83,6 +82,7 @@ def main(argv=None) -> int:
     from loftup.model.checkpoint import save_checkpoint, save_half
     from loftup.pipeline import normalize
     from loftup.train import build_config
+    from loftup.train.loop import lr_factor
     from loftup.train.stage1 import oracle_target, window_box
 
     torch.set_num_threads(a.threads)
@@ -111,13 +111,7 @@ def main(argv=None) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
 
-    def factor(i: int) -> float:  # the loop's warm-up + cosine rule (loftup.train.loop)
-        if i < cfg.warmup_steps:
-            return (i + 1) / cfg.warmup_steps
-        p = min(1.0, (i - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(cfg, cfg.steps, i))  # the loop's schedule
     rng = np.random.default_rng(cfg.seed)
     mean, std = backbone.mean, backbone.std
     S = cfg.size

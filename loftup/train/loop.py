@@ -56,6 +56,18 @@ class TrainResult:
         return self.step >= self.total_steps
 
 
+def lr_factor(cfg: TrainConfig, total_steps: int, i: int) -> float:
+    """The learning-rate multiplier at step index i: linear warm-up over cfg.warmup_steps, then
+    cfg.schedule (constant, cosine or linear) down to cfg.min_lr_ratio at total_steps."""
+    if cfg.warmup_steps and i < cfg.warmup_steps:
+        return (i + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (i - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1.0 - progress
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+
 def resume_config(out: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The saved config of run `out`, with run-control overrides (steps, workers, ...) applied.
 
@@ -247,14 +259,7 @@ class Trainer:
         return torch.optim.SGD(self.params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
     def _lr_factor(self, i: int) -> float:
-        cfg = self.cfg
-        if cfg.warmup_steps and i < cfg.warmup_steps:
-            return (i + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (i - cfg.warmup_steps) / max(1, self.total_steps - cfg.warmup_steps))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1.0 - progress
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+        return lr_factor(self.cfg, self.total_steps, i)
 
     # -- helpers used by the objectives ---------------------------------------------------
     def autocast(self):
