@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
     from loftup.backbones import create_backbone
     from loftup.model import load_or_init
-    from loftup.model.checkpoint import save_checkpoint, save_half
+    from loftup.model.checkpoint import save_checkpoint
     from loftup.pipeline import normalize
     from loftup.train import build_config
     from loftup.train.loop import lr_factor
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         "config": cfg.to_dict(), "views_per_photo": a.views, "photos": [f.name for f in files],
         "seconds": round(time.time() - t0, 1), "script": "scripts/train_default.py",
     }
-    save_half(model.eval(), a.out / "final.safetensors", meta)
+    save_checkpoint(model.eval(), a.out / "final.safetensors", meta, dtype=torch.float16)
     log(f"done: {a.out / 'final.safetensors'} ({time.time() - t0:.0f} s)")
     return 0
 

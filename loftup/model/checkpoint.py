@@ -212,20 +212,11 @@ def kind_name(model) -> str:
     return KINDS[kind_of(model)].title
 
 
-def save_half(model, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """`save_checkpoint` with the floating-point weights in float16 (half the size; loading casts
-    them back to float32). For shipping a trained model."""
-    path = save_checkpoint(model, path, meta)
-    tensors, metadata = read_tensors(path)
-    from safetensors.torch import save_file
-
-    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-    atomic_write(path, lambda p: save_file(half, str(p), metadata=metadata))
-    return path
-
-
-def save_checkpoint(model, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(model, path: str | Path, meta: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write our format: weights + config + kind in one .safetensors, and a .json sidecar for humans.
+
+    dtype: store the floating-point weights in this dtype (e.g. torch.float16 for a shipped
+    checkpoint: half the size; loading casts them back to the model's float32).
 
     Any upsampler kind (LoftUp, LiFT, FeatUp-JBU); the kind is stored as `loftup_kind`, so
     `load_checkpoint` rebuilds the right module.
@@ -244,7 +235,8 @@ def save_checkpoint(model, path: str | Path, meta: dict[str, Any] | None = None)
     from .. import __version__
 
     meta.setdefault("loftup_version", __version__)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to(dtype if (dtype is not None and v.is_floating_point()) else v.dtype).contiguous().cpu()
+               for k, v in model.state_dict().items()}
     metadata = {CONFIG_KEY: json.dumps(cfg), KIND_KEY: kind, META_KEY: json.dumps(meta), "format": "pt"}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
     sidecar = {"kind": kind, "config": cfg, "meta": meta, "weights": path.name}

@@ -21,7 +21,8 @@ def test_lookup_and_default_with_a_stand_in(tmp_path, monkeypatch):
     monkeypatch.setitem(ck.OFFLINE_WEIGHTS, "tiny_conv", "random")
     assert ck.shipped_checkpoint("tiny_conv") is None  # listed, but not there: nothing ships
     torch.manual_seed(0)
-    ck.save_half(LoftUp(LoftUpConfig(feat_dim=16)).eval(), tmp_path / "tiny.safetensors", {"trained": "a test"})
+    ck.save_checkpoint(LoftUp(LoftUpConfig(feat_dim=16)).eval(), tmp_path / "tiny.safetensors", {"trained": "a test"},
+                       dtype=torch.float16)
     assert ck.shipped_checkpoint("tiny_conv") == tmp_path / "tiny.safetensors"
     assert ck.shipped_checkpoint("tiny_conv", "random") == tmp_path / "tiny.safetensors"
     assert ck.shipped_checkpoint("tiny_conv", "other") is None and ck.shipped_checkpoint("dinov2_vitb14") is None
@@ -34,11 +35,11 @@ def test_lookup_and_default_with_a_stand_in(tmp_path, monkeypatch):
         load_or_init(None, backbone="dinov2_vitb14", feat_dim=768)
 
 
-def test_save_half_halves_the_file_and_keeps_the_outputs(tmp_path):
+def test_fp16_saving_halves_the_file_and_keeps_the_outputs(tmp_path):
     torch.manual_seed(0)
     model = LoftUp(LoftUpConfig(feat_dim=16)).eval()
     full = ck.save_checkpoint(model, tmp_path / "full.safetensors")
-    half = ck.save_half(model, tmp_path / "half.safetensors", {"note": "x"})
+    half = ck.save_checkpoint(model, tmp_path / "half.safetensors", {"note": "x"}, dtype=torch.float16)
     assert half.stat().st_size < 0.6 * full.stat().st_size
     lr, image = torch.randn(1, 16, 4, 4), torch.randn(1, 3, 20, 20)
     with torch.no_grad():
