@@ -450,7 +450,7 @@ def section_profile(suite: Suite) -> dict:
 def section_train(suite: Suite) -> dict:
     import torch.nn.functional as F
 
-    from loftup.devices import autocast
+    from loftup.runtime.devices import autocast
     from loftup.train.stage1 import mask_bicubic_target
 
     batch, size, steps = (8, 224, 20) if suite.cuda else (1, 28, 2)

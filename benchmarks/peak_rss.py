@@ -24,7 +24,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time, torch
-from loftup.budget import proc_kib
+from loftup.runtime.budget import proc_kib
 engine_kind, size, C, budget, path, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 torch.set_num_threads(threads)
 if engine_kind == "torch":

@@ -65,7 +65,7 @@ def upsample(
     features: bool = typer.Option(True, help="Write the feature files (--no-features: pictures only)."),
 ) -> None:
     """Upsample a backbone's features for an image or a folder and write features + PCA pictures."""
-    from .upsample import UpsampleOptions, run_upsample
+    from .commands.upsample import UpsampleOptions, run_upsample
 
     opts = UpsampleOptions(
         backbone=backbone, checkpoint=checkpoint, engine=engine, random_init=random_init, weights=weights, size=size,
@@ -98,12 +98,12 @@ def _register_verbs() -> None:
         ("loftup.bench.commands", ("bench",)),
         ("loftup.train.commands", ("train",)),
         ("loftup.eval.commands", ("eval",)),
-        ("loftup.demo", ("demo",)),
+        ("loftup.commands.demo", ("demo",)),
     ):
         mod = importlib.import_module(module)
         for name in names:
             app.command(name)(getattr(mod, f"{name}_command"))
-    from .viz_commands import viz_app
+    from .commands.viz import viz_app
 
     app.add_typer(viz_app, name="viz")
 

@@ -317,7 +317,7 @@ def test_load_weights_only_allows_only_the_named_classes(tmp_path):
 
 def test_torchscript_tensor_views_are_bounded(tmp_path):
     """A tensor may not claim more elements than its storage holds (stride-0 memory bombs, out-of-range views)."""
-    from loftup import torchscript
+    from loftup.io import torchscript
 
     storage = torch.arange(4.0)
     with pytest.raises(pickle.UnpicklingError, match="overlaps itself"):

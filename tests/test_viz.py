@@ -9,7 +9,7 @@ import torch
 from cli_support import assert_one_line_error, run
 from PIL import Image
 
-from loftup.explain import attention_at_pixels, pseudo_gt
+from loftup.commands.explain import attention_at_pixels, pseudo_gt
 from loftup.model import LoftUp, LoftUpConfig, save_checkpoint
 
 
@@ -85,7 +85,7 @@ def test_a_pixel_attends_to_its_own_neighbourhood_when_built_to():
 
 def test_pseudo_gt_is_the_training_target(tmp_path, monkeypatch):
     """One real training step captures the stage-1 target it regresses; viz must give the same bits."""
-    from loftup.samples import load_sample
+    from loftup.io.samples import load_sample
     from loftup.train import build_config, train
     import loftup.train.stage1 as stage1
 
@@ -169,7 +169,7 @@ def test_viz_attention_cli(tmp_path, capsys, ckpt):
 
 
 def test_viz_pseudo_gt_cli(tmp_path, capsys, ckpt):
-    from loftup.samples import load_sample
+    from loftup.io.samples import load_sample
 
     photo = tmp_path / "cat.png"
     load_sample("chelsea").resize((80, 60)).save(photo)

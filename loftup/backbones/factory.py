@@ -39,6 +39,7 @@ from torch import nn
 
 from loftup.backbones.clip import CLIPVisionConfig, CLIPVisionTower, clip_visual_state_dict
 from loftup.backbones.radio import RADIOConfig, RadioModel, radio_state_dict, read_radio_weights
+from loftup.backbones.specs import BACKBONES, Backbone, BackboneSpec
 from loftup.backbones.siglip import SIGLIP_MEAN, SIGLIP_STD, SigLIPConfig, SigLIPViT, siglip_state_dict
 from loftup.backbones.vit import DinoViT, ViTConfig, hf_to_official, is_hf_dinov2, strip_wrapper_prefix
 from loftup.errors import CheckpointError, ConfigError, check_choice, closest
@@ -127,8 +128,6 @@ def _wrong_family(sd: Mapping[str, Any], family: str, source: str, name: str) ->
         return ""
     if found == "loftup":
         return f"{source} is a LoftUp upsampler checkpoint, not backbone weights; pass it as the upsampler checkpoint"
-    from loftup.backbones.registry import BACKBONES
-
     names = [n for n, s in BACKBONES.items() if s.arch == found][:3]
     return (
         f"{source} is a {_LABELS[found]} checkpoint but backbone {name!r} is {_LABELS[family]}; "
@@ -219,8 +218,6 @@ def _make(
     spec=None,
 ):
     """Shared by `build_backbone` and the registry's `create_backbone` (which passes its row)."""
-    from loftup.backbones.registry import Backbone, BackboneSpec
-
     check_choice("backbone family", family, FAMILIES)
     check_choice("normalization", normalization, NORMALIZATIONS)
     label = name or f"{family} (custom)"

@@ -149,7 +149,7 @@ def run_attention_bench(opts, log: Callable[[str], None] = print) -> dict[str, A
     table and a JSON record into opts.out; returns the record."""
     import json
 
-    from ..devices import resolve_device
+    from ..runtime.devices import resolve_device
     from ..io import atomic_write
 
     device = resolve_device(opts.device)

@@ -52,7 +52,7 @@ def bench_command(
                                    "and write the local table that `auto` reads (~/.cache/loftup/attention-table.json)."),
 ) -> None:
     """Latency, throughput, memory, achieved GFLOP/s and parity per backend, size, batch and precision."""
-    from ..bench.harness import BenchOptions, run_bench
+    from .harness import BenchOptions, run_bench
 
     opts = BenchOptions(
         checkpoint=checkpoint, random_init=random_init, upsampler=upsampler, backbone=backbone, sizes=_int_list(sizes, "sizes"),
@@ -61,7 +61,7 @@ def bench_command(
         threads=threads, device=device, out=out, cuda_graphs=cuda_graphs, profile=profile, memory_budget=memory_budget,
     )
     if attention:
-        from ..bench.attention import run_attention_bench
+        from .attention import run_attention_bench
 
         record = run_attention_bench(opts, log=lambda msg: typer.echo(msg, err=True))
         typer.echo(f"wrote {record['json_path']}; local attention table: {record['table_path'] or 'unchanged (nothing ran)'}")

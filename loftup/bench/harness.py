@@ -95,7 +95,7 @@ class BenchOptions:
     cuda_graphs: bool = False  # torch rows replay CUDA graphs (CUDA only)
     profile: bool = False  # torch rows also get a per-stage profile (loftup.bench.profile)
     profile_iters: int = 3
-    memory_budget: Optional[str] = None  # torch rows: LoftUp's tiling budget ("auto" / None: loftup.budget's default)
+    memory_budget: Optional[str] = None  # torch rows: LoftUp's tiling budget ("auto" / None: loftup.runtime.budget's default)
     progress: bool = True
     plot: bool = True
     seed: int = 0
@@ -282,7 +282,7 @@ class EngineFactory:
         from ..export.engine import TorchEngine, load_engine, with_attention_backend
 
         if backend.runtime == "torch":
-            from ..budget import parse_memory_budget
+            from ..runtime.budget import parse_memory_budget
 
             model = with_attention_backend(self.model, backend.attn_backend)
             return TorchEngine(model, None, precision=precision, compile=backend.compile, device=self.opts.device,
@@ -340,7 +340,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
     """Cheap validation before anything is loaded or timed; (options with the device resolved, backends)."""
-    from ..devices import resolve_device
+    from ..runtime.devices import resolve_device
 
     for p in opts.precisions:
         check_choice("precision", p, PRECISIONS)
@@ -351,7 +351,7 @@ def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
     if not opts.max_seconds > 0:
         raise ConfigError(f"--max-seconds must be positive, got {opts.max_seconds}")
     if opts.memory_budget is not None:
-        from ..budget import parse_memory_budget
+        from ..runtime.budget import parse_memory_budget
 
         parse_memory_budget(opts.memory_budget)
     if opts.upsampler is not None:

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..budget import available_memory, current_rss, proc_kib
+from ..runtime.budget import available_memory, current_rss, proc_kib
 
 __all__ = ["PeakMemory", "available_memory", "current_rss"]
 

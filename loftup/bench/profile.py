@@ -1,6 +1,6 @@
 """Per-stage time of one upsampler forward, from torch.profiler (`loftup bench --profile`).
 
-The model marks its stages (`loftup.profiling.STAGES`); inside `stage_markers()` each is a
+The model marks its stages (`loftup.runtime.profiling.STAGES`); inside `stage_markers()` each is a
 `record_function` range, and the profiler gives per range its CPU time and the time of the GPU
 kernels launched inside it (`device_time_total`, CUDA only). One extra range spans each whole
 call, so "other" is whatever no stage covers: residual adds, layout copies between stages,
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..profiling import PREFIX, STAGES, stage_markers
+from ..runtime.profiling import PREFIX, STAGES, stage_markers
 
 FORWARD = PREFIX + "forward"
 

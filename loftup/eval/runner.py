@@ -360,7 +360,7 @@ def write_results(out: Path, results: dict[str, Any], table: str, parity) -> Non
 
 def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate the requested upsamplers on one probe; write results to opts.out; return them."""
-    from ..devices import resolve_device
+    from ..runtime.devices import resolve_device
     from .parity import DEFAULT_ATOL, DEFAULT_RTOL
     from .probes import probe_config
 

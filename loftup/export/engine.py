@@ -126,7 +126,7 @@ class TorchEngine(Engine):
 
     With a backbone it takes both forms (pipeline and upsampler) and runs `loftup.pipeline.
     Pipeline` (input_size: its backbone input rule). precision "bf16"/"fp16" runs under
-    autocast (`loftup.devices.autocast`); compile=True wraps the forward in torch.compile (one
+    autocast (`loftup.runtime.devices.autocast`); compile=True wraps the forward in torch.compile (one
     compilation per input shape).
 
     GPU runtime options (`loftup.model.deploy`, LoftUp only; other kinds run as they are):
@@ -134,7 +134,7 @@ class TorchEngine(Engine):
     compile_stages (True, or a torch.compile backend name) compiles the Fourier-feature stage
     and the FFNs; cuda_graphs replays one CUDA graph per input shape (`loftup.export.cuda_graphs`;
     CUDA only). memory_budget: bytes of process peak RSS LoftUp's tiling keeps under (None: the
-    default, `loftup.budget`).
+    default, `loftup.runtime.budget`).
     """
 
     name = "torch"
@@ -184,7 +184,7 @@ class TorchEngine(Engine):
     def _context(self):
         import contextlib
 
-        from ..devices import autocast
+        from ..runtime.devices import autocast
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())

@@ -136,7 +136,7 @@ def photo_batch(batch: int, height: int, width: int, mean, std, offset: int = 0)
     import torch
 
     from ..pipeline import prepare_image
-    from ..samples import load_sample
+    from ..io.samples import load_sample
 
     names = [PARITY_PHOTOS[(offset + i) % len(PARITY_PHOTOS)] for i in range(batch)]
     x = torch.cat([prepare_image(load_sample(name), (height, width), mean, std) for name in names])

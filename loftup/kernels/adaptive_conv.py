@@ -1,4 +1,4 @@
-"""FeatUp's adaptive convolution (the JBU's per-pixel 7x7 filter) in plain PyTorch, and its dispatcher.
+"""FeatUp's adaptive convolution (the JBU's per-pixel 7x7 filter) in plain PyTorch.
 
     out[b, c, y, x] = sum_{i, j} kernel[b, y, x, i, j] * source[b, c, y + i, x + j]
 
@@ -30,20 +30,16 @@ runs the loop body op by op, so the exported JBU is several times slower than ea
 (README); a scan over the 7 kernel rows (one gather per row) ran 1.4x faster in ONNX Runtime but
 took twice as long to export, so it was not kept.
 
-`AdaptiveConvDispatcher` picks the implementation once per device type: "torch", "triton"
-(`triton_adaptive_conv.py`, CUDA tensors or the interpreter), or "auto" (Triton on CUDA when it
-is installed, else PyTorch).
+The dispatcher between this and the Triton kernel (`triton_adaptive_conv.py`, which uses this
+file as its reference) is `conv_dispatch.py`.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from ..errors import BackendUnavailableError, InputError, check_choice
+from ..errors import InputError
 
-CONV_BACKENDS = ("auto", "torch", "triton")
 DEFAULT_BUDGET_BYTES = 16 * 2**20
 
 
@@ -235,47 +231,4 @@ def tap_dots(padded: torch.Tensor, query: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([(padded[:, :, i : i + H, j : j + W] * query).sum(1) for i in range(k) for j in range(k)], dim=1)
 
 
-class AdaptiveConvDispatcher:
-    """The adaptive convolution's implementation, resolved once per device type (warns once on fallback)."""
-
-    def __init__(self, backend: str = "auto", budget_bytes: int = DEFAULT_BUDGET_BYTES):
-        self.requested = check_choice("adaptive-conv backend", backend, CONV_BACKENDS)
-        self.budget_bytes = budget_bytes
-        self._resolved: dict[str, str] = {}
-
-    def resolve(self, device: torch.device) -> str:
-        if device.type not in self._resolved:
-            self._resolved[device.type] = resolve_conv_backend(self.requested, device)
-        return self._resolved[device.type]
-
-    def __call__(self, source: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        if self.resolve(source.device) == "triton":
-            from .triton_adaptive_conv import triton_adaptive_conv
-
-            return triton_adaptive_conv(source, kernel)
-        return adaptive_conv_torch(source, kernel, self.budget_bytes)
-
-    def __repr__(self) -> str:
-        return f"AdaptiveConvDispatcher({self.requested!r})"
-
-
-def resolve_conv_backend(backend: str, device: torch.device) -> str:
-    """'torch' or 'triton' for tensors on `device` (BackendUnavailableError when triton cannot run)."""
-    from . import triton_can_run
-
-    check_choice("adaptive-conv backend", backend, CONV_BACKENDS)
-    if backend == "triton":
-        ok, why = triton_can_run(device)
-        if not ok:
-            raise BackendUnavailableError(f"adaptive-conv backend 'triton' cannot run here: {why}; use backend 'torch'")
-        return "triton"
-    if backend == "auto" and device.type == "cuda":
-        ok, why = triton_can_run(device)
-        if ok:
-            return "triton"
-        warnings.warn(f"loftup: the JBU adaptive convolution falls back to PyTorch: {why}", stacklevel=3)
-    return "torch"
-
-
-__all__ = ["CONV_BACKENDS", "AdaptiveConvDispatcher", "adaptive_conv_torch", "band_rows", "check_adaptive_conv_inputs",
-           "resolve_conv_backend", "tap_dots", "tap_scan"]
+__all__ = ["DEFAULT_BUDGET_BYTES", "adaptive_conv_torch", "band_rows", "check_adaptive_conv_inputs", "tap_dots", "tap_scan"]

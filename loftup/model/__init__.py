@@ -1,11 +1,11 @@
 """The upsamplers: LoftUp (config, layers, hub-compatible model, checkpoint I/O, deploy transforms),
 and the other kinds (LiFT, FeatUp-JBU) behind one factory, `build_upsampler`."""
 
-from .checkpoint import infer_config, load_checkpoint, load_or_init, save_checkpoint
+from .checkpoint import build_upsampler, infer_config, load_checkpoint, load_or_init, save_checkpoint
 from .config import LoftUpConfig
 from .deploy import fold_batchnorm
 from .featup_jbu import FeatUpJBU, JbuConfig
-from .kinds import KINDS, UPSAMPLER_KINDS, build_upsampler, kind_of
+from .kinds import KINDS, UPSAMPLER_KINDS, kind_of
 from .lift import LiFT, LiftConfig
 from .upsampler import LoftUp, LoftUpUpsampler
 

@@ -18,13 +18,22 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError, check_choice
 from ..io import atomic_write, read_tensors, state_dict_mismatch
 from .config import LoftUpConfig
+from .kinds import (
+    CONFIG_KEY,
+    KIND_KEY,
+    KINDS,
+    META_KEY,
+    check_kind,
+    detect_kind,
+    kind_of,
+    load_baseline,
+    runtime_overrides,
+)
 from .upsampler import LoftUp
 
-CONFIG_KEY = "loftup_config"
-META_KEY = "loftup_meta"
 
 # Checkpoints that ship in the package (loftup/weights/), by (backbone, weights source): the
 # default upsampler when a verb gets no --checkpoint. Trained by this toolchain
@@ -120,7 +129,6 @@ def load_checkpoint(path: str | Path, feat_dim: int | None = None, kind: str | N
     feat_dim: the backbone's channel count, if known; a mismatch raises CheckpointError.
     config_overrides: run-time knobs (attn_backend, minmax, tiling, ...), not architecture.
     """
-    from .kinds import KINDS, check_kind, detect_kind, load_baseline
 
     tensors, meta = read_state_dict(path)
     found, _ = detect_kind(tensors, meta)
@@ -155,6 +163,23 @@ def load_checkpoint(path: str | Path, feat_dim: int | None = None, kind: str | N
     return model.eval()
 
 
+def build_upsampler(kind: str, feat_dim: int, weights: str | Path | None = None, **config: Any) -> nn.Module:
+    """An upsampler of `kind` for `feat_dim`-channel features, in eval mode.
+
+    weights: a checkpoint file (ours or the kind's official layout; its channels must be
+    feat_dim, its kind `kind`); None gives a freshly initialised module (seed it yourself).
+    config: the kind's config fields - LoftUp: LoftUpConfig (num_blocks, lr_pe, attn_backend,
+    ...); LiFT: patch_size; FeatUp-JBU: use_norm, conv_backend. Unknown fields: ConfigError.
+    """
+    row = KINDS[check_choice("upsampler kind", kind, KINDS)]
+    if weights is not None:
+        return load_checkpoint(weights, feat_dim=feat_dim, kind=kind, **config)
+    if not feat_dim or int(feat_dim) < 1:
+        raise ConfigError(f"build_upsampler needs the feature channels (feat_dim), got {feat_dim!r}")
+    fields = {"feat_dim": int(feat_dim), **runtime_overrides(kind, config)}
+    return row.module_class(row.config_class.from_dict(fields)).eval()
+
+
 def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, feat_dim: int | None = None,
                  backbone: str | None = None, seed: int = 0, kind: str | None = None, weights: str | None = None,
                  **config_overrides: Any):
@@ -168,7 +193,6 @@ def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, fe
     of a random model (default loftup).
     ConfigError when both of checkpoint / random_init are given, or neither and nothing ships.
     """
-    from ..errors import ConfigError
 
     if checkpoint is not None and random_init:
         raise ConfigError("--checkpoint and --random-init exclude each other; pick one")
@@ -186,7 +210,6 @@ def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, fe
         raise ConfigError("--random-init needs the feature channels: pass --backbone NAME (or --feat-dim C where offered)")
     torch.manual_seed(seed)
     if kind not in (None, "loftup"):
-        from .kinds import build_upsampler
 
         return build_upsampler(kind, int(feat_dim), backbone=backbone, **config_overrides)
     return LoftUp(LoftUpConfig(feat_dim=int(feat_dim), backbone=backbone, **config_overrides)).eval()
@@ -207,7 +230,6 @@ def describe_weights(model) -> str:
 
 def kind_name(model) -> str:
     """How tables and messages name the model's kind (`kinds.KINDS[kind].title`)."""
-    from .kinds import KINDS, kind_of
 
     return KINDS[kind_of(model)].title
 
@@ -223,7 +245,6 @@ def save_checkpoint(model, path: str | Path, meta: dict[str, Any] | None = None,
     """
     from safetensors.torch import save_file
 
-    from .kinds import KIND_KEY, kind_of
 
     model = getattr(model, "module", model)  # a DDP wrapper saves its module
     kind = kind_of(model)

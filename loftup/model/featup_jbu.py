@@ -42,7 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError, check_choice
-from ..kernels.adaptive_conv import CONV_BACKENDS, AdaptiveConvDispatcher, tap_dots
+from ..kernels.adaptive_conv import tap_dots
+from ..kernels.conv_dispatch import CONV_BACKENDS, AdaptiveConvDispatcher
 from .layers import ChannelNorm
 from .pooling import adaptive_pool2d
 

@@ -10,7 +10,8 @@ official call `up(lr_feats, image)` and its official output size (LoftUp: the gu
 LiFT: 2h x 2w; FeatUp-JBU: 16h x 16w); `loftup.pipeline.fit_output` is the one place that
 brings an output to the guidance size (bilinear), for engines, export, eval and bench.
 
-Files (`load_upsampler`, also reached through `loftup.model.load_checkpoint`):
+Files (read by `loftup.model.checkpoint.load_checkpoint`, which calls `load_baseline` here;
+`build_upsampler` lives there too, since it may load weights):
 - ours: `.safetensors` whose metadata names the kind (`loftup_kind`) and its config;
 - official LiFT: a plain state dict (`module.` prefixes stripped, as the official loader does);
 - official FeatUp: a bare JBUStack state dict, or a Lightning checkpoint with the JBU under
@@ -35,7 +36,9 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, check_choice
 
-KIND_KEY = "loftup_kind"
+KIND_KEY = "loftup_kind"  # safetensors metadata of our checkpoints: the kind, its config, free-form meta
+CONFIG_KEY = "loftup_config"
+META_KEY = "loftup_meta"
 # LoftUp's run-time knobs: meaningless for the other kinds, so dropped for them (not an error)
 LOFTUP_RUNTIME_KNOBS = ("attn_backend", "attn_budget_mb", "tiling", "tile_size", "tile_threshold", "minmax")
 
@@ -159,7 +162,8 @@ def _infer_config(kind: str, sd: dict[str, torch.Tensor], source: str) -> dict[s
         raise CheckpointError(f"{source}: not a complete {KINDS[kind].title} checkpoint (key {e.args[0]!r} is missing)") from None
 
 
-def _runtime(kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def runtime_overrides(kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The config overrides that apply to `kind` (LoftUp's run-time knobs are dropped for the others)."""
     return {k: v for k, v in overrides.items() if not (kind != "loftup" and k in LOFTUP_RUNTIME_KNOBS)}
 
 
@@ -167,7 +171,6 @@ def load_baseline(kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, s
                   feat_dim: int | None = None, **config_overrides: Any) -> nn.Module:
     """A LiFT / FeatUp-JBU module from a read state dict (ours or official), strict, eval mode."""
     from ..io import state_dict_mismatch
-    from .checkpoint import CONFIG_KEY, META_KEY
 
     row = KINDS[kind]
     source = str(source)
@@ -182,7 +185,7 @@ def load_baseline(kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, s
         _, prefix = detect_kind(tensors)
         sd = _baseline_state_dict(row, tensors, prefix, source)
         fields = _infer_config(kind, sd, source)
-    fields.update(_runtime(kind, config_overrides))
+    fields.update(runtime_overrides(kind, config_overrides))
     try:
         cfg = row.config_class.from_dict(fields)
     except (TypeError, ValueError) as e:
@@ -202,24 +205,5 @@ def load_baseline(kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, s
     return model.eval()
 
 
-def build_upsampler(kind: str, feat_dim: int, weights: str | Path | None = None, **config: Any) -> nn.Module:
-    """An upsampler of `kind` for `feat_dim`-channel features, in eval mode.
-
-    weights: a checkpoint file (ours or the kind's official layout; its channels must be
-    feat_dim, its kind `kind`); None gives a freshly initialised module (seed it yourself).
-    config: the kind's config fields - LoftUp: LoftUpConfig (num_blocks, lr_pe, attn_backend,
-    ...); LiFT: patch_size; FeatUp-JBU: use_norm, conv_backend. Unknown fields: ConfigError.
-    """
-    row = KINDS[check_choice("upsampler kind", kind, KINDS)]
-    if weights is not None:
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint(weights, feat_dim=feat_dim, kind=kind, **config)
-    if not feat_dim or int(feat_dim) < 1:
-        raise ConfigError(f"build_upsampler needs the feature channels (feat_dim), got {feat_dim!r}")
-    fields = {"feat_dim": int(feat_dim), **_runtime(kind, config)}
-    return row.module_class(row.config_class.from_dict(fields)).eval()
-
-
-__all__ = ["KINDS", "KIND_KEY", "UPSAMPLER_KINDS", "UpsamplerKind", "build_upsampler", "check_kind", "detect_kind",
+__all__ = ["CONFIG_KEY", "KINDS", "KIND_KEY", "META_KEY", "UPSAMPLER_KINDS", "UpsamplerKind", "check_kind", "detect_kind",
            "kind_of", "load_baseline"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..kernels import AttentionDispatcher
-from ..profiling import stage
+from ..runtime.profiling import stage
 
 
 def coord_grid(n: int, device=None) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
 from ..kernels import AttentionDispatcher
-from ..profiling import stage
+from ..runtime.profiling import stage
 from .config import LoftUpConfig
 from .layers import (
     CATransformer,
@@ -74,7 +74,7 @@ class LoftUpUpsampler(nn.Module):
         # tile at once. Set by the ONNX export for the formats whose graph is chunked.
         self.query_chunk: int | None = None
         # Peak process RSS (bytes) that tiling keeps under ("auto" tiling); None: the default
-        # budget (loftup.budget). Set by engines from --memory-budget.
+        # budget (loftup.runtime.budget). Set by engines from --memory-budget.
         self.memory_budget: int | None = None
 
     @property
@@ -165,7 +165,7 @@ class LoftUpUpsampler(nn.Module):
         """(tile rows, tile cols) for a B x H x W output, or None for one untiled pass.
 
         tiling "always": cfg.tile_size squares; "never" (or training): None; "auto": from
-        `memory_budget` (bytes of process peak RSS; None: `loftup.budget.default_memory_budget`):
+        `memory_budget` (bytes of process peak RSS; None: `loftup.runtime.budget.default_memory_budget`):
         85% of what the budget leaves after the resident memory now, the output and a reserve for
         the key/value tokens, minus the attention's score blocks (a quarter of it, at least 64 MB
         and at most the dispatcher's own budget, lent to the dispatcher for the call), over
@@ -181,7 +181,7 @@ class LoftUpUpsampler(nn.Module):
             return None, None
         if self.cfg.tiling == "always":
             return (self.cfg.tile_size, self.cfg.tile_size), None
-        from ..budget import current_rss, default_memory_budget, format_bytes
+        from ..runtime.budget import current_rss, default_memory_budget, format_bytes
 
         budget = self.memory_budget or default_memory_budget()
         if not budget:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..devices import resolve_device
+from ..runtime.devices import resolve_device
 
 
 @dataclass

@@ -36,7 +36,7 @@ class FeatureExtractor:
     """
 
     def __init__(self, backbone: nn.Module, cache_dir: str | Path | None = None, precision: str = "fp32"):
-        from ..devices import autocast_dtype
+        from ..runtime.devices import autocast_dtype
 
         self.backbone = backbone.eval().requires_grad_(False)
         self.patch_size = int(getattr(backbone, "patch_size", 1))
@@ -47,7 +47,7 @@ class FeatureExtractor:
         self.misses = 0
 
     def _run(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
-        from ..devices import autocast
+        from ..runtime.devices import autocast
         from ..pipeline import backbone_input
 
         with torch.no_grad(), autocast(images.device, self.precision):

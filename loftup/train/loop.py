@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..devices import autocast
+from ..runtime.devices import autocast
 from ..errors import CheckpointError, ConfigError, TrainingError
 from .data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover
 from ..io import check_writable_dir

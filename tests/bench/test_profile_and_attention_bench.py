@@ -14,7 +14,7 @@ from loftup.bench.profile import profile_forward, summarize
 from loftup.cli import main
 from loftup.kernels import resolve_backend
 from loftup.kernels.attention_table import CANDIDATES, AttentionTable
-from loftup.profiling import STAGES
+from loftup.runtime.profiling import STAGES
 
 
 def test_bench_profile_on_cpu(tmp_path, capsys):
@@ -37,7 +37,7 @@ def test_bench_profile_on_cpu(tmp_path, capsys):
 
 
 def test_stage_markers_cost_nothing_when_off():
-    from loftup import profiling
+    from loftup.runtime import profiling
 
     assert profiling.stage("convs") is profiling.stage("attention")  # one shared no-op context
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from loftup.demo import MARKER, PLANS, TRAIN_PHOTOS, DemoOptions, prepare_out, run_demo
+from loftup.commands.demo import MARKER, PLANS, TRAIN_PHOTOS, DemoOptions, prepare_out, run_demo
 from loftup.errors import InputError
 from cli_support import assert_one_line_error, run
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from cli_support import assert_one_line_error, run
 
-from loftup.devices import resolve_device
+from loftup.runtime.devices import resolve_device
 from loftup.errors import BackendUnavailableError, ConfigError
 
 

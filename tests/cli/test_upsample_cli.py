@@ -15,7 +15,7 @@ BASE = ["upsample", "--backbone", "dinov2_vits14", "--weights", "random", "--siz
 
 @pytest.fixture()
 def photo(tmp_path):
-    from loftup.samples import load_sample
+    from loftup.io.samples import load_sample
 
     path = tmp_path / "in" / "chelsea.png"
     path.parent.mkdir()

@@ -23,7 +23,7 @@ SIZE = 70  # output shorter side: 333x517 -> 70x109, backbone 70x98 (5x7 tokens 
 
 @pytest.fixture(scope="module")
 def odd_photo(tmp_path_factory):
-    from loftup.samples import load_sample
+    from loftup.io.samples import load_sample
 
     path = tmp_path_factory.mktemp("photo") / "odd.png"
     load_sample("coffee").resize((517, 333), Image.Resampling.BICUBIC).save(path)

@@ -20,7 +20,8 @@ import torch
 
 from loftup.errors import InputError
 from loftup.kernels import triton_adaptive_conv as tac
-from loftup.kernels.adaptive_conv import AdaptiveConvDispatcher, adaptive_conv_torch
+from loftup.kernels.adaptive_conv import adaptive_conv_torch
+from loftup.kernels.conv_dispatch import AdaptiveConvDispatcher
 
 pytestmark = [pytest.mark.skipif(not tac._interpreted(), reason="needs TRITON_INTERPRET=1 before triton import"),
               pytest.mark.usefixtures("one_thread")]

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import torch
 
-import loftup.budget as budget_mod
-from loftup.budget import parse_memory_budget
+import loftup.runtime.budget as budget_mod
+from loftup.runtime.budget import parse_memory_budget
 from loftup.errors import ConfigError
 from loftup.model import LoftUp, LoftUpConfig
 
@@ -100,7 +100,7 @@ def test_parse_memory_budget_refuses_nonsense(text):
 
 SCRIPT = textwrap.dedent("""
     import json, sys, torch
-    from loftup.budget import proc_kib
+    from loftup.runtime.budget import proc_kib
     from loftup.model import LoftUp, LoftUpConfig
     C, size, budget = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     torch.set_num_threads(2)

@@ -216,7 +216,7 @@ def test_window_equals_the_slice_of_the_whole_output():
 
 
 def test_positional_init_makes_attention_start_local():
-    from loftup.explain import attention_at_pixels
+    from loftup.commands.explain import attention_at_pixels
 
     torch.manual_seed(0)
     model = LoftUp(LoftUpConfig(feat_dim=384, lr_pe="rope")).eval()  # the real width: 24 rotated pairs per axis

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from .errors import InputError, closest
+from ..errors import InputError, closest
 
 # scikit-image's bundled photos (skimage.data.<name>()); grayscale ones are converted. "cat" is
 # skimage's alias of "chelsea"; brick, grass and gravel are grayscale texture photos.

@@ -3,7 +3,7 @@
 Loader policy (README: Security): nothing in a file a user hands us is ever run. A weights
 file's format is judged by its bytes before any loader opens it; safetensors are read with
 safetensors, torch.save files with `torch.load(weights_only=True)`, and TorchScript archives
-(OpenAI's CLIP download) as plain data by loftup.torchscript - never by `torch.jit.load`.
+(OpenAI's CLIP download) as plain data by loftup.io.torchscript - never by `torch.jit.load`.
 Everything else is refused with one CheckpointError line.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 WRAPPER_KEYS = ("state_dict", "model")  # Lightning / training-script wrappers around a state dict
 
@@ -55,7 +55,7 @@ def check_writable_dir(folder: str | Path, what: str = "--out") -> None:
     folder (permission bits alone mislead: root ignores them, a read-only mount does not).
     Creates nothing that stays.
     """
-    from .errors import InputError
+    from ..errors import InputError
 
     folder = Path(folder).expanduser()
     probe = folder
@@ -180,7 +180,7 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
     The format is judged by content (`checkpoint_format`). torch.save files are read with
     weights_only=True; TorchScript archives as data, never through torch.jit.load (see
-    loftup.torchscript). Unwraps a top-level {"state_dict": ...} or {"model": ...}.
+    loftup.io.torchscript). Unwraps a top-level {"state_dict": ...} or {"model": ...}.
     CheckpointError (one line) says which file could not be read, why, and what to do.
     """
     path = Path(path).expanduser()
@@ -254,7 +254,7 @@ def rgb_image(img, name: str = "image"):
     import numpy as np
     from PIL import Image
 
-    from .errors import InputError
+    from ..errors import InputError
 
     mode = img.mode
     if mode in ("I", "F") or mode.startswith("I;"):

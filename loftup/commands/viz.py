@@ -1,7 +1,7 @@
 """`loftup viz features | attention | pseudo-gt`: the supplement's pictures (appendix C) for any image.
 
-Thin verbs: parse, check the output folder, call `loftup.explain` (what is computed) and
-`loftup.viz` (how it is drawn), write PNGs (and .npy / an HTML page) atomically. Only typer and
+Thin verbs: parse, check the output folder, call `loftup.commands.explain` (what is computed) and
+`loftup.commands.pictures` (how it is drawn), write PNGs (and .npy / an HTML page) atomically. Only typer and
 the stdlib at import time.
 """
 
@@ -20,8 +20,8 @@ ENGINE_SUFFIXES = (".onnx", ".plan", ".engine")
 
 def _out_dir(out: Path) -> Path:
     """A folder that can take new files, checked before any work (one clear line otherwise)."""
-    from .errors import InputError
-    from .export.exporter import check_writable_folder
+    from ..errors import InputError
+    from ..export.exporter import check_writable_folder
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -31,7 +31,7 @@ def _out_dir(out: Path) -> Path:
 
 
 def _save_png(picture, path: Path) -> Path:
-    from .io import atomic_write
+    from ..io import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
@@ -40,7 +40,7 @@ def _save_png(picture, path: Path) -> Path:
 
 def _finish(pictures: list[Path], out: Path, html: bool, title: str) -> None:
     if html:
-        from .viz import write_html
+        from .pictures import write_html
 
         write_html(out / "index.html", pictures, title)
         pictures = [*pictures, out / "index.html"]
@@ -51,13 +51,13 @@ def _image_input(image: str, size: int, mean, std):
     """(uint8 (H, W, 3) picture, normalised (1, 3, H, W) pipeline input, stem) of a file or sample:NAME."""
     import numpy as np
 
-    from .pipeline import prepare_image
-    from .samples import PREFIX, is_sample, load_sample
+    from ..pipeline import prepare_image
+    from ..io.samples import PREFIX, is_sample, load_sample
 
     if is_sample(image):
         pil, stem = load_sample(image[len(PREFIX):]), image[len(PREFIX):]
     else:
-        from .backbones import load_image
+        from ..backbones import load_image
 
         pil, stem = load_image(image), Path(image).stem
     x = prepare_image(pil, size, mean, std)
@@ -77,12 +77,12 @@ def features_command(
     html: bool = typer.Option(False, "--html", help="Also write index.html embedding the pictures."),
 ) -> None:
     """C.1: the input and every upsampler's features side by side, in one shared PCA basis."""
-    from .backbones import create_backbone
-    from .devices import resolve_device
-    from .errors import ConfigError
-    from .eval.upsamplers import BackboneRunner
+    from ..backbones import create_backbone
+    from ..runtime.devices import resolve_device
+    from ..errors import ConfigError
+    from ..eval.upsamplers import BackboneRunner
     from .explain import feature_sources, panel_features, parse_panels
-    from .viz import shared_pca_panels
+    from .pictures import shared_pca_panels
 
     panels = parse_panels(upsamplers)
     if size < 1:
@@ -114,13 +114,13 @@ def attention_command(
     """C.5: where chosen high-res pixels attend over the low-res token grid (dots: weight), per block and head; weights as .npy."""
     import numpy as np
 
-    from .backbones import create_backbone
-    from .errors import ConfigError
+    from ..backbones import create_backbone
+    from ..errors import ConfigError
     from .explain import attention_at_pixels, check_pixels, parse_pixels
-    from .io import atomic_write
-    from .model import load_checkpoint
-    from .pipeline import Pipeline
-    from .viz import attention_panels
+    from ..io import atomic_write
+    from ..model import load_checkpoint
+    from ..pipeline import Pipeline
+    from .pictures import attention_panels
 
     if Path(checkpoint).suffix.lower() in ENGINE_SUFFIXES:
         raise ConfigError(f"{Path(checkpoint).name} is an exported engine: its attention runs inside the graph and its weights "
@@ -172,12 +172,12 @@ def pseudo_gt_command(
     import numpy as np
     from PIL import Image
 
-    from .backbones import create_backbone
-    from .errors import ConfigError, check_choice
+    from ..backbones import create_backbone
+    from ..errors import ConfigError, check_choice
     from .explain import pseudo_gt
-    from .model import load_checkpoint
-    from .pipeline import IMAGENET_MEAN, IMAGENET_STD
-    from .viz import mask_picture, shared_pca_panels, titled_row
+    from ..model import load_checkpoint
+    from ..pipeline import IMAGENET_MEAN, IMAGENET_STD
+    from .pictures import mask_picture, shared_pca_panels, titled_row
 
     check_choice("masks", masks, ("sa1b", "coco", "slic", "felzenszwalb"))
     if not Path(image).is_file():

@@ -122,7 +122,7 @@ def write_html(path, pictures: list, title: str) -> None:
     import html
     from pathlib import Path
 
-    from .io import atomic_write
+    from ..io import atomic_write
 
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>"]
     for pic in pictures:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import BackendUnavailableError, ConfigError
+from ..errors import BackendUnavailableError, ConfigError
 
 
 def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
@@ -34,7 +34,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision name ('bf16', 'fp16'), None for 'fp32'; ConfigError otherwise."""
-    from .errors import check_choice
+    from ..errors import check_choice
 
     check_choice("precision", precision, PRECISIONS)
     return None if precision == "fp32" else DTYPES[precision]

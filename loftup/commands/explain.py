@@ -1,5 +1,5 @@
 """What `loftup viz` computes (the supplement's appendix C), with the code paths the toolchain
-already has; the pictures are drawn by `loftup.viz`.
+already has; the pictures are drawn by `loftup.commands.pictures`.
 
 - `panel_features`: several upsamplers on one image (C.1), each an eval feature source, so a
   panel is exactly what `loftup eval` would score;
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, InputError, closest
+from ..errors import ConfigError, InputError, closest
 
 BASELINE_PANELS = ("lowres", "nearest", "bilinear", "bicubic")
 ENGINE_SUFFIXES = (".onnx", ".plan", ".engine")
@@ -37,7 +37,7 @@ class Panel:
 
 def upsampler_kinds() -> tuple[str, ...]:
     """The checkpoint kinds a panel may name (LoftUp, and any kind `loftup.model` registers)."""
-    from . import model
+    from .. import model
 
     return tuple(getattr(model, "UPSAMPLER_KINDS", ("loftup",)))
 
@@ -73,8 +73,8 @@ def parse_panels(spec: str) -> list[Panel]:
 
 def feature_sources(panels: list[Panel], runner, device: str) -> dict[str, Any]:
     """Panels -> eval feature sources on one backbone runner (`loftup.eval.upsamplers`)."""
-    from .eval.upsamplers import EngineFeatures, LoftUpFeatures, check_engine_fits, make_baseline, open_engine
-    from .model import kind_of, load_checkpoint
+    from ..eval.upsamplers import EngineFeatures, LoftUpFeatures, check_engine_fits, make_baseline, open_engine
+    from ..model import kind_of, load_checkpoint
 
     sources: dict[str, Any] = {}
     for panel in panels:
@@ -142,8 +142,8 @@ def attention_at_pixels(model, lr: torch.Tensor, image: torch.Tensor, pixels: li
     head whatever the output size. The blocks' own outputs for those pixels carry on to the next
     block exactly as in the full forward pass (queries never attend to each other).
     """
-    from .model.layers import coord_grid
-    from .model.upsampler import image_features
+    from ..model.layers import coord_grid
+    from ..model.upsampler import image_features
 
     up = model.upsampler
     H, W = image.shape[-2:]
@@ -197,13 +197,13 @@ def pseudo_gt(image: str | Path, backbone, masks: str = "slic", size: int = 224,
     `model` (a fresh identity channel norm without one, as at the start of training); with a
     `teacher` (a stage-2 checkpoint's model) the teacher targets are `train.stage2.teacher_targets`.
     """
-    from .devices import autocast
-    from .model.layers import ChannelNorm
-    from .train import build_config
-    from .train.data import MaskedImageDataset, SampleSpec, StepSampler, discover
-    from .train.features import FeatureExtractor
-    from .train.stage1 import mask_bicubic_target
-    from .train.stage2 import teacher_targets
+    from ..runtime.devices import autocast
+    from ..model.layers import ChannelNorm
+    from ..train import build_config
+    from ..train.data import MaskedImageDataset, SampleSpec, StepSampler, discover
+    from ..train.features import FeatureExtractor
+    from ..train.stage1 import mask_bicubic_target
+    from ..train.stage2 import teacher_targets
 
     def training_sample(stage: int):
         """(config, item) of training's first step at this stage: same sampler key, same rendering."""

