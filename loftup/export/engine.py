@@ -135,6 +135,12 @@ class TorchEngine(Engine):
     and the FFNs; cuda_graphs replays one CUDA graph per input shape (`loftup.export.cuda_graphs`;
     CUDA only). memory_budget: bytes of process peak RSS LoftUp's tiling keeps under (None: the
     default, `loftup.runtime.budget`).
+
+    On CPU a LoftUp model runs as its CPU inference variant (`loftup.model.deploy.cpu_variant`, a
+    copy): BatchNorm folded, and bf16 / fp16 natively (weights in that dtype, no autocast round
+    trips; the Fourier featurizers stay float32); channels-last convs unless channels_last=False.
+    optimize=False runs the module as it is, under autocast for bf16 / fp16 (the parity
+    reference does).
     """
 
     name = "torch"
@@ -142,7 +148,7 @@ class TorchEngine(Engine):
     def __init__(self, model, backbone=None, precision: str = "fp32", compile: bool = False, device: str = "cpu",
                  metadata: EngineMetadata | None = None, source: str | Path | None = None, input_size=None,
                  cuda_graphs: bool = False, channels_last: bool | None = None, compile_stages: bool | str = False,
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, optimize: bool = True):
         from ..pipeline import Pipeline
         from . import cuda_graphs as graphs
 
@@ -151,9 +157,15 @@ class TorchEngine(Engine):
         if cuda_graphs:
             graphs.check_device(self.device)
         self.model = model.eval().to(self.device)
+        if optimize and self.device.type == "cpu":
+            from ..model.deploy import cpu_variant
+
+            self.model = cpu_variant(self.model, precision)
         if memory_budget is not None and hasattr(getattr(self.model, "upsampler", None), "memory_budget"):
             self.model.upsampler.memory_budget = int(memory_budget)  # LoftUp tiles to stay under it
-        self.channels_last = self.device.type == "cuda" and precision != "fp32" if channels_last is None else channels_last
+        if channels_last is None:  # CUDA: for cuDNN's bf16 / fp16 convs; CPU: oneDNN's convs, and tokens become views
+            channels_last = (self.device.type == "cuda" and precision != "fp32") or (optimize and self.device.type == "cpu")
+        self.channels_last = channels_last
         if self.channels_last or compile_stages:
             from ..model import deploy
 
@@ -222,7 +234,8 @@ class TorchEngine(Engine):
 def reference_engine(model, backbone=None, device: str = "cpu", input_size=None) -> TorchEngine:
     """The PyTorch reference every parity check compares with (export, bench, eval, demo):
     fp32, BatchNorm unfolded, `REFERENCE_BACKEND` attention."""
-    return TorchEngine(with_attention_backend(model, REFERENCE_BACKEND), backbone, device=device, input_size=input_size)
+    return TorchEngine(with_attention_backend(model, REFERENCE_BACKEND), backbone, device=device, input_size=input_size,
+                       optimize=False)
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,9 +7,16 @@
 - `compile_stages`: the elementwise-heavy stages as compiled functions (torch.compile): min-max
   scaling + Fourier features + channel norm as one, each block's FFN (LayerNorm, Linear, GELU,
   Linear) + residual add as one. Attention stays outside (its own kernels). In place.
+- `native_precision`: a copy with BatchNorm folded and the convs, the token path (projections,
+  attention, FFNs, norms) and the head in bfloat16 / float16 weights and activations, without
+  autocast's float32 round trips; the Fourier featurizers and the channel norms stay float32
+  (sin of coordinates times up to e^10 means nothing in 8 mantissa bits). What `TorchEngine`
+  runs for bf16 on CPU.
+- `cpu_variant`: what `TorchEngine` runs on CPU: BatchNorm folded (fp32), or `native_precision`
+  (bf16 / fp16); the engine adds channels-last.
 
-Both leave parameters, state-dict keys and eager numerics alone (compiled code may round
-differently, within the parity tolerances).
+Channels-last and compiling leave parameters, state-dict keys and eager numerics alone (compiled
+code may round differently, within the parity tolerances); the copies keep the official keys.
 """
 
 from __future__ import annotations
@@ -20,6 +27,12 @@ import torch
 import torch.nn as nn
 
 from .upsampler import LoftUp
+
+# Head dims padded to a multiple of this on CPU (zero channels, exact; layers.MultiheadCrossAttention):
+# LoftUp-S's 101 -> 104 makes the q/k/v projections 416 wide, and GEMMs whose output width is a
+# multiple of 16 ran 1.2x faster (fp32, 404 vs 416 outputs: 62 vs 75 GFLOP/s per core; the fused
+# fp32 attention 66 vs 78), measured on the Zen 4 machine (one thread, CPU time, issue 26).
+CPU_HEAD_MULTIPLE = 8
 
 
 @torch.no_grad()
@@ -82,4 +95,31 @@ def compile_stages(model: nn.Module, backend: str = "inductor", mode: str | None
         return model
     up.compiled["features"] = torch.compile(image_features, backend=backend, mode=mode)
     up.ca_transformer.compiled["ffn"] = torch.compile(ffn_residual, backend=backend, mode=mode)
+    return model
+
+
+def native_precision(model: LoftUp, dtype: torch.dtype = torch.bfloat16) -> LoftUp:
+    """Copy of `model` (eval mode, BatchNorm folded) computing in `dtype` natively: the convs, the
+    transformer and the output head hold `dtype` weights, so tokens stay in `dtype` from the first
+    conv to the head (layer norms and softmax accumulate in float32 inside their kernels). The
+    image and low-res Fourier featurizers and both channel norms keep float32 weights and run in
+    float32; their outputs are cast once. `LoftUp.forward` turns autocast off for such a model."""
+    model = fold_batchnorm(model)
+    up = model.upsampler
+    for module in (*list(up.first_conv)[1:], up.ca_transformer, up.final_conv):
+        module.to(dtype)
+    return model
+
+
+def cpu_variant(model: nn.Module, precision: str = "fp32") -> nn.Module:
+    """The inference variant of a LoftUp model on CPU (`TorchEngine`, which also turns channels-last
+    on): fp32 - BatchNorm folded; bf16 / fp16 - `native_precision`. Other kinds: unchanged."""
+    if _loftup_upsampler(model) is None:
+        return model
+    from ..runtime.devices import DTYPES
+
+    model = fold_batchnorm(model) if precision == "fp32" else native_precision(model, DTYPES[precision])
+    for module in model.modules():  # heads 101 -> 104: q/k/v GEMMs 416 wide, attention rows aligned (exact)
+        if getattr(getattr(module, "dispatcher", None), "head_multiple", 0) is None:
+            module.dispatcher.head_multiple = CPU_HEAD_MULTIPLE
     return model

@@ -37,7 +37,7 @@ def image_features(up: "LoftUpUpsampler", image, lo, hi, ys, xs) -> torch.Tensor
     x = up.fourier_feat[1](MinMaxScaler.apply(image, lo, hi), ys, xs)
     if up.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return up.first_conv[0](x)
+    return up.first_conv[0](x).to(up.compute_dtype)  # float32 featurizer and norm; the convs' dtype after
 
 
 class LoftUpUpsampler(nn.Module):
@@ -78,6 +78,13 @@ class LoftUpUpsampler(nn.Module):
         self.memory_budget: int | None = None
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the convs, the token path and the head: float32, or bfloat16 / float16 in a
+        native reduced-precision variant (`loftup.model.deploy.native_precision`). The Fourier
+        featurizers and the channel norms stay float32 in every variant."""
+        return self.final_conv[0].weight.dtype
+
+    @property
     def halo(self) -> int:
         return HALO if self.cfg.image_conv_kernel == 3 else 0
 
@@ -88,7 +95,7 @@ class LoftUpUpsampler(nn.Module):
             lr = torch.cat([lr, self.lr_pe(lr)], dim=1)
         elif self.cfg.lr_pe == "learnable":
             lr = lr + F.interpolate(self.lr_pe, size=lr.shape[-2:], mode="bicubic", align_corners=False).to(lr.dtype)
-        return lr.flatten(2).transpose(1, 2)
+        return lr.flatten(2).transpose(1, 2).to(self.compute_dtype)
 
     # -- query path ----------------------------------------------------------------------
     def _queries_and_out(self, image, lo, hi, ys, xs, kv, k_pos, crop) -> torch.Tensor:
@@ -321,8 +328,18 @@ class LoftUp(nn.Module):
                 window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """window: (top, left, height, width) of the output to compute (see LoftUpUpsampler.forward)."""
         self.check_inputs(lr_feats, image)
+        device = image.device.type
+        if self.upsampler.compute_dtype != torch.float32 and torch.is_autocast_enabled(device):
+            # a native bf16 / fp16 variant (loftup.model.deploy.native_precision) runs as it is:
+            # autocast would only add float32 round trips (it runs layer norms in float32)
+            with torch.autocast(device, enabled=False):
+                return self._forward(lr_feats, image, tile, window)
+        return self._forward(lr_feats, image, tile, window)
+
+    def _forward(self, lr_feats, image, tile, window) -> torch.Tensor:
         with stage("lr channel norm"):
-            lr = self.channelnorm(lr_feats)
+            lr = self.channelnorm(lr_feats.to(self.channelnorm.norm.weight.dtype))
+        image = image.to(self.upsampler.fourier_feat[1].biases.dtype)  # Fourier features: float32 in every variant
         return self.upsampler(lr, image, tile=tile, window=window)
 
     @torch.no_grad()
