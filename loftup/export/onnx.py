@@ -25,10 +25,14 @@ Memory: written whole, attention materialises the (B, heads, H*W, h*w) score mat
 table row says `query_chunks` (ONNX) get the token path - q projection, attention, FFNs, final
 norm and the 1x1 head - as one `scan` over blocks of queries (`LoftUpUpsampler.
 _chunked_tokens_out`; an ONNX Scan node), so only one block's scores are alive; the block length
-comes from `query_chunk_length` at the export's largest size. Measured (C = 384, fresh process,
-one forward, 2-core CPU): ONNX Runtime peaks at 1.66 GB at 448 px and 7.1 GB at 896 px; what
-is left is the full-resolution Fourier features, convolutions and token copies before the loop
-(the loop does not cover them yet). TensorRT gets the whole pattern,
+comes from `query_chunk_length` at the export's largest size. Before that loop, the Fourier
+features, their channel norm and the two convs run as a second Scan over bands of `row_band_length`
+rows (`LoftUpUpsampler._banded_tokens`; each band reads its 2-row halo, rows outside the image
+zeroed = the official zero padding), writing the token tensor band by band. Measured (C = 384,
+fresh process, one forward, 2-core CPU): ONNX Runtime peaked at 1.66 GB at 448 px with the
+query loop alone (issue 18), 1.01 GB with both loops (0.28 GB before the forward: +0.73 GB;
+issue 26); what is left is the token tensor, the loop's stacked output and its transposed copy
+(about 0.3 GB each at 448 px). TensorRT gets the whole pattern,
 which it fuses into its own attention kernels. The scan is traced with parameters that need no
 grad (`deploy_upsampler`): torch would otherwise export its backward's saved sizes and fail.
 """
@@ -106,12 +110,29 @@ def query_chunk_length(cfg, max_lr_tokens: int, budget_bytes: int = SCORE_BUDGET
     return max(256, budget_bytes // per_query // 256 * 256)
 
 
+BAND_BUDGET_BYTES = 96 * 2**20  # per image: one row band's Fourier features and conv maps
+
+
+def row_band_length(cfg, max_width: int, min_height: int | None = None, budget_bytes: int = BAND_BUDGET_BYTES) -> int:
+    """Rows per band of a banded LoftUp graph (`LoftUpUpsampler._banded_tokens`): one band's float32
+    Fourier features (twice: before and after their norm) and three conv maps (~2 x F + 3 x D
+    per pixel) fit `budget_bytes` per image at the export's largest width; a multiple of 8 in
+    [8, 64] (the two 3x3 convs recompute 2 halo rows per band: 6% of the first conv at 32 rows),
+    and below `min_height`: torch.export needs at least two bands at every height it exports for
+    (a loop of length 1 would pin the size)."""
+    per_row = 4 * max_width * (2 * cfg.image_feat_dim + 3 * cfg.token_dim)
+    rows = int(min(64, max(8, budget_bytes // per_row // 8 * 8)))
+    return max(1, min(rows, min_height - 1)) if min_height else rows
+
+
 def deploy_upsampler(model, attention: str, precision: str = "fp32", max_size: int = 448, min_lr: int = 1,
-                     query_chunk: int | None = None):
+                     query_chunk: int | None = None, row_band: int | None = None):
     """The traced variant of an upsampler.
 
     LoftUp: BN folded, no tiling, export attention, precision; query_chunk: queries per block of
-    the token path's loop (`LoftUpUpsampler._chunked_tokens_out`), None for one whole block. LiFT / FeatUp-JBU have neither
+    the token path's loop (`LoftUpUpsampler._chunked_tokens_out`), None for one whole block; with
+    it, the Fourier features and convs loop over bands of row_band rows (default `row_band_length`
+    at max_size; `LoftUpUpsampler._banded_tokens`). LiFT / FeatUp-JBU have neither
     attention nor LoftUp's conv-BN head: their own `deploy(max_size, min_lr)` (eval mode, window
     bounds for the traced adaptive pooling, JBU's adaptive convolution in plain ops), then the
     precision. ONNX Runtime and TensorRT fold LiFT's BatchNorms into its convs themselves.
@@ -128,6 +149,7 @@ def deploy_upsampler(model, attention: str, precision: str = "fp32", max_size: i
     up.cfg = up.cfg.replace(tiling="never")
     up.upsampler.cfg = up.cfg
     up.upsampler.query_chunk = query_chunk
+    up.upsampler.row_band = (row_band or row_band_length(up.cfg, max_size)) if query_chunk else None
     up.requires_grad_(False)  # a scan over parameters that need grad is exported with its backward's sizes, which fails
     attn = ExportAttention(attention)
     for module in up.modules():
@@ -244,10 +266,10 @@ class UpsamplerGraph(nn.Module):
 
 
 def deploy_module(model, backbone, scope: str, precision: str, attention: str, max_size: int, min_lr: int = 1,
-                  query_chunk: int | None = None):
+                  query_chunk: int | None = None, row_band: int | None = None):
     """The module that is traced: float32 image (and lr_feats) in, float32 hr_feats out."""
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    up = deploy_upsampler(model, attention, precision, max_size, min_lr, query_chunk)
+    up = deploy_upsampler(model, attention, precision, max_size, min_lr, query_chunk, row_band)
     if scope == "upsampler":
         return UpsamplerGraph(up, dtype).eval()
     bb = traceable_backbone(backbone, max_size)
@@ -323,12 +345,13 @@ def trace(module, scope: str, feat_dim: int, token_dim: int, patch: int, sizes: 
 def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampler", precision: str = "fp32", opset: int = 20,
                 attention: str = "auto", sizes: tuple[int, int, int] = (224, 448, 896), max_batch: int = 8,
                 source: str | Path | None = None, patch_size: int | None = None,
-                query_chunk: int | str | None = None) -> EngineMetadata:
+                query_chunk: int | str | None = None, row_band: int | None = None) -> EngineMetadata:
     """Trace `model` (an upsampler of any kind, plus `backbone` for the pipeline scope) and write an ONNX file.
 
     query_chunk: queries per block of the token path's loop (LoftUp; "auto": `query_chunk_length`
     at the largest size, None: one whole block, as TensorRT wants it; the format table's
-    `query_chunks` says which a format gets). For the upsampler scope a backbone is optional and only describes the inputs in the
+    `query_chunks` says which a format gets); with query blocks, the Fourier features and convs
+    loop over bands of row_band rows (None: `row_band_length` at the largest size). For the upsampler scope a backbone is optional and only describes the inputs in the
     metadata (name, patch size, normalisation). The graph's output is at the image's size for
     every kind (`loftup.pipeline.fit_output`). LiFT / FeatUp-JBU upsampler-scope engines accept
     low-res grids from min_size // patch cells (at least the kind's minimum): their traced
@@ -361,7 +384,9 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
         chunk = query_chunk_length(model.cfg, max(1, sizes[2] // patch) ** 2)
     elif isinstance(query_chunk, int) and kind == "loftup":
         chunk = max(1, query_chunk)
-    module = deploy_module(model, backbone if scope == "pipeline" else None, scope, precision, encoding, sizes[2], min_lr, chunk)
+    band = (row_band or row_band_length(model.cfg, sizes[2], sizes[0])) if chunk else None
+    module = deploy_module(model, backbone if scope == "pipeline" else None, scope, precision, encoding, sizes[2], min_lr,
+                           chunk, band)
     with _quiet_exporter():
         ep = trace(module, scope, model.cfg.feat_dim, getattr(model.cfg, "token_dim", model.cfg.feat_dim), patch, sizes,
                    max_batch, min_lr if scope == "upsampler" else 1)
@@ -390,6 +415,7 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
     md.attention = encoding
     if chunk:
         md.runtime["query_chunk"] = chunk  # the graph's token path loops over blocks of this many queries
+        md.runtime["row_band"] = band  # and its full-resolution stages over bands of this many rows
     md.input_shapes = input_shapes(scope, model.cfg.feat_dim, patch, sizes, max_batch, min_lr)
     program.model.metadata_props.update(metadata_props(md))
     path = Path(path)

@@ -73,6 +73,9 @@ class LoftUpUpsampler(nn.Module):
         # Queries per block of the token path's scan (`_chunked_tokens_out`); None = the whole
         # tile at once. Set by the ONNX export for the formats whose graph is chunked.
         self.query_chunk: int | None = None
+        # Rows per band of the full-resolution stages' scan (`_banded_tokens`: Fourier features,
+        # channel norm, convs); None = the whole image at once. Set with query_chunk by the ONNX export.
+        self.row_band: int | None = None
         # Peak process RSS (bytes) that tiling keeps under ("auto" tiling); None: the default
         # budget (loftup.runtime.budget). Set by engines from --memory-budget.
         self.memory_budget: int | None = None
@@ -98,26 +101,80 @@ class LoftUpUpsampler(nn.Module):
         return lr.flatten(2).transpose(1, 2).to(self.compute_dtype)
 
     # -- query path ----------------------------------------------------------------------
-    def _queries_and_out(self, image, lo, hi, ys, xs, kv, k_pos, crop) -> torch.Tensor:
-        """Fourier feats of a window of the image (scaled by lo/hi) -> convs -> crop halo -> attention -> head."""
+    def _queries_and_out(self, image, lo, hi, ys, xs, kv, k_pos, crop, whole: bool = False) -> torch.Tensor:
+        """Fourier feats of a window of the image (scaled by lo/hi) -> convs -> crop halo -> attention -> head.
+        whole: the window is the whole image (no crop), which the banded graph needs."""
+        top, left, h, w = crop
+        q_pos = None
+        if k_pos is not None:
+            yy, xx = torch.meshgrid(ys[top : top + h], xs[left : left + w], indexing="ij")
+            q_pos = torch.stack([yy.flatten(), xx.flatten()], dim=1)
+        if self.query_chunk and self.row_band and whole:
+            tokens = self._banded_tokens(image, lo, hi, ys, xs)  # (bands * rows * w, B, D), the first h*w real
+            return self._chunked_tokens_out(tokens, h * w, kv, q_pos, k_pos).unflatten(2, (h, w))
+        x = self._conv_features(image, lo, hi, ys, xs)
+        x = x[:, :, top : top + h, left : left + w]
+        tokens = x.flatten(2).transpose(1, 2)  # (B, h*w, D), no copy when channels-last
+        if self.query_chunk:
+            return self._chunked_tokens_out(tokens.transpose(0, 1), h * w, kv, q_pos, k_pos).unflatten(2, (h, w))
+        q = self.ca_transformer(tokens, kv, q_pos, k_pos)
+        with stage("output head"):
+            return self.output_head(q).transpose(1, 2).unflatten(2, (h, w))  # (B, C, h, w), channels-last strides
+
+    def _conv_features(self, image, lo, hi, ys, xs) -> torch.Tensor:
+        """Fourier features of an image window (with their channel norm) -> the two convs (BatchNorm,
+        ReLU), zero padded as the official convs: (B, 3, H, W) -> (B, D, H, W)."""
         with stage("fourier features"):
             x = self.compiled.get("features", image_features)(self, image, lo, hi, ys, xs)
         with stage("convs"):
             for layer in list(self.first_conv)[1:]:  # [0], the channel norm, is in image_features
                 x = layer(x)
-        top, left, h, w = crop
-        x = x[:, :, top : top + h, left : left + w]
-        B, D = x.shape[:2]
-        q_pos = None
-        if k_pos is not None:
-            yy, xx = torch.meshgrid(ys[top : top + h], xs[left : left + w], indexing="ij")
-            q_pos = torch.stack([yy.flatten(), xx.flatten()], dim=1)
-        tokens = x.flatten(2).transpose(1, 2)  # (B, h*w, D), no copy when channels-last
-        if self.query_chunk:
-            return self._chunked_tokens_out(tokens, kv, q_pos, k_pos).unflatten(2, (h, w))
-        q = self.ca_transformer(tokens, kv, q_pos, k_pos)
-        with stage("output head"):
-            return self.output_head(q).transpose(1, 2).unflatten(2, (h, w))  # (B, C, h, w), channels-last strides
+        return x
+
+    def _banded_tokens(self, image, lo, hi, ys, xs) -> torch.Tensor:
+        """Fourier features, channel norm and convs over full-width bands of `row_band` rows:
+        (B, 3, H, W) -> tokens (bands * row_band * W, B, D), token-major, pixel p = y * W + x at
+        row p for every y < H (bands are whole rows), rows past the image at the end.
+
+        Each band reads its rows plus the convs' halo (2 rows above and below for two 3x3 convs)
+        and runs the convs without row padding; rows outside the image are zeroed before each
+        conv, which is exactly the official zero padding, so the tokens equal the whole-image
+        ones. Exported (torch.export), the bands are one `scan` (an ONNX Scan node: H stays
+        symbolic, only one band's Fourier features and conv maps are alive at a time); eagerly,
+        a Python loop. The last band's rows past the image come from clamped rows; the caller
+        reads only the first H * W tokens.
+        """
+        R, halo, H = int(self.row_band), self.halo, image.shape[2]
+        pad = self.cfg.image_conv_kernel // 2
+
+        def band(rows):  # (R + 2 * halo,) image rows from band start - halo -> (R * W, B, D)
+            inside = (rows >= 0) & (rows < H)
+            clamped = rows.clamp(0, H - 1)
+            with stage("fourier features"):
+                x = self.compiled.get("features", image_features)(
+                    self, image.index_select(2, clamped), lo, hi, ys.index_select(0, clamped), xs)
+            with stage("convs"):
+                cut = 0
+                for layer in list(self.first_conv)[1:]:
+                    if not isinstance(layer, nn.Conv2d):
+                        x = layer(x)
+                        continue
+                    keep = inside[cut : inside.shape[0] - cut].to(x.dtype)  # this conv's input rows
+                    x = F.conv2d(x * keep[:, None], layer.weight, layer.bias, padding=(0, pad))
+                    cut += pad
+            return x.flatten(2).permute(2, 0, 1)  # (B, D, R, W) -> (R * W, B, D)
+
+        starts = torch.arange((H + R - 1) // R, device=image.device) * R - halo
+        index = starts[:, None] + torch.arange(R + 2 * halo, device=image.device)  # (bands, R + 2 * halo)
+        if not torch.compiler.is_exporting():
+            return torch.cat([band(rows) for rows in index], dim=0)
+        from torch._higher_order_ops.scan import scan
+
+        def body(carry, rows):
+            return carry + 0, band(rows)
+
+        _, out = scan(body, image.new_zeros(()), index)  # (bands, R * W, B, D)
+        return out.flatten(0, 1)
 
     def output_head(self, q: torch.Tensor) -> torch.Tensor:
         """`final_conv` (1x1 conv + channel LayerNorm, eps 1e-6) on tokens: (B, n, D) -> (B, n, C).
@@ -130,20 +187,21 @@ class LoftUpUpsampler(nn.Module):
         y = F.linear(q, conv.weight.flatten(1), conv.bias)
         return F.layer_norm(y, y.shape[-1:], norm.weight.to(y.dtype), norm.bias.to(y.dtype), norm.eps)
 
-    def _chunked_tokens_out(self, tokens, kv, q_pos, k_pos) -> torch.Tensor:
+    def _chunked_tokens_out(self, tokens, N, kv, q_pos, k_pos) -> torch.Tensor:
         """The token path (transformer + per-pixel head) over blocks of `query_chunk` queries:
-        (B, N, D) -> (B, C, N). Exported (torch.export), the blocks are one `scan`, which the
-        ONNX exporter writes as one loop node, so N stays symbolic; eagerly, a Python loop.
+        tokens (>= N, B, D), token-major, the first N real -> (B, C, N). Exported (torch.export),
+        the blocks are one `scan`, which the ONNX exporter writes as one loop node, so N stays
+        symbolic; eagerly, a Python loop.
 
         Queries never interact, so this equals the whole-tensor path; only one block's scores,
         FFN activations and head temporaries are alive at a time. The last block is filled up by
         repeating query N-1; its extra outputs are dropped.
         """
-        S, N = int(self.query_chunk), tokens.shape[1]
+        S = int(self.query_chunk)
 
         def block(idx):  # (S,) query indices -> (B, C, S)
             pos = q_pos.index_select(0, idx) if q_pos is not None else None
-            q = self.ca_transformer(tokens.index_select(1, idx), kv, pos, k_pos)  # (B, S, D)
+            q = self.ca_transformer(tokens.index_select(0, idx).transpose(0, 1), kv, pos, k_pos)  # (B, S, D)
             return self.output_head(q).transpose(1, 2)  # (B, C, S)
 
         if not torch.compiler.is_exporting():
@@ -162,11 +220,14 @@ class LoftUpUpsampler(nn.Module):
 
     def working_bytes_per_pixel(self, batch: int = 1) -> int:
         """Working memory per output pixel of the eager query path (Fourier features, convs, tokens,
-        FFN, head), float32: ~6 token-width tensors alive at the token stages' peak plus ~3
-        Fourier-feature widths for the featurizer's transients. Measured on CPU (RSS slope between
-        112 and 224 px, untiled): 8.7 KB per pixel at C = 384, 2.2 KB at C = 32; this counts 12.1 KB
-        and 3.7 KB (tiles then also hold their halo and slices)."""
-        return batch * 4 * (6 * self.cfg.token_dim + 3 * self.cfg.image_feat_dim)
+        FFN, head): ~6 token-width tensors in the compute dtype alive at the token stages' peak
+        plus ~3 float32 Fourier-feature widths for the featurizer's transients. Measured on CPU
+        (RSS slope between 112 and 224 px, untiled): 8.7 KB per pixel at C = 384, 2.2 KB at C = 32;
+        this counts 12.1 KB and 3.7 KB (tiles then also hold their halo and slices). The CPU
+        inference variants (issue 26, fresh process at 224 px, output included): fp32 11.9 KB,
+        native bf16 5.7 KB per pixel; this counts 12.1 and 7.3 KB plus the output."""
+        e = torch.empty((), dtype=self.compute_dtype).element_size()
+        return batch * (6 * self.cfg.token_dim * e + 3 * self.cfg.image_feat_dim * 4)
 
     def tile_plan(self, B: int, H: int, W: int, n_keys: int = 0) -> tuple[int, int] | None:
         """(tile rows, tile cols) for a B x H x W output, or None for one untiled pass.
@@ -191,9 +252,8 @@ class LoftUpUpsampler(nn.Module):
         from ..runtime.budget import current_rss, default_memory_budget, format_bytes
 
         budget = self.memory_budget or default_memory_budget()
-        if not budget:
-            return None, None
-        out_bytes = B * self.cfg.feat_dim * H * W * (6 if torch.is_autocast_enabled("cpu") else 4)
+        reduced = torch.is_autocast_enabled("cpu") or self.compute_dtype != torch.float32
+        out_bytes = B * self.cfg.feat_dim * H * W * (6 if reduced else 4)  # + the engine's float32 copy
         reserve = 96 * 2**20 + 2 * B * self.cfg.num_blocks * n_keys * self.cfg.token_dim * 4
         working = int(0.85 * (budget - current_rss() - out_bytes - reserve))  # 15% for allocator slack
         attn = None
@@ -273,7 +333,7 @@ class LoftUpUpsampler(nn.Module):
         """The query path over the tiles of `plan` ((rows, cols) or None: one pass), each with its halo."""
         B, _, H, W = image.shape
         if plan is None:
-            return self._queries_and_out(image, lo, hi, ys, xs, kv, k_pos, (0, 0, H, W))
+            return self._queries_and_out(image, lo, hi, ys, xs, kv, k_pos, (0, 0, H, W), whole=True)
         out = None
         th, tw = plan
         for y0 in range(0, H, th):

@@ -1,10 +1,12 @@
 """Memory budget of a run: the bound on the process's peak resident memory that tiling keeps.
 
-`--memory-budget` (upsample, bench, export's parity run) takes a size (`1.5GB`, `800MB`,
+`--memory-budget` (upsample, bench, eval, export's parity run) takes a size (`1.5GB`, `800MB`,
 `2G`, bytes) or `auto`: the process's resident memory when the engine is made plus
-`DEFAULT_FRACTION` of the machine's available memory (Linux `MemAvailable`: free memory plus
-what the kernel can reclaim), so a run leaves the rest to other processes. Without
-/proc/meminfo (not Linux) `auto` means no bound.
+`DEFAULT_HEADROOM` (1 GiB), or plus `DEFAULT_FRACTION` of the machine's available memory
+(Linux `MemAvailable`: free memory plus what the kernel can reclaim) when that is less. A deploy
+user on a shared machine expects a bounded footprint, not half of what is free; a larger
+budget is one `--memory-budget 4GB` away and only changes speed, never the numbers. Without
+/proc/meminfo (not Linux) `auto` means resident memory + 1 GiB.
 
 The LoftUp upsampler turns the budget into a tile plan (`loftup.model.upsampler`): what is left
 after the resident memory at call time and the output, divided by the working memory per output
@@ -20,7 +22,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-DEFAULT_FRACTION = 0.5  # of MemAvailable, for `auto`
+DEFAULT_HEADROOM = 2**30  # `auto`: at most this much above the resident memory ...
+DEFAULT_FRACTION = 0.5  # ... and at most this fraction of MemAvailable
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
@@ -50,10 +53,11 @@ def available_memory() -> int:
     return proc_kib(Path("/proc/meminfo"), "MemAvailable")
 
 
-def default_memory_budget(fraction: float = DEFAULT_FRACTION) -> int | None:
-    """`auto`: resident memory now + `fraction` of MemAvailable; None when MemAvailable is unknown."""
+def default_memory_budget(fraction: float = DEFAULT_FRACTION, headroom: int = DEFAULT_HEADROOM) -> int:
+    """`auto`: resident memory now + the smaller of `headroom` and `fraction` of MemAvailable
+    (just `headroom` when MemAvailable is unknown)."""
     avail = available_memory()
-    return current_rss() + int(fraction * avail) if avail else None
+    return current_rss() + (min(headroom, int(fraction * avail)) if avail else headroom)
 
 
 def parse_memory_budget(text: str | int | None) -> int | None:

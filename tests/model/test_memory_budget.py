@@ -64,9 +64,14 @@ def test_a_roomy_budget_does_not_tile_and_a_tiny_one_says_what_to_do(monkeypatch
     up.memory_budget = 350 * MB
     with pytest.raises(ConfigError, match="raise --memory-budget"):
         up.tile_plan(1, 448, 448, 1024)
-    up.memory_budget = None  # the default: resident memory + half of MemAvailable
+    up.memory_budget = None  # the default: resident memory + 1 GiB, or + half of MemAvailable when that is less
     monkeypatch.setattr(budget_mod, "available_memory", lambda: 8 * 2**30)
-    assert budget_mod.default_memory_budget() == 300 * MB + 4 * 2**30
+    assert budget_mod.default_memory_budget() == 300 * MB + 2**30
+    monkeypatch.setattr(budget_mod, "available_memory", lambda: 1536 * MB)
+    assert budget_mod.default_memory_budget() == 300 * MB + 768 * MB
+    monkeypatch.setattr(budget_mod, "available_memory", lambda: 0)  # not Linux: no MemAvailable
+    assert budget_mod.default_memory_budget() == 300 * MB + 2**30
+    assert parse_memory_budget("auto") == 300 * MB + 2**30
 
 
 def test_attention_blocks_shrink_with_the_budget_for_one_call(monkeypatch):
