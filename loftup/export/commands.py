@@ -27,7 +27,8 @@ def export_command(
     scope: Optional[str] = typer.Option(
         None, help="pipeline (backbone + upsampler; input image) or upsampler (inputs lr_feats + image). Default: pipeline when a backbone is known."
     ),
-    precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 (bf16: --format trt only)."),
+    precision: str = typer.Option("fp32", help="fp32, fp16, bf16 (--format trt only) or int8 (--format onnx: ONNX Runtime "
+                                  "static quantization, calibrated on photos)."),
     opset: int = typer.Option(20, help="ONNX opset: 18-20 write attention as MatMul/Softmax, 23 as the ONNX Attention op."),
     attention: str = typer.Option("auto", help="auto, matmul or op (the ONNX Attention op, opset >= 23)."),
     min_size: int = typer.Option(112, "--min-size", help="Smallest image side the engine accepts (pixels)."),
@@ -38,6 +39,10 @@ def export_command(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file and keep the engine even if parity fails."),
     workspace_mb: Optional[int] = typer.Option(None, "--workspace-mb", help="TensorRT builder workspace limit (MiB, default 4096)."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file, reused across builds."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="int8: a folder of photos to calibrate on "
+                                               "(default: the bundled sample photos)."),
+    memory_budget: str = typer.Option("auto", "--memory-budget", help="Peak process memory the parity run's PyTorch "
+                                      "reference tiles to stay under: a size (1.5GB, 800MB) or auto (resident + 1 GB)."),
 ) -> None:
     """Export to ONNX or a TensorRT engine, check parity against PyTorch on real photos, write atomically."""
     from .exporter import ExportOptions, export_engine
@@ -46,6 +51,7 @@ def export_command(
         checkpoint=checkpoint, random_init=random_init, upsampler=upsampler, feat_dim=feat_dim, backbone=backbone, weights=weights, format=format, scope=scope,
         precision=precision, opset=opset, attention=attention, min_size=min_size, opt_size=opt_size, max_size=max_size,
         max_batch=max_batch, out=out, force=force, workspace_mb=workspace_mb, timing_cache=timing_cache,
+        calibration=calibration, memory_budget=memory_budget,
     )
     report = export_engine(opts, log=lambda msg: typer.echo(msg, err=True))
     size_mb = report.path.stat().st_size / 2**20

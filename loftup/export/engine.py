@@ -231,11 +231,12 @@ class TorchEngine(Engine):
             return self.pipeline.backbone_features(image.to(self.device, torch.float32)).float()
 
 
-def reference_engine(model, backbone=None, device: str = "cpu", input_size=None) -> TorchEngine:
+def reference_engine(model, backbone=None, device: str = "cpu", input_size=None, memory_budget: int | None = None) -> TorchEngine:
     """The PyTorch reference every parity check compares with (export, bench, eval, demo):
-    fp32, BatchNorm unfolded, `REFERENCE_BACKEND` attention."""
+    fp32, BatchNorm unfolded, `REFERENCE_BACKEND` attention; memory_budget: its tiling budget
+    (exact tiles; None: the default, `loftup.runtime.budget`)."""
     return TorchEngine(with_attention_backend(model, REFERENCE_BACKEND), backbone, device=device, input_size=input_size,
-                       optimize=False)
+                       optimize=False, memory_budget=memory_budget)
 
 
 # ------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ class ExportOptions:
     force: bool = False
     workspace_mb: Optional[int] = None
     timing_cache: Optional[Path] = None
+    calibration: Optional[Path] = None  # int8: a folder of photos (default: the bundled ones)
+    memory_budget: Optional[str] = None  # the parity run's PyTorch reference: its tiling budget (loftup.runtime.budget)
     parity_shapes: Optional[list] = None  # [(batch, H, W), ...]; default from the sizes
     seed: int = 0
 
@@ -135,15 +137,18 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
                  opset: int = 20, attention: str = "auto", sizes: tuple[int, int, int] = (112, 224, 448), max_batch: int = 4,
                  source: str | Path | None = None, patch_size: int | None = None, parity_shapes: Sequence | None = None,
                  check: bool = True, force: bool = False, log: Callable[[str], None] = lambda msg: None,
-                 **build_options) -> ExportReport:
+                 calibration: str | Path | None = None, memory_budget: int | None = None, **build_options) -> ExportReport:
     """Write `model` (+ `backbone` for the pipeline scope) as a `fmt` engine at `out`.
 
     Files are staged next to `out` and renamed into place only after parity passed (check=True;
     or with force=True), so a failed export leaves no engine behind. check=False skips the
     parity run (bench compares every row with the reference itself). build_options: the
-    format's own (TensorRT: workspace_mb, timing_cache); None values are dropped.
+    format's own (TensorRT: workspace_mb, timing_cache); None values are dropped. A quantized
+    precision (int8) is the fp32 graph through the format's `quantize` hook, calibrated on
+    `calibration` (a folder of photos; None: the bundled ones). memory_budget: bytes the parity
+    run's PyTorch reference tiles to stay under (None: `loftup.runtime.budget`'s default).
     """
-    from .formats import export_format
+    from .formats import INT_PRECISIONS, export_format
     from .onnx import export_onnx
 
     row = export_format(fmt)
@@ -154,13 +159,18 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
         onnx_path = stage / (out.stem + ".onnx")
         log(f"tracing {scope} ({getattr(model, 'kind', 'loftup')}, {model.cfg.feat_dim} channels"
             f"{', backbone ' + backbone.name if backbone is not None else ''}) to ONNX opset {opset} ...")
+        quantized = precision in INT_PRECISIONS
         md = export_onnx(
-            model, onnx_path, backbone=backbone, scope=scope, precision=precision if row.build is None else "fp32",
+            model, onnx_path, backbone=backbone, scope=scope, precision="fp32" if row.build or quantized else precision,
             opset=opset, attention=attention, sizes=sizes, max_batch=max_batch, source=source,
             patch_size=getattr(backbone, "patch_size", None) or patch_size,
             query_chunk="auto" if row.query_chunks else None,
         )
         engine_path = onnx_path
+        if quantized:
+            engine_path = stage / (out.stem + f".{precision}" + row.suffix)
+            md = row.hook("quantize")(onnx_path, engine_path, md, model=model, backbone=backbone, calibration=calibration,
+                                      size=sizes[1], log=log)
         if row.build is not None:
             engine_path = stage / out.name
             log(f"building {row.name} {precision} engine ...")
@@ -168,7 +178,7 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
             md = row.hook("build")(onnx_path, engine_path, md, precision=precision, **options)
         result = None
         if check:
-            result = check_engine(engine_path, model, backbone, sizes, max_batch, precision, parity_shapes, log)
+            result = check_engine(engine_path, model, backbone, sizes, max_batch, precision, parity_shapes, log, memory_budget)
             md.parity = result.to_dict()
         row.hook("write_metadata")(engine_path, md)
         if result is not None and not result and not force:
@@ -187,15 +197,17 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def check_engine(engine_path: Path, model, backbone, sizes, max_batch: int, precision: str, shapes=None, log=print):
-    """Parity of a written engine against the PyTorch reference (`reference_engine`) on photos."""
+def check_engine(engine_path: Path, model, backbone, sizes, max_batch: int, precision: str, shapes=None, log=print,
+                 memory_budget: int | None = None):
+    """Parity of a written engine against the PyTorch reference (`reference_engine`, tiling to stay
+    under `memory_budget`) on photos."""
     from .engine import load_engine, reference_engine
     from .parity import check_parity, default_parity_shapes
 
     shapes = shapes or default_parity_shapes(*sizes, max_batch=max_batch)
     log(f"checking parity against PyTorch on {len(shapes)} shapes ...")
     engine = load_engine(engine_path)
-    result = check_parity(engine, reference_engine(model, backbone), shapes, precision=precision)
+    result = check_parity(engine, reference_engine(model, backbone, memory_budget=memory_budget), shapes, precision=precision)
     del engine
     log(result.summary())
     return result
@@ -209,9 +221,18 @@ def export_engine(opts: ExportOptions, log=print) -> ExportReport:
     check_export_options(
         fmt, opts.precision, opts.scope or "pipeline", opts.sizes, opts.max_batch,
         opset=opts.opset, attention=opts.attention,
-        workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
+        workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache, calibration=opts.calibration,
     )
     resolve_attention(opts.attention, opts.opset)
+    budget = None
+    if opts.memory_budget is not None:
+        from ..runtime.budget import parse_memory_budget
+
+        budget = parse_memory_budget(opts.memory_budget)  # a bad value is reported before anything loads
+    if opts.calibration is not None:
+        from .quantize import calibration_images
+
+        calibration_images(opts.calibration, limit=1)  # a missing or empty folder, before tracing
     if fmt.require:
         fmt.hook("require")()  # fail fast: before loading weights or tracing
     if opts.out is not None:
@@ -221,8 +242,8 @@ def export_engine(opts: ExportOptions, log=print) -> ExportReport:
     return export_model(
         model, backbone, out, fmt=fmt.name, scope=scope, precision=opts.precision, opset=opts.opset,
         attention=opts.attention, sizes=opts.sizes, max_batch=opts.max_batch, source=opts.checkpoint,
-        parity_shapes=opts.parity_shapes, check=True, force=opts.force, log=log,
-        workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
+        parity_shapes=opts.parity_shapes, check=True, force=opts.force, log=log, calibration=opts.calibration,
+        memory_budget=budget, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
     )
 
 

@@ -14,13 +14,31 @@ from pathlib import Path
 from ..errors import ConfigError, check_choice
 
 SCOPES = ("pipeline", "upsampler")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16")  # float types: every runtime that computes in them (PyTorch, ONNX, TensorRT)
+INT_PRECISIONS = ("int8",)  # quantized engines: a format row that lists one quantizes (and says its tolerance)
+ENGINE_PRECISIONS = PRECISIONS + INT_PRECISIONS
 # How attention is written into the ONNX graph: "matmul" = MatMul/Softmax/MatMul (opset 18-20,
 # what TensorRT < 10.14 fuses itself), "op" = the ONNX `Attention` op (opset >= 23).
 ATTENTION_ENCODINGS = ("auto", "matmul", "op")
 OPSETS = (18, 19, 20, 21, 22, 23)
 ATTENTION_OP_MIN_OPSET = 23
 DEFAULT_OPSET = 20
+
+
+@dataclass(frozen=True)
+class PrecisionTolerance:
+    """What an engine of one precision in one format must meet against the fp32 PyTorch reference,
+    where that is not the float types' rounding (`loftup.export.parity.TOLERANCES`): feature
+    parity (export, bench) and probe-metric parity (`loftup eval --engine`: every metric m within
+    probe_atol + probe_rtol * |m_reference|). `why`: the measurements the numbers come from."""
+
+    precision: str
+    max_abs: float
+    mean_cos: float
+    min_cos: float
+    probe_atol: float
+    probe_rtol: float
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,10 +66,16 @@ class EngineFormat:
     # over blocks of queries, memory bounded at any size (what ONNX Runtime runs best on CPU);
     # False = one whole block, the pattern TensorRT fuses into its own attention kernels.
     query_chunks: bool = False
+    quantize: str | None = None  # (onnx_path, out_path, metadata, **calibration) -> metadata, for INT_PRECISIONS
+    tolerances: tuple[PrecisionTolerance, ...] = ()  # per quantized precision
 
     @property
     def suffix(self) -> str:
         return self.suffixes[0]
+
+    def tolerance(self, precision: str) -> PrecisionTolerance | None:
+        """This format's own tolerance for `precision` (quantized ones), None for the float types."""
+        return next((t for t in self.tolerances if t.precision == precision), None)
 
     def hook(self, name: str):
         """The callable a hook field names, imported now; None when the row has none."""
@@ -68,6 +92,13 @@ class EngineFormat:
         return importlib.util.find_spec(self.runtime_module) is not None
 
 
+# INT8 ONNX Runtime engines (QDQ, per-channel int8 weights, uint8 activations; attention, norms and
+# Fourier features float32). Placeholder numbers until measured; see docs/cpu-deploy.md.
+INT8_ONNX_TOLERANCE = PrecisionTolerance(
+    precision="int8", max_abs=1.0, mean_cos=0.995, min_cos=0.95, probe_atol=0.02, probe_rtol=0.05,
+    why="placeholder",
+)
+
 COMMON_OPTIONS = frozenset({"scope", "precision", "min_size", "opt_size", "max_size", "max_batch", "out", "force"})
 
 FORMATS: dict[str, EngineFormat] = {
@@ -79,9 +110,10 @@ FORMATS: dict[str, EngineFormat] = {
             needs_gpu=False,
             exportable=True,
             # bf16 ONNX graphs have no kernels in ONNX Runtime's CPU provider; TensorRT gets bf16
-            # from an fp32 graph plus a builder flag instead.
-            precisions=("fp32", "fp16"),
-            options=COMMON_OPTIONS | {"opset", "attention"},
+            # from an fp32 graph plus a builder flag instead. int8: ONNX Runtime's static
+            # quantization of the fp32 graph (loftup.export.quantize), calibrated on photos.
+            precisions=("fp32", "fp16", "int8"),
+            options=COMMON_OPTIONS | {"opset", "attention", "calibration"},
             runtime_module="onnxruntime",
             install_hint="pip install onnxruntime (or onnxruntime-gpu on a machine with an NVIDIA GPU)",
             description="ONNX graph with metadata, run by ONNX Runtime (CPU, CUDA or TensorRT provider)",
@@ -90,6 +122,8 @@ FORMATS: dict[str, EngineFormat] = {
             write_metadata="loftup.export.onnx:write_metadata",
             companions="loftup.export.onnx:companion_files",
             query_chunks=True,
+            quantize="loftup.export.quantize:quantize_engine",
+            tolerances=(INT8_ONNX_TOLERANCE,),
         ),
         EngineFormat(
             name="trt",
@@ -164,7 +198,7 @@ def resolve_attention(encoding: str, opset: int) -> str:
 def check_export_options(fmt: EngineFormat, precision: str, scope: str, sizes: tuple[int, int, int], max_batch: int, **given) -> None:
     """Validate options against the format's row; ConfigError saying what to change."""
     check_choice("scope", scope, SCOPES)
-    check_choice("precision", precision, PRECISIONS)
+    check_choice("precision", precision, ENGINE_PRECISIONS)
     if precision not in fmt.precisions:
         others = [f.name for f in FORMATS.values() if f.exportable and precision in f.precisions]
         raise ConfigError(
@@ -174,6 +208,9 @@ def check_export_options(fmt: EngineFormat, precision: str, scope: str, sizes: t
     unknown = sorted(k for k, v in given.items() if v is not None and k not in fmt.options)
     if unknown:
         raise ConfigError(f"--format {fmt.name} does not accept option(s) {', '.join(unknown)}")
+    if given.get("calibration") is not None and precision not in INT_PRECISIONS:
+        raise ConfigError(f"--calibration sets the photos an int8 engine is calibrated on; it does nothing for {precision} "
+                          "(add --precision int8, or drop --calibration)")
     lo, opt, hi = sizes
     if not (0 < lo <= opt <= hi):
         raise ConfigError(f"sizes must satisfy 0 < min-size <= opt-size <= max-size, got {lo}, {opt}, {hi}")

@@ -53,6 +53,20 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+def tolerance_for(precision: str, fmt: str | None = None) -> Tolerance:
+    """The feature tolerance of an engine: its format row's own for a quantized precision
+    (`loftup.export.formats.EngineFormat.tolerances`, e.g. ONNX int8), else `TOLERANCES`."""
+    from ..errors import ConfigError
+    from .formats import FORMATS
+
+    row = FORMATS[fmt].tolerance(precision) if fmt in FORMATS else None
+    if row is not None:
+        return Tolerance(max_abs=row.max_abs, mean_cos=row.mean_cos, min_cos=row.min_cos)
+    if precision not in TOLERANCES:
+        raise ConfigError(f"no parity tolerance for {precision} engines of format {fmt}")
+    return TOLERANCES[precision]
+
+
 @dataclass
 class ShapeParity:
     """Errors of one input shape (batch, height, width)."""
@@ -207,7 +221,7 @@ def check_parity(engine, reference, shapes: Sequence[tuple[int, int, int]], prec
     """
     md = engine.metadata
     precision = precision or md.precision
-    tol = tolerance or TOLERANCES[precision]
+    tol = tolerance or tolerance_for(precision, md.format)
     result = ParityResult(precision=precision, tolerance=asdict(tol))
     mean, std = md.mean or reference.metadata.mean, md.std or reference.metadata.std
     for i, shape in enumerate(shapes):
