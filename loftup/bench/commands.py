@@ -32,7 +32,7 @@ def bench_command(
     backbone: str = typer.Option("dinov2_vits14", help="Backbone whose channels and patch size set the workload (its weights are not loaded)."),
     sizes: str = typer.Option("224,448,896", help="Output sizes (square), comma-separated."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes, comma-separated."),
-    precisions: str = typer.Option("fp32,bf16", help="fp32, bf16, fp16, comma-separated."),
+    precisions: str = typer.Option("fp32,bf16,int8", help="fp32, bf16, fp16, int8 (ONNX Runtime CPU), comma-separated."),
     backends: str = typer.Option(
         "all", help="Comma-separated: torch-reference, torch-sdpa, torch-compile, triton, onnxruntime (every provider) "
         "or onnxruntime-cpu/-cuda/-tensorrt, tensorrt; or all."

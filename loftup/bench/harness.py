@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import BackendUnavailableError, ConfigError, check_choice
-from ..export.formats import FORMATS, PRECISIONS
+from ..export.formats import ENGINE_PRECISIONS, FORMATS, PRECISIONS
 from .flops import KIND_FORMULAS, model_flops
 
 
@@ -49,6 +49,7 @@ class BenchBackend:
 
 
 ONNX_PRECISIONS = FORMATS["onnx"].precisions
+ONNX_FLOAT = tuple(p for p in ONNX_PRECISIONS if p in PRECISIONS)  # the GPU providers: int8 engines are CPU (VNNI) engines
 BACKENDS: dict[str, BenchBackend] = {
     b.name: b
     for b in (
@@ -60,11 +61,11 @@ BACKENDS: dict[str, BenchBackend] = {
         BenchBackend("torch-stages", "torch", False, PRECISIONS, "torch-auto with the Fourier features and FFNs compiled",
                      attn_backend="auto", compile_stages=True),
         BenchBackend("triton", "torch", True, PRECISIONS, "PyTorch with the fused Triton attention kernel", attn_backend="triton"),
-        BenchBackend("onnxruntime-cpu", "onnx", False, ONNX_PRECISIONS, "ONNX Runtime, CPU provider (query-chunked graph)",
-                     ort_provider="CPUExecutionProvider"),
-        BenchBackend("onnxruntime-cuda", "onnx", True, ONNX_PRECISIONS, "ONNX Runtime, CUDA provider (query-chunked graph)",
+        BenchBackend("onnxruntime-cpu", "onnx", False, ONNX_PRECISIONS, "ONNX Runtime, CPU provider (looped graph; int8: "
+                     "static quantization, loftup.export.quantize)", ort_provider="CPUExecutionProvider"),
+        BenchBackend("onnxruntime-cuda", "onnx", True, ONNX_FLOAT, "ONNX Runtime, CUDA provider (looped graph)",
                      ort_provider="CUDAExecutionProvider"),
-        BenchBackend("onnxruntime-tensorrt", "onnx", True, ONNX_PRECISIONS, "ONNX Runtime, TensorRT provider",
+        BenchBackend("onnxruntime-tensorrt", "onnx", True, ONNX_FLOAT, "ONNX Runtime, TensorRT provider",
                      ort_provider="TensorrtExecutionProvider"),
         BenchBackend("tensorrt", "trt", True, FORMATS["trt"].precisions, "TensorRT 10 plan"),
     )
@@ -84,7 +85,7 @@ class BenchOptions:
     backbone: str = "dinov2_vits14"
     sizes: list[int] = field(default_factory=lambda: [224, 448, 896])
     batch_sizes: list[int] = field(default_factory=lambda: [1])
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
     backends: list[str] = field(default_factory=lambda: ["all"])
     warmup: int = 1
     repeats: int = 5
@@ -164,18 +165,25 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def measure_gemm_peak(precision: str, device: str = "cpu", n: int | None = None, repeats: int = 5) -> float:
-    """Median GFLOP/s of an n x n x n matrix multiply in `precision` on `device` (2*n^3 FLOPs)."""
+    """Median GFLOP/s of an n x n x n matrix multiply in `precision` on `device` (2*n^3 FLOPs; int8:
+    operations of `torch._int_mm`, int8 x int8 -> int32, the integer GEMM of this machine)."""
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}[precision]
     n = n or (2048 if device == "cpu" else 8192)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    if dtype == torch.int8:
+        a = torch.randint(-128, 128, (n, n), device=device, dtype=dtype)
+        b = torch.randint(-128, 128, (n, n), device=device, dtype=dtype)
+        mm = torch._int_mm
+    else:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        mm = torch.matmul
     times = []
     for i in range(repeats + 1):
         _sync(device)
         t = time.perf_counter()
-        torch.matmul(a, b)
+        mm(a, b)
         _sync(device)
         if i:  # the first run warms caches and thread pools
             times.append(time.perf_counter() - t)
@@ -314,12 +322,14 @@ def time_engine(engine, inputs, warmup: int, repeats: int, max_seconds: float, d
     for _ in range(max(0, warmup)):
         out = engine(*inputs)
         _sync(device)
+    out = None  # the memory column: one call's working memory and output, not the previous output too
     times: list[float] = []
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         while len(times) < max(1, repeats):
             _sync(device)
             t = time.perf_counter()
+            out = None
             out = engine(*inputs)
             _sync(device)
             times.append(time.perf_counter() - t)
@@ -343,7 +353,7 @@ def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
     from ..runtime.devices import resolve_device
 
     for p in opts.precisions:
-        check_choice("precision", p, PRECISIONS)
+        check_choice("precision", p, ENGINE_PRECISIONS)
     if opts.repeats < 1:
         raise ConfigError(f"--repeats must be at least 1 (timed runs per row), got {opts.repeats}")
     if opts.warmup < 0:
@@ -401,7 +411,7 @@ KIND_TORCH_ROWS = {
 
 def run_row(ctx: BenchContext, size: int, b: int, name: str, prec: str) -> dict[str, Any]:
     """One row: skipped (with the reason), failed (with the error) or timed and compared."""
-    from ..export.parity import TOLERANCES, compare, photo_batch, photo_features
+    from ..export.parity import compare, photo_batch, photo_features, tolerance_for
     from .memory import available_memory
 
     opts, cfg, p = ctx.opts, ctx.model.cfg, int(ctx.spec.patch_size)
@@ -436,7 +446,7 @@ def run_row(ctx: BenchContext, size: int, b: int, name: str, prec: str) -> dict[
         med = statistics.median(times)
         flops = model_flops(cfg, b, size, size, lr_side, lr_side)
         err = compare(out, ctx.reference[key])
-        err["passed"] = TOLERANCES[prec].passes(err)
+        err["passed"] = tolerance_for(prec, backend.runtime).passes(err)
         return {
             **row,
             "status": "ok",
@@ -535,7 +545,7 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
 def report_data(opts: BenchOptions, names: list[str], env: dict[str, Any], model, spec, peaks, peaks_after,
                 rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON document of one run."""
-    from ..export.parity import TOLERANCES
+    from ..export.parity import TOLERANCES, tolerance_for
 
     cfg = model.cfg
     return {
@@ -550,7 +560,8 @@ def report_data(opts: BenchOptions, names: list[str], env: dict[str, Any], model
         "gemm_peak_gflops": peaks,
         "gemm_peak_gflops_after": peaks_after,
         "parity_reference": "PyTorch fp32, sdpa attention (exact), same inputs",
-        "tolerances": {k: vars(v) for k, v in TOLERANCES.items()},
+        "tolerances": {**{k: vars(v) for k, v in TOLERANCES.items()},
+                       **{f"onnx {p}": vars(tolerance_for(p, "onnx")) for p in FORMATS["onnx"].precisions if p not in TOLERANCES}},
         "options": {"sizes": opts.sizes, "batch_sizes": opts.batch_sizes, "precisions": opts.precisions, "backends": names,
                     "warmup": opts.warmup, "repeats": opts.repeats, "max_seconds": opts.max_seconds, "threads": opts.threads,
                     "cuda_graphs": opts.cuda_graphs, "profile": opts.profile, "memory_budget": opts.memory_budget},

@@ -36,8 +36,11 @@ def eval_command(
     hidden_dim: Optional[int] = typer.Option(None, "--hidden-dim", help="Width of the depth / normals head (default 512)."),
     max_train: Optional[int] = typer.Option(None, "--max-train", help="Use at most this many training images."),
     max_eval: Optional[int] = typer.Option(None, "--max-eval", help="Use at most this many evaluation images (videos)."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Parity tolerance: |engine - reference| <= atol + rtol*|reference| (default 1e-3)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Parity relative tolerance (default 1e-2)."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Parity tolerance: |engine - reference| <= atol + rtol*|reference| (default 1e-3; an int8 engine: its format row's own)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Parity relative tolerance (default 1e-2; an int8 engine: "
+                                         "its format row's own, see docs/cpu-deploy.md)."),
+    memory_budget: str = typer.Option("auto", "--memory-budget", help="Peak process memory the PyTorch upsamplers' tiling "
+                                      "keeps under: a size (1.5GB, 800MB) or auto (resident + 1 GB)."),
     quick: bool = typer.Option(False, "--quick", help="Mini benchmark: small images, fewer solver iterations."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="PyTorch upsamplers under test replay one CUDA graph per input shape (CUDA only)."),
@@ -65,6 +68,7 @@ def eval_command(
         batch_size=batch_size, lr=lr, size=size, input_size=input_size, hidden_dim=hidden_dim, max_train=max_train,
         max_eval=max_eval, atol=atol, rtol=rtol, quick=quick, device=device, seed=seed, extra=parse_settings(settings, probe),
         cuda_graphs=cuda_graphs, clip=clip, class_names=class_names, train_data=train_data, head=head,
+        memory_budget=memory_budget,
     )
     results = run_eval(opts, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(results["table"])

@@ -73,6 +73,7 @@ class EvalOptions:
     device: str = "cpu"
     seed: int = 0
     cuda_graphs: bool = False  # PyTorch upsamplers under test replay CUDA graphs (never the reference)
+    memory_budget: Optional[str] = None  # PyTorch upsamplers' tiling budget: a size, or auto / None (the default)
     clip: Optional[str] = None  # ovseg: CLIP weights with the text tower (a file, or "online")
     class_names: Optional[Path] = None  # ovseg: class-name file (one class a line, synonyms split by ";")
     train_data: Optional[Path] = None  # interactive: SBD root the click encoder + decoder are trained on
@@ -192,6 +193,7 @@ def _check(opts: EvalOptions) -> list[str]:
         raise ConfigError(f"--lr must be positive, got {opts.lr}")
     if opts.cuda_graphs and not str(opts.device).startswith("cuda"):
         raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
+    memory_budget(opts)  # a bad --memory-budget is reported before anything loads
     return baselines
 
 
@@ -242,6 +244,29 @@ def shipped_default(opts: EvalOptions) -> Path | None:
     return shipped_checkpoint(opts.backbone or DEFAULT_BACKBONE, opts.weights)
 
 
+def memory_budget(opts: EvalOptions) -> int | None:
+    """--memory-budget in bytes; None for auto (the default, taken when each model runs)."""
+    if opts.memory_budget is None or str(opts.memory_budget).strip().lower() in ("", "auto"):
+        return None
+    from ..runtime.budget import parse_memory_budget
+
+    return parse_memory_budget(opts.memory_budget)
+
+
+def probe_tolerance(opts: EvalOptions, handle) -> tuple[float, float]:
+    """(atol, rtol) of the engine-vs-reference probe check: --atol / --rtol, else the engine format
+    row's own for its precision (a quantized engine, `loftup.export.formats.PrecisionTolerance`),
+    else the float default."""
+    from ..export.formats import FORMATS
+    from .parity import DEFAULT_ATOL, DEFAULT_RTOL
+
+    md = handle.metadata if handle is not None else {}
+    row = FORMATS[md["format"]].tolerance(md.get("precision", "fp32")) if md.get("format") in FORMATS else None
+    atol = opts.atol if opts.atol is not None else row.probe_atol if row else DEFAULT_ATOL
+    rtol = opts.rtol if opts.rtol is not None else row.probe_rtol if row else DEFAULT_RTOL
+    return atol, rtol
+
+
 def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> EvalPlan:
     """Load the backbone and build every upsampler under test (engine + its reference, or a model)."""
     from ..backbones import create_backbone
@@ -256,6 +281,7 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
         resolve_reference,
     )
 
+    budget = memory_budget(opts)
     handle = open_engine(opts.engine, cuda_graphs=opts.cuda_graphs) if opts.engine else None
     ckpt_path = opts.checkpoint or shipped_default(opts)
     ckpt_model = load_checkpoint(ckpt_path, kind=opts.upsampler) if ckpt_path else None
@@ -272,26 +298,28 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
         check_engine_fits(handle, name, runner)
         plan.reference_path = resolve_reference(handle, opts.reference)
         ref_model = load_checkpoint(plan.reference_path, feat_dim=runner.embed_dim).to(device)
-        plan.sources["reference"] = LoftUpFeatures(runner, ref_model, "reference", reference=True)
+        plan.sources["reference"] = LoftUpFeatures(runner, ref_model, "reference", reference=True, memory_budget=budget)
         plan.sources["engine"] = EngineFeatures(runner, handle, "engine")
         plan.shared, plan.pairs = {"engine": "reference"}, [("reference", "engine")]
     elif ckpt_model is not None:
         _check_channels(ckpt_model, Path(ckpt_path).name, name, runner)
         kind = kind_of(ckpt_model)
-        plan.sources[kind] = LoftUpFeatures(runner, ckpt_model.to(device), kind, cuda_graphs=opts.cuda_graphs)
+        plan.sources[kind] = LoftUpFeatures(runner, ckpt_model.to(device), kind, cuda_graphs=opts.cuda_graphs, memory_budget=budget)
         from ..model.checkpoint import describe_weights
 
         plan.weights = describe_weights(ckpt_model)
     elif opts.random_init:
         kind = opts.upsampler or "loftup"
         model = _random_model(kind, runner, name, opts.seed).to(device)
-        plan.sources[f"{kind}-random"] = LoftUpFeatures(runner, model, f"{kind}-random", cuda_graphs=opts.cuda_graphs)
+        plan.sources[f"{kind}-random"] = LoftUpFeatures(runner, model, f"{kind}-random", cuda_graphs=opts.cuda_graphs,
+                                                        memory_budget=budget)
     for source_name, kind, model in compared:
         if model is None:
             model = _random_model(kind, runner, name, opts.seed)
         else:
             _check_channels(model, Path(model.source_checkpoint).name, name, runner)
-        plan.sources[source_name] = LoftUpFeatures(runner, model.to(device), source_name, cuda_graphs=opts.cuda_graphs)
+        plan.sources[source_name] = LoftUpFeatures(runner, model.to(device), source_name, cuda_graphs=opts.cuda_graphs,
+                                                   memory_budget=budget)
     for b in baselines:
         plan.sources[b] = make_baseline(b, runner)
     return plan
@@ -361,7 +389,6 @@ def write_results(out: Path, results: dict[str, Any], table: str, parity) -> Non
 def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate the requested upsamplers on one probe; write results to opts.out; return them."""
     from ..runtime.devices import resolve_device
-    from .parity import DEFAULT_ATOL, DEFAULT_RTOL
     from .probes import probe_config
 
     log = log or (lambda msg: None)
@@ -369,8 +396,6 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     out = Path(opts.out)
     check_out(out)
     device = str(resolve_device(opts.device))
-    atol = DEFAULT_ATOL if opts.atol is None else opts.atol
-    rtol = DEFAULT_RTOL if opts.rtol is None else opts.rtol
     module = probe_module(opts.probe)
     if module is not None:
         cfg = module.probe_config(opts, device)
@@ -386,6 +411,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     else:
         data = open_data(opts.probe, Path(opts.data), opts.layout) if opts.probe != "mini" else (None, None)
     plan = plan_eval(opts, cfg, device, baselines)
+    atol, rtol = probe_tolerance(opts, plan.handle)
     log(f"backbone {plan.backbone} ({plan.runner.embed_dim} channels, patch {plan.runner.patch_size}); upsamplers: {', '.join(plan.sources)}")
     if plan.weights:
         log(plan.weights)

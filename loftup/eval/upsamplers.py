@@ -187,16 +187,17 @@ class LoftUpFeatures(FeatureSource):
     on the runner's features, run as a `TorchEngine` in upsampler form, so its output comes at
     the guidance size (LiFT's 2x and JBU's 16x grids resized bilinearly by the engine, see
     `loftup.pipeline.fit_output`) and in eval mode; reference=True makes it the parity reference
-    (`loftup.export.engine.reference_engine`, the same one export and bench compare with)."""
+    (`loftup.export.engine.reference_engine`, the same one export and bench compare with).
+    memory_budget: bytes of process RSS LoftUp's tiling keeps under (None: the default)."""
 
     def __init__(self, runner: BackboneRunner, model: nn.Module, name: str = "loftup", reference: bool = False,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, memory_budget: int | None = None):
         from ..export.engine import TorchEngine, reference_engine
 
         super().__init__(runner, name)
         device = next(model.parameters()).device
-        self.engine = (reference_engine(model, device=str(device)) if reference
-                       else TorchEngine(model, device=str(device), cuda_graphs=cuda_graphs))
+        self.engine = (reference_engine(model, device=str(device), memory_budget=memory_budget) if reference
+                       else TorchEngine(model, device=str(device), cuda_graphs=cuda_graphs, memory_budget=memory_budget))
         self.kind = getattr(model, "kind", "loftup")
         C = model.cfg.feat_dim
         if C != runner.embed_dim:

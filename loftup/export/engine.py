@@ -127,7 +127,8 @@ class TorchEngine(Engine):
     With a backbone it takes both forms (pipeline and upsampler) and runs `loftup.pipeline.
     Pipeline` (input_size: its backbone input rule). precision "bf16"/"fp16" runs under
     autocast (`loftup.runtime.devices.autocast`); compile=True wraps the forward in torch.compile (one
-    compilation per input shape).
+    compilation per input shape; LoftUp: each tile's query path and the backbone, the tile loop
+    stays eager so the memory budget still holds).
 
     GPU runtime options (`loftup.model.deploy`, LoftUp only; other kinds run as they are):
     channels_last (None: on for bf16/fp16 on CUDA) runs the convolutions channels-last;
@@ -177,8 +178,16 @@ class TorchEngine(Engine):
         self.pipeline = Pipeline(self.backbone, self.model, input_size).eval() if backbone is not None else None
         self.precision = precision
         self.compiled = compile
-        self._up = torch.compile(self.model) if compile else self.model
-        self._pipe = (torch.compile(self.pipeline) if compile else self.pipeline) if self.pipeline is not None else None
+        self._up, self._pipe = self.model, self.pipeline
+        if compile and getattr(self.model, "kind", None) == "loftup":  # per tile: the tile loop keeps the memory budget
+            from ..model import deploy
+
+            deploy.compile_query_path(self.model)
+            if self.pipeline is not None:
+                self.pipeline.backbone = torch.compile(self.backbone)
+        elif compile:
+            self._up = torch.compile(self.model)
+            self._pipe = torch.compile(self.pipeline) if self.pipeline is not None else None
         self.cuda_graphs = cuda_graphs
         self._graphs = {"up": graphs.GraphRunner(self._up), "pipe": graphs.GraphRunner(self._pipe)} if cuda_graphs else None
         scope = "pipeline" if backbone is not None else "upsampler"

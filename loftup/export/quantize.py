@@ -29,7 +29,9 @@ export's backbone when it has one (stand-in features of the photo otherwise, see
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -257,7 +259,7 @@ def _weight_matmuls_and_convs(body, weights: set[str]) -> tuple[list[str], list[
 def quantize_body(model, scan, records, method: str, workdir: Path) -> Any:
     """The int8 QDQ version of one Scan body (a GraphProto ready to put back)."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
     sub, acts = standalone_body(model, scan)
     weights = {i.name for i in sub.graph.initializer}
@@ -267,13 +269,13 @@ def quantize_body(model, scan, records, method: str, workdir: Path) -> Any:
     src, dst = workdir / f"{scan.name}_body.onnx", workdir / f"{scan.name}_body_int8.onnx"
     onnx.save(sub, str(src))
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
-    quantize_static(
-        str(src), str(dst), _BodyReader(scan, sub.graph, acts, records),
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=keep, nodes_to_exclude=skip,
-        calibrate_method=methods[method],
-        extra_options={"CalibPercentile": 99.999},
-    )
+    with _quiet_quantizer():
+        _quantize_static(
+            str(src), str(dst), _BodyReader(scan, sub.graph, acts, records),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=keep, nodes_to_exclude=skip,
+            calibrate_method=methods[method], extra_options={"CalibPercentile": 99.999},
+        )
     q = onnx.load(str(dst)).graph
     outer = {i.name for i in model.graph.initializer}
     body = _body(scan)
@@ -306,6 +308,25 @@ def _rename_shadowing(body, outer: set[str]) -> None:
     for out in body.output:
         if out.name in renamed:
             out.name = renamed[out.name]
+
+
+def _quantize_static(*args, **kwargs):
+    from onnxruntime.quantization import quantize_static
+
+    return quantize_static(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """The quantizer logs a "consider pre-processing" warning per call on the root logger; our
+    bodies come straight from the exporter's optimiser, so it says nothing useful here."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _all_names(graph) -> set[str]:

@@ -7,6 +7,8 @@
 - `compile_stages`: the elementwise-heavy stages as compiled functions (torch.compile): min-max
   scaling + Fourier features + channel norm as one, each block's FFN (LayerNorm, Linear, GELU,
   Linear) + residual add as one. Attention stays outside (its own kernels). In place.
+- `compile_query_path`: a tile's whole query path compiled, the tile loop eager (`TorchEngine`'s
+  compile=True for LoftUp). In place.
 - `native_precision`: a copy with BatchNorm folded and the convs, the token path (projections,
   attention, FFNs, norms) and the head in bfloat16 / float16 weights and activations, without
   autocast's float32 round trips; the Fourier featurizers and the channel norms stay float32
@@ -95,6 +97,17 @@ def compile_stages(model: nn.Module, backend: str = "inductor", mode: str | None
         return model
     up.compiled["features"] = torch.compile(image_features, backend=backend, mode=mode)
     up.ca_transformer.compiled["ffn"] = torch.compile(ffn_residual, backend=backend, mode=mode)
+    return model
+
+
+def compile_query_path(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> nn.Module:
+    """Compile LoftUp's per-tile query path (Fourier features, convs, token path, head) with
+    torch.compile (in place); the tile loop stays eager, so the memory budget's tile plan (which
+    reads the process's resident memory) still bounds the memory of a compiled model. Other
+    kinds: unchanged (compile them whole)."""
+    up = _loftup_upsampler(model)
+    if up is not None:
+        up.compiled["query_path"] = torch.compile(up._queries_and_out, backend=backend, mode=mode)
     return model
 
 

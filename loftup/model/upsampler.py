@@ -67,7 +67,8 @@ class LoftUpUpsampler(nn.Module):
         rope = Rope2d(cfg.head_dim, cfg.lr_pe_size) if cfg.lr_pe == "rope" else None
         self.ca_transformer = CATransformer(D, C, cfg.num_blocks, cfg.num_heads, self.dispatcher, rope)
         # Run-time variants (loftup.model.deploy): Fourier features written channels-last, and
-        # compiled stage functions ("features") that replace the eager ones.
+        # compiled stage functions ("features"; "query_path": a whole tile's query path) that
+        # replace the eager ones.
         self.channels_last = False
         self.compiled: dict = {}
         # Queries per block of the token path's scan (`_chunked_tokens_out`); None = the whole
@@ -262,6 +263,8 @@ class LoftUpUpsampler(nn.Module):
             attn = max(1, min(self.dispatcher.budget_bytes, max(64 * 2**20, working // 4), working // 2))
             working -= attn
         per_px = self.working_bytes_per_pixel(B)
+        if getattr(self.dispatcher, "requested", None) == "reference":  # scores and probabilities, whole, float32
+            per_px += 3 * B * self.cfg.num_heads * n_keys * 4
         if working >= per_px * H * W:
             return None, attn
         pixels = working // per_px
@@ -326,14 +329,16 @@ class LoftUpUpsampler(nn.Module):
         halo = self.halo
         wy0, wx0 = max(y0 - halo, 0), max(x0 - halo, 0)
         wy1, wx1 = min(y1 + halo, H), min(x1 + halo, W)
-        return self._queries_and_out(image[:, :, wy0:wy1, wx0:wx1], lo, hi, ys[wy0:wy1], xs[wx0:wx1], kv, k_pos,
-                                     (y0 - wy0, x0 - wx0, y1 - y0, x1 - x0))
+        query_path = self.compiled.get("query_path", self._queries_and_out)
+        return query_path(image[:, :, wy0:wy1, wx0:wx1], lo, hi, ys[wy0:wy1], xs[wx0:wx1], kv, k_pos,
+                          (y0 - wy0, x0 - wx0, y1 - y0, x1 - x0))
 
     def _tiles(self, image, lo, hi, ys, xs, kv, k_pos, plan) -> torch.Tensor:
         """The query path over the tiles of `plan` ((rows, cols) or None: one pass), each with its halo."""
         B, _, H, W = image.shape
         if plan is None:
-            return self._queries_and_out(image, lo, hi, ys, xs, kv, k_pos, (0, 0, H, W), whole=True)
+            query_path = self.compiled.get("query_path", self._queries_and_out)
+            return query_path(image, lo, hi, ys, xs, kv, k_pos, (0, 0, H, W), whole=True)
         out = None
         th, tw = plan
         for y0 in range(0, H, th):

@@ -38,7 +38,7 @@ def _tiny_spec():
 def test_bench_writes_every_field_and_skips_with_reasons(tmp_path, capsys, model):
     from loftup.bench.harness import BenchOptions, run_bench
 
-    opts = BenchOptions(sizes=[28, 42], batch_sizes=[1, 2], precisions=["fp32", "bf16"],
+    opts = BenchOptions(sizes=[28, 42], batch_sizes=[1, 2], precisions=["fp32", "bf16", "int8"],
                         backends=["torch-reference", "torch-sdpa", "onnxruntime", "triton", "tensorrt"],
                         repeats=3, max_seconds=5, threads=2, out=tmp_path / "bench.json", progress=False)
     report = run_bench(opts, model=model, backbone_spec=_tiny_spec())
@@ -47,15 +47,16 @@ def test_bench_writes_every_field_and_skips_with_reasons(tmp_path, capsys, model
     assert report.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"environment", "model", "flop_formula", "gemm_peak_gflops", "gemm_peak_gflops_after", "rows", "tolerances",
             "parity_reference"} <= set(data)
-    assert data["gemm_peak_gflops"]["fp32"] > 1 and data["gemm_peak_gflops"]["bf16"] > 1
+    assert data["gemm_peak_gflops"]["fp32"] > 1 and data["gemm_peak_gflops"]["bf16"] > 1 and data["gemm_peak_gflops"]["int8"] > 1
     assert len(data["environment"]["load_average_start"]) == 3
     assert data["model"]["feat_dim"] == 32 and data["environment"]["torch_threads"] == 2
     rows = data["rows"]
     ok = [r for r in rows if r["status"] == "ok"]
     done = {(r["backend"], r["precision"]) for r in ok}
     assert done == {("torch-reference", "fp32"), ("torch-reference", "bf16"), ("torch-sdpa", "fp32"), ("torch-sdpa", "bf16"),
-                    ("onnxruntime-cpu", "fp32")}
-    assert len(ok) == 5 * 2 * 2  # five (backend, precision) pairs x two sizes x two batch sizes
+                    ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "int8")}
+    assert len(ok) == 6 * 2 * 2  # six (backend, precision) pairs x two sizes x two batch sizes
+    assert "onnx int8" in data["tolerances"]
     for r in ok:
         assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
         lat = r["latency_ms"]
@@ -70,6 +71,7 @@ def test_bench_writes_every_field_and_skips_with_reasons(tmp_path, capsys, model
     skipped = {(r["backend"], r["precision"]): r["reason"] for r in rows if r["status"] == "skipped"}
     assert "NVIDIA GPU" in skipped[("triton", "fp32")] and "NVIDIA GPU" in skipped[("tensorrt", "fp32")]
     assert "bf16" in skipped[("onnxruntime-cpu", "bf16")]
+    assert "does not run int8" in skipped[("torch-sdpa", "int8")] and ("triton", "int8") in skipped
     assert ("onnxruntime-cuda", "fp32") in skipped and ("onnxruntime-tensorrt", "fp32") in skipped
     assert all(reason for reason in skipped.values())
     assert not [r for r in rows if r["status"] == "failed"]

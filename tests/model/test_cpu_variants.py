@@ -1,0 +1,125 @@
+"""The CPU inference variants TorchEngine runs (issue 26): fp32 with BatchNorm folded and heads padded,
+native bf16 (no autocast round trips), and the bf16 attention as materialised chunks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from loftup.export.engine import TorchEngine, reference_engine
+from loftup.export.parity import compare, photo_batch, photo_features
+from loftup.kernels.sdpa import chunked_sdpa_attention, materialised_chunks
+from loftup.model import LoftUp, LoftUpConfig
+from loftup.model.deploy import CPU_HEAD_MULTIPLE, cpu_variant, native_precision
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def trained_looking(C: int = 32, **cfg) -> LoftUp:
+    torch.manual_seed(0)
+    model = LoftUp(LoftUpConfig(feat_dim=C, **cfg)).eval()
+    with torch.no_grad():  # BatchNorm statistics that make folding matter
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def photo(size: int, C: int = 32):
+    image, _ = photo_batch(1, size, size + 14, MEAN, STD)
+    return photo_features(image, C, 14), image
+
+
+def test_native_bf16_keeps_parity_with_fp32():
+    """cosine >= 0.999 against the fp32 reference (the issue's bar), like autocast's bf16."""
+    model = trained_looking()
+    lr, image = photo(70)
+    reference = reference_engine(model)(lr, image)
+    native = TorchEngine(model, precision="bf16")
+    assert native.model.upsampler.compute_dtype == torch.bfloat16
+    out = native(lr, image)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    err = compare(out, reference)
+    assert err["mean_cos"] >= 0.999 and err["min_cos"] >= 0.99, err
+    autocast = TorchEngine(model, precision="bf16", optimize=False)(lr, image)
+    assert compare(autocast, reference)["mean_cos"] >= 0.999
+
+
+def test_native_precision_is_a_transformation_of_the_same_module():
+    model = trained_looking()
+    bf = native_precision(model, torch.bfloat16)
+    up = bf.upsampler
+    assert type(bf) is type(model) and set(bf.state_dict()) <= set(model.state_dict())
+    assert {p.dtype for p in up.ca_transformer.parameters()} == {torch.bfloat16}
+    assert up.first_conv[1].weight.dtype == up.final_conv[0].weight.dtype == torch.bfloat16
+    for fp32_part in (up.fourier_feat, up.lr_pe, up.first_conv[0], bf.channelnorm):  # featurizers and channel norms
+        assert {p.dtype for p in fp32_part.parameters()} == {torch.float32}
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bf.modules())  # folded
+    assert model.upsampler.compute_dtype == torch.float32  # the source is left alone
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_native_bf16_turns_autocast_off_inside():
+    """Under an outer autocast (the pipeline form runs the backbone in it) the native model gives
+    the same numbers as without: no float32 round trips through autocast's layer norms."""
+    model = native_precision(trained_looking(), torch.bfloat16)
+    lr, image = photo(42)
+    with torch.no_grad():
+        plain = model(lr, image)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = model(lr, image)
+    assert plain.dtype == inside.dtype == torch.bfloat16
+    assert torch.equal(plain, inside)
+
+
+def test_fp32_cpu_variant_matches_the_reference():
+    model = trained_looking()
+    lr, image = photo(56)
+    variant = cpu_variant(model, "fp32")
+    assert variant.upsampler.dispatcher.head_multiple == CPU_HEAD_MULTIPLE
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in variant.modules())
+    engine = TorchEngine(model)
+    assert engine.channels_last and engine.model.upsampler.channels_last
+    err = compare(engine(lr, image), reference_engine(model)(lr, image))
+    assert err["max_abs"] < 1e-4 and err["min_cos"] > 0.99999, err
+    reference = reference_engine(model)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in reference.model.modules())  # the reference runs as it is
+    assert reference.model.upsampler.dispatcher.head_multiple is None
+
+
+def test_padded_heads_give_the_same_attention():
+    """Heads 101 -> 104 style padding (here 13 -> 16) at the projections changes no number."""
+    model = trained_looking(C=32, num_heads=4)  # D = 52, head dim 13
+    lr, image = photo(42)
+    with torch.no_grad():
+        plain = model(lr, image)
+        model.upsampler.dispatcher.head_multiple = 8
+        try:
+            padded = model(lr, image)
+        finally:
+            model.upsampler.dispatcher.head_multiple = None
+    assert (plain - padded).abs().max().item() < 1e-5
+
+
+def test_materialised_chunks_equal_sdpa():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 13, generator=gen) for n in (100, 37, 37))
+    want = F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    got = materialised_chunks(q, k, v, 0.3, step=32)  # 100 = 3 x 32 + 4: a partial last chunk
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_bf16_attention_on_cpu_takes_the_materialised_form(monkeypatch):
+    import loftup.kernels.sdpa as sdpa
+
+    calls = []
+    real = sdpa.materialised_chunks
+    monkeypatch.setattr(sdpa, "materialised_chunks", lambda *a: calls.append(a[-1]) or real(*a))
+    q, k, v = (torch.randn(1, 2, n, 8).bfloat16() for n in (50, 20, 20))
+    with torch.no_grad():
+        out = chunked_sdpa_attention(q, k, v, 0.5)
+        chunked_sdpa_attention(q.float(), k.float(), v.float(), 0.5)  # fp32: the fused kernel
+    assert len(calls) == 1 and out.dtype == torch.bfloat16
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=0.5)
+    assert (out.float() - want).abs().max().item() < 0.05
