@@ -15,7 +15,8 @@
   (sin of coordinates times up to e^10 means nothing in 8 mantissa bits). What `TorchEngine`
   runs for bf16 on CPU.
 - `cpu_variant`: what `TorchEngine` runs on CPU: BatchNorm folded (fp32), or `native_precision`
-  (bf16 / fp16); the engine adds channels-last.
+  (bf16 / fp16); heads padded to a multiple of 8; the token path's linears as oneDNN linears
+  with GELU / residual epilogues (`loftup.kernels.linear`); the engine adds channels-last.
 
 Channels-last and compiling leave parameters, state-dict keys and eager numerics alone (compiled
 code may round differently, within the parity tolerances); the copies keep the official keys.
@@ -132,7 +133,9 @@ def cpu_variant(model: nn.Module, precision: str = "fp32") -> nn.Module:
     from ..runtime.devices import DTYPES
 
     model = fold_batchnorm(model) if precision == "fp32" else native_precision(model, DTYPES[precision])
-    for module in model.modules():  # heads 101 -> 104: q/k/v GEMMs 416 wide, attention rows aligned (exact)
+    for module in model.modules():
         if getattr(getattr(module, "dispatcher", None), "head_multiple", 0) is None:
-            module.dispatcher.head_multiple = CPU_HEAD_MULTIPLE
+            module.dispatcher.head_multiple = CPU_HEAD_MULTIPLE  # heads 101 -> 104: 416-wide q/k/v GEMMs (exact)
+        if hasattr(module, "fused_linear"):
+            module.fused_linear = True  # oneDNN linears with GELU / residual epilogues (kernels.linear)
     return model

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..kernels import AttentionDispatcher
+from ..kernels.linear import linear
 from ..runtime.profiling import stage
 
 
@@ -204,6 +205,7 @@ class MultiheadCrossAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
         self.dispatcher = dispatcher
+        self.fused_linear = False  # q / output projections as oneDNN linears, residual add fused (kernels.linear)
 
     @property
     def head_dim(self) -> int:
@@ -240,12 +242,14 @@ class MultiheadCrossAttention(nn.Module):
             q, k = rot(q, q_pos), rot(k, k_pos)
         return torch.softmax((q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d), dim=-1)
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope=None) -> torch.Tensor:
-        """x (B, N, D) queries; k, v from project_kv; rope: (Rope2d, q_pos, k_pos) or None."""
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope=None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D) queries; k, v from project_kv; rope: (Rope2d, q_pos, k_pos) or None;
+        residual (B, N, D): added to the output (in the projection's epilogue when fused)."""
         d = self.head_dim
         pad = k.shape[-1] - d  # what project_kv padded to, on this device
         with stage("q projection"):
-            q = F.linear(x, *self._in_proj(0, 1, pad))
+            q = linear(x, *self._in_proj(0, 1, pad), fused=self.fused_linear)
             q = q.unflatten(-1, (self.heads, d + pad)).transpose(1, 2)  # (B, heads, N, d + pad)
             if rope is not None:
                 rot, q_pos, k_pos = rope
@@ -256,7 +260,8 @@ class MultiheadCrossAttention(nn.Module):
             w_out = self.out_proj.weight
             if pad:  # zero columns under the padded channels: they never reach the output
                 w_out = F.pad(w_out.reshape(self.dim, self.heads, d), (0, pad)).reshape(self.dim, -1)
-            return F.linear(out.transpose(1, 2).flatten(2), w_out, self.out_proj.bias)
+            return linear(out.transpose(1, 2).flatten(2), w_out, self.out_proj.bias, residual=residual,
+                          fused=self.fused_linear)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -271,10 +276,10 @@ class CrossAttentionBlock(nn.Module):
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.attention.project_kv(self.norm_kv(context))
 
-    def forward(self, x, k, v, rope=None) -> torch.Tensor:
+    def forward(self, x, k, v, rope=None, residual=None) -> torch.Tensor:
         with stage("q projection"):
             x = self.norm_q(x)
-        return self.attention(x, k, v, rope)
+        return self.attention(x, k, v, rope, residual)
 
 
 class FeedForward(nn.Module):
@@ -285,6 +290,7 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(
             nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim), nn.Dropout(0.0)
         )
+        self.fused_linear = False  # GELU and the residual add in the linears' epilogues (kernels.linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -292,8 +298,13 @@ class FeedForward(nn.Module):
 
 def ffn_residual(ff: FeedForward, x: torch.Tensor) -> torch.Tensor:
     """x + FFN(x): one function so `torch.compile` can fuse the LayerNorm, the GELU and the residual
-    add around the two matmuls (loftup.model.deploy.compile_stages)."""
-    return ff(x) + x
+    add around the two matmuls (loftup.model.deploy.compile_stages); with `ff.fused_linear` the
+    GELU and the add ride in the two linears' epilogues instead (`loftup.kernels.linear`)."""
+    if not ff.fused_linear:
+        return ff(x) + x
+    norm, fc1, fc2 = ff.net[0], ff.net[1], ff.net[4]  # Dropout(0) is the identity in eval mode
+    h = linear(norm(x), fc1.weight, fc1.bias, activation="gelu", fused=True)
+    return linear(h, fc2.weight, fc2.bias, residual=x, fused=True)
 
 
 class CATransformer(nn.Module):
@@ -335,7 +346,7 @@ class CATransformer(nn.Module):
         rope = (self.rope, q_pos, k_pos) if self.rope is not None else None
         ffn = self.compiled.get("ffn", ffn_residual)
         for (attn, ff), (k, v) in zip(self.layers, kv):
-            x = attn(x, k, v, rope) + x
+            x = attn(x, k, v, rope, residual=x)
             with stage("ffn"):
                 x = ffn(ff, x)
         with stage("final norm"):

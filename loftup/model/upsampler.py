@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
 from ..kernels import AttentionDispatcher
+from ..kernels.linear import linear
 from ..runtime.profiling import stage
 from .config import LoftUpConfig
 from .layers import (
@@ -77,6 +78,8 @@ class LoftUpUpsampler(nn.Module):
         # Rows per band of the full-resolution stages' scan (`_banded_tokens`: Fourier features,
         # channel norm, convs); None = the whole image at once. Set with query_chunk by the ONNX export.
         self.row_band: int | None = None
+        # The 1x1 head as a oneDNN linear (kernels.linear; set by loftup.model.deploy.cpu_variant).
+        self.fused_linear = False
         # Peak process RSS (bytes) that tiling keeps under ("auto" tiling); None: the default
         # budget (loftup.runtime.budget). Set by engines from --memory-budget.
         self.memory_budget: int | None = None
@@ -185,7 +188,7 @@ class LoftUpUpsampler(nn.Module):
         is eight elementwise passes), within 3e-6 of it at C = 384.
         """
         conv, norm = self.final_conv[0], self.final_conv[1]
-        y = F.linear(q, conv.weight.flatten(1), conv.bias)
+        y = linear(q, conv.weight.flatten(1), conv.bias, fused=self.fused_linear)
         return F.layer_norm(y, y.shape[-1:], norm.weight.to(y.dtype), norm.bias.to(y.dtype), norm.eps)
 
     def _chunked_tokens_out(self, tokens, N, kv, q_pos, k_pos) -> torch.Tensor:

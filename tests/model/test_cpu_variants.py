@@ -78,6 +78,9 @@ def test_fp32_cpu_variant_matches_the_reference():
     lr, image = photo(56)
     variant = cpu_variant(model, "fp32")
     assert variant.upsampler.dispatcher.head_multiple == CPU_HEAD_MULTIPLE
+    flags = [m.fused_linear for m in variant.modules() if hasattr(m, "fused_linear")]
+    assert len(flags) == 2 * 2 + 1 and all(flags)  # per block attention + FFN, and the head
+    assert not any(m.fused_linear for m in model.modules() if hasattr(m, "fused_linear"))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in variant.modules())
     engine = TorchEngine(model)
     assert engine.channels_last and engine.model.upsampler.channels_last
