@@ -117,7 +117,8 @@ def native_precision(model: LoftUp, dtype: torch.dtype = torch.bfloat16) -> Loft
     transformer and the output head hold `dtype` weights, so tokens stay in `dtype` from the first
     conv to the head (layer norms and softmax accumulate in float32 inside their kernels). The
     image and low-res Fourier featurizers and both channel norms keep float32 weights and run in
-    float32; their outputs are cast once. `LoftUp.forward` turns autocast off for such a model."""
+    float32; their outputs are cast once. An outer autocast (the pipeline form's, for the
+    backbone) changes nothing in it: its tensors already have the dtypes autocast would pick."""
     model = fold_batchnorm(model)
     up = model.upsampler
     for module in (*list(up.first_conv)[1:], up.ca_transformer, up.final_conv):

@@ -396,15 +396,6 @@ class LoftUp(nn.Module):
                 window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """window: (top, left, height, width) of the output to compute (see LoftUpUpsampler.forward)."""
         self.check_inputs(lr_feats, image)
-        device = image.device.type
-        if self.upsampler.compute_dtype != torch.float32 and torch.is_autocast_enabled(device):
-            # a native bf16 / fp16 variant (loftup.model.deploy.native_precision) runs as it is:
-            # autocast would only add float32 round trips (it runs layer norms in float32)
-            with torch.autocast(device, enabled=False):
-                return self._forward(lr_feats, image, tile, window)
-        return self._forward(lr_feats, image, tile, window)
-
-    def _forward(self, lr_feats, image, tile, window) -> torch.Tensor:
         with stage("lr channel norm"):
             lr = self.channelnorm(lr_feats.to(self.channelnorm.norm.weight.dtype))
         image = image.to(self.upsampler.fourier_feat[1].biases.dtype)  # Fourier features: float32 in every variant

@@ -60,9 +60,10 @@ def test_native_precision_is_a_transformation_of_the_same_module():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
-def test_native_bf16_turns_autocast_off_inside():
-    """Under an outer autocast (the pipeline form runs the backbone in it) the native model gives
-    the same numbers as without: no float32 round trips through autocast's layer norms."""
+def test_native_bf16_is_unchanged_by_an_outer_autocast():
+    """The pipeline form runs the backbone under autocast, and the upsampler inside it: a native
+    bf16 model gives the same numbers there as without (its tokens stay bf16, its Fourier
+    features float32) - no float32 round trips come back through autocast."""
     model = native_precision(trained_looking(), torch.bfloat16)
     lr, image = photo(42)
     with torch.no_grad():
