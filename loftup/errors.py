@@ -25,6 +25,10 @@ class ParityError(LoftupError):
     """An engine disagrees with the PyTorch reference beyond its tolerance."""
 
 
+class NonFiniteError(LoftupError):
+    """NaN or infinite numbers where results are about to be written."""
+
+
 class TrainingError(LoftupError):
     """Training cannot go on (a non-finite loss, a distillation loss that is identically zero)."""
 

@@ -363,8 +363,10 @@ def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
         raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
     names = expand_backends(opts.backends)
     out = Path(opts.out)
-    if out.suffix.lower() == ".json" and out.exists():
-        raise ConfigError(f"{out} already exists; bench never overwrites a result - choose another --out")
+    taken = [p for p in (out, out.with_suffix(".png")) if p.exists()] if out.suffix.lower() == ".json" else []
+    if taken:
+        raise ConfigError(f"{taken[0]} already exists; bench never overwrites a file (it writes the JSON and a PNG next to it) - "
+                          "choose another --out")
     if out.suffix.lower() != ".json" and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder or a new .json path")
     from ..export.exporter import check_writable_folder
@@ -407,7 +409,7 @@ def run_row(ctx: BenchContext, size: int, b: int, name: str, prec: str) -> dict[
     opts, cfg, p = ctx.opts, ctx.model.cfg, int(ctx.spec.patch_size)
     backend = BACKENDS[name]
     kind = getattr(ctx.model, "kind", "loftup")
-    lr_side = max(1, size // p)
+    lr_side = max(1, size // p)  # pipeline.DEFAULT_INPUT_SIZE: the output rounded down to whole patches (photo_features' grid)
     row: dict[str, Any] = {"backend": name, "precision": prec, "batch": b, "size": size, "lr_size": lr_side,
                            "description": backend.description, "upsampler": kind}
     reason = unavailable_reason(backend, prec, opts.device)
@@ -589,6 +591,10 @@ def _output_paths(out: Path, env: dict[str, Any]) -> tuple[Path, Path]:
         return out, out.with_suffix(".png")
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in env["hostname"] or "host")
     stem = f"bench-{host}-{env['device'].replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while (out / f"{stem}.json").exists() or (out / f"{stem}.png").exists():  # two runs in one second: never overwrite
+        n += 1
+        stem = f"{stem.rsplit('~', 1)[0]}~{n}"
     return out / f"{stem}.json", out / f"{stem}.png"
 
 

@@ -486,7 +486,10 @@ def demo_command(
     """End to end, offline: import DINOv2-S, train LoftUp (stage 1 + 2), export ONNX, bench, mini benchmark, report."""
     opts = DemoOptions(out=out, quick=quick, force=force, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
                        precision=precision, seed=seed, progress=progress)
-    record = run_demo(opts, log=lambda msg: typer.echo(msg, err=True))
+    from ..runtime.interrupts import on_interrupt
+
+    with on_interrupt(lambda: f"the phases that finished and the report so far are in {out} (report.md)"):
+        record = run_demo(opts, log=lambda msg: typer.echo(msg, err=True))
     mini = record["phases"]["mini"]
     typer.echo(mini["table"])
     typer.echo(f"demo finished in {record['seconds']:.0f} s; report: {out / 'report.md'}")

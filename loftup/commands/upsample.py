@@ -3,8 +3,8 @@
 Two sources of features, one data path (`loftup.pipeline`): `--checkpoint` (a `TorchEngine`:
 backbone + LoftUp in PyTorch) or `--engine` (an exported pipeline engine, ONNX or TensorRT).
 Each image becomes the pipeline input with `prepare_image` (shorter side `size`); the backbone
-sees it through the pipeline's one resize rule (`input_size`: the shorter side, 224 by default
-with a checkpoint; an engine always uses its own rule, the image rounded down to whole patches).
+sees it through the pipeline's one resize rule (`input_size`; by default `pipeline.DEFAULT_INPUT_SIZE`:
+the image rounded down to whole patches; an engine applies the rule it was exported with).
 
 Data safety: an output never lands on an input file (checked before any work); inputs whose
 names differ only by extension (`x.jpg`, `x.png`) get distinct outputs (`x_jpg.*`, `x_png.*`);
@@ -15,6 +15,8 @@ reported and skipped, the rest processed, and the run ends non-zero with a summa
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,7 +30,6 @@ from ..io.samples import PREFIX, is_sample, load_sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 FORMATS = ("safetensors", "npy")
-DEFAULT_INPUT_SIZE = 224  # --checkpoint's backbone input (shorter side) when --input-size is not given
 
 
 @dataclass
@@ -39,7 +40,7 @@ class UpsampleOptions:
     random_init: bool = False
     weights: str = "default"
     size: int = 448
-    input_size: Optional[int] = None  # None: 224 with a checkpoint, the engine's own rule with --engine
+    input_size: Optional[int] = None  # None: pipeline.DEFAULT_INPUT_SIZE with a checkpoint, the engine's own (recorded) rule with --engine
     out: Path = Path("out")
     format: str = "safetensors"
     device: str = "cpu"
@@ -51,6 +52,7 @@ class UpsampleOptions:
     threads: Optional[int] = None  # CPU threads (PyTorch intra-op, and ONNX Runtime's for --engine); None: PyTorch's default
     picture: bool = True
     features: bool = True  # False: pictures only (no feature files)
+    force: bool = False  # overwrite output files that exist already
     seed: int = 0
 
 
@@ -117,8 +119,8 @@ def collect_inputs(spec: str | Path, patch_size: int, failed: list | None = None
         raise InputError(f"input {path} does not exist; give an image file, a folder of images or sample:NAME")
     if not path.is_dir():
         return [Item(Path(path.stem), lambda: load_image(path), _read_size(path), path)]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
+    files = image_files(path, failed)
+    if not files and not failed:
         raise InputError(f"no images found in {path} (looked for {', '.join(IMAGE_SUFFIXES)})")
     items = []
     for file, rel in zip(files, output_names(files, path)):
@@ -136,6 +138,47 @@ def collect_inputs(spec: str | Path, patch_size: int, failed: list | None = None
     return items
 
 
+def image_files(root: Path, failed: list | None = None) -> list[Path]:
+    """Image files under `root` (recursive; links to files followed, links to folders not), sorted.
+
+    Entries with an image suffix that cannot be read - a broken link, a link loop - and folders
+    that cannot be listed go to `failed` (name, reason) like unreadable images, or raise InputError
+    when `failed` is None; they are never skipped without a word.
+    """
+    found, problems = [], []
+
+    def unlisted(exc: OSError) -> None:
+        problems.append((Path(exc.filename), f"cannot list this folder ({exc.strerror}); check its permissions"))
+
+    for folder, _, names in os.walk(root, onerror=unlisted):
+        for name in names:
+            file = Path(folder) / name
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if file.is_file():
+                found.append(file)
+            elif file.is_symlink():
+                problems.append((file, _link_problem(file)))
+    for file, why in sorted(problems):
+        if failed is None:
+            raise InputError(f"{file}: {why}")
+        failed.append((str(file.relative_to(root)) if file != root else str(file), why))
+    return sorted(found)
+
+
+def _link_problem(link: Path) -> str:
+    """Why a link with an image name is not an image file (it was checked not to be a regular file)."""
+    try:
+        link.resolve(strict=True)
+    except RuntimeError:
+        return "a symbolic link loop; remove it"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop; remove it"
+        return f"a broken link to {os.readlink(link)} ({exc.strerror}); fix or remove it"
+    return "a link to something that is not a file; remove it"
+
+
 def output_files(item: Item, out: Path, opts: UpsampleOptions) -> list[Path]:
     """Every file `item` will write."""
     target = out / item.rel
@@ -144,12 +187,17 @@ def output_files(item: Item, out: Path, opts: UpsampleOptions) -> list[Path]:
 
 
 def check_outputs(items: list[Item], out: Path, opts: UpsampleOptions) -> None:
-    """No output may resolve onto an input file (e.g. --out set to the input folder)."""
+    """No output may resolve onto an input file (e.g. --out set to the input folder), nor, without
+    --force, onto any file that exists already (this run has written nothing yet)."""
+    from ..io import refuse_existing
+
     inputs = {item.source.resolve(): item.source for item in items if item.source is not None}
     for item in items:
         for file in output_files(item, out, opts):
             if file.resolve() in inputs:
                 raise InputError(f"--out {out} would overwrite the input image {inputs[file.resolve()]}; choose another --out")
+    if not opts.force:
+        refuse_existing([file for item in items for file in output_files(item, out, opts)], "--out")
 
 
 def prepare_out_dir(out: Path) -> None:
@@ -213,9 +261,6 @@ def check_options(opts: UpsampleOptions) -> None:
         clash = [f for f, v in (("--checkpoint", opts.checkpoint), ("--random-init", opts.random_init)) if v]
         if clash:
             raise ConfigError(f"--engine and {clash[0]} exclude each other; upsample with one of them")
-        if opts.input_size is not None:
-            raise ConfigError("a pipeline engine resizes each image for its backbone itself, so --input-size cannot apply "
-                              "to --engine; drop --input-size (or use --checkpoint)")
         if opts.dtype != "fp32":
             raise ConfigError("--dtype applies to --checkpoint; an engine's precision is fixed when it is exported (loftup export --precision)")
         if opts.cuda_graphs:
@@ -252,6 +297,7 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
         if md.scope != "pipeline":
             raise ConfigError(f"{Path(opts.engine).name} is a {md.scope} engine; upsample --engine runs pipeline engines "
                               "(export with --scope pipeline), or use --checkpoint")
+        check_engine_input_size(Path(opts.engine).name, md.input_size, opts.input_size)
         return engine, tuple(md.mean), tuple(md.std), int(md.patch_size or 1)
     from ..backbones import create_backbone
     from ..model import load_or_init
@@ -263,6 +309,8 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
         import warnings
 
         warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {opts.backbone!r}")
+    from ..pipeline import DEFAULT_INPUT_SIZE
+
     input_size = DEFAULT_INPUT_SIZE if opts.input_size is None else opts.input_size
     from ..runtime.budget import parse_memory_budget
 
@@ -271,13 +319,23 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
     return engine, tuple(backbone.mean), tuple(backbone.std), int(backbone.patch_size)
 
 
+def check_engine_input_size(name: str, recorded, asked) -> None:
+    """--input-size with an engine: only the rule the engine was exported with (its graph applies it)."""
+    if asked is not None and asked != recorded:
+        rule = f"input size {recorded}" if recorded is not None else "input (the image rounded down to whole patches)"
+        raise ConfigError(f"engine {name} applies the backbone {rule} it was exported with; drop --input-size {asked}, or export "
+                          f"again with `loftup export --input-size {asked}`")
+
+
 def upsample_batch(engine, images: torch.Tensor, picture: bool):
     """(hr, lr or None, channel-normed lr or None) for a batch of pipeline inputs."""
+    from ..pipeline import check_finite
+
     pipeline = getattr(engine, "pipeline", None)
     if pipeline is None:  # an exported engine: only the output
-        return engine(images), None, None
+        return check_finite(engine(images)), None, None
     lr = engine.backbone_features(images)
-    hr = engine(lr, images)
+    hr = check_finite(engine(lr, images))
     lr_normed = None
     if picture:
         norm = getattr(engine.model, "channelnorm", None)  # LiFT and the no-norm FeatUp-JBU have none

@@ -324,10 +324,12 @@ def check_engine_fits(handle: EngineHandle, backbone_name: str, runner: Backbone
             f"engine {handle.path.name} upsamples {handle.feat_dim}-channel features but backbone {backbone_name!r} "
             f"gives {runner.embed_dim}; use an engine exported for this backbone"
         )
-    if handle.scope == "pipeline" and runner.input_size is not None:
+    recorded = handle.metadata.get("input_size")
+    if handle.scope == "pipeline" and runner.input_size != recorded:
+        rule = f"input size {recorded}" if recorded is not None else "input (the image rounded down to whole patches)"
         raise ConfigError(
-            f"engine {handle.path.name} is a pipeline engine: it resizes each image for its backbone itself, so "
-            "--input-size cannot apply to it; drop --input-size, or export with --scope upsampler"
+            f"engine {handle.path.name} is a pipeline engine: its graph applies the backbone {rule} it was exported with, so "
+            f"--input-size {runner.input_size} cannot apply to it; drop --input-size, or export again with --input-size {runner.input_size}"
         )
     for what, theirs, ours in (("mean", handle.mean, runner.mean), ("std", handle.std, runner.std)):
         reads_norm = handle.scope == "pipeline" or handle.metadata.get("upsampler", "loftup") != "loftup"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, InputError, check_choice
+from ..errors import CheckpointError, ConfigError, InputError, check_choice
 from .formats import PRECISIONS, format_for_path
 from .metadata import EngineMetadata, base_metadata
 
@@ -48,7 +48,28 @@ class Engine:
     def __call__(self, *inputs):
         """engine(images) or engine(lr_feats, image) -> hr feats (B, C, H, W)."""
         self.check_inputs(inputs)
-        return self._run(inputs)
+        out = self._run(inputs)
+        if not getattr(self, "_output_checked", False):
+            self.check_output(out, inputs[-1])
+            self._output_checked = True
+        return out
+
+    def check_output(self, out, image: torch.Tensor) -> None:
+        """The first output against the metadata: float32 (B, feat_dim, H, W) for a (B, 3, H, W) image.
+
+        A graph that is not the one `loftup export` wrote (other channels, size or type) is refused
+        with one line before anything it computed is used.
+        """
+        md = self.metadata
+        want = (int(image.shape[0]), int(md.feat_dim), *(int(s) for s in image.shape[-2:]))
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        dtype = getattr(out, "dtype", type(out).__name__)
+        if got != want or dtype != torch.float32:
+            name = Path(getattr(self, "path", "") or "this engine").name
+            raise CheckpointError(
+                f"{name} returned {str(dtype).replace('torch.', '')} {got} for a {tuple(image.shape)} image, but its loftup metadata "
+                f"promises float32 {want}; it is not the graph `loftup export` wrote - export the engine again"
+            )
 
     def check_inputs(self, inputs) -> None:
         md = self.metadata

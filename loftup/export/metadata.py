@@ -33,7 +33,7 @@ class EngineMetadata:
     upsampler: str = "loftup"  # the kind (loftup.model.kinds); engines written before kinds existed are LoftUp
     backbone: str | None = None
     patch_size: int | None = None
-    input_size: int | list[int] | None = None  # backbone input rule (loftup.pipeline); None in every export
+    input_size: int | list[int] | None = None  # backbone input rule (loftup.pipeline): None, the default, or export's --input-size
     mean: list[float] | None = None
     std: list[float] | None = None
     precision: str = "fp32"

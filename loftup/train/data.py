@@ -26,6 +26,7 @@ counts and warns instead of crashing. All randomness is drawn from a per-sample 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -37,13 +38,28 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, LoftupError
 from ..io import rgb_image
 from ..pipeline import IMAGENET_MEAN, IMAGENET_STD
 from .rle import polygons_rasterize, rle_counts, rle_sample
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_SKIP_TRIES = 16
+
+
+@contextlib.contextmanager
+def unwrap_worker_errors() -> Iterator[None]:
+    """Our errors raised in a DataLoader worker come back as the same type with the worker's whole
+    traceback as the message; re-raise them with the original one-line message."""
+    try:
+        yield
+    except LoftupError as exc:
+        text = str(exc)
+        if "DataLoader worker process" not in text or "Traceback" not in text:
+            raise
+        last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        raise type(exc)(last[len(prefix):] if last.startswith(prefix) else last) from None
 
 
 # -- records ----------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from ..runtime.devices import autocast
+from ..runtime.interrupts import Interrupted
 from ..errors import CheckpointError, ConfigError, TrainingError
-from .data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover
+from .data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover, unwrap_worker_errors
 from ..io import check_writable_dir
 from .ddp import DistContext, all_reduce_scalar, barrier, cleanup, convert_batchnorm, init_distributed
 from .features import FeatureExtractor, backbone_identity
@@ -112,6 +113,8 @@ class Trainer:
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.run = RunDir(cfg.out)
+        self._root_existed = self.run.root.exists()  # a run that fails before its first step removes only what it made
+        self._signum = 0  # the signal that asked the loop to stop
         self.ctx: DistContext = init_distributed(cfg.device)
         self.device = self.ctx.device
         self._stop = threading.Event()
@@ -346,7 +349,8 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop.is_set():  # second Ctrl-C: stop right now
-                raise KeyboardInterrupt
+                raise Interrupted(signum, self._kept_line("aborted without saving this step"))
+            self._signum = signum
             self._stop.set()
             if self.ctx.is_main:
                 print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort without saving)",
@@ -390,7 +394,15 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"], **extra}
 
     def fit(self, max_steps: int | None = None) -> TrainResult:
-        """Train until total_steps (or at most max_steps more steps), checkpointing on the way."""
+        """Train until total_steps (or at most max_steps more steps), checkpointing on the way.
+
+        A data error raised in a loader worker arrives as its own one-line error; a run that fails
+        before its first step removes the run folder (or the files) it created.
+        """
+        with self._discard_if_no_step(), unwrap_worker_errors():
+            return self._fit(max_steps)
+
+    def _fit(self, max_steps: int | None) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx
         end = self.total_steps if max_steps is None else min(self.total_steps, self.step + int(max_steps))
         result = TrainResult(self.run.root, self.step, self.total_steps, skipped=self.skipped)
@@ -454,11 +466,34 @@ class Trainer:
             self._write_summary(result)
         barrier(ctx)
         if interrupted:
-            if main:
-                print(f"interrupted at step {self.step}/{self.total_steps}: checkpoint saved in {self.run.ckpt_dir}; "
-                      f"continue with --resume --out {self.run.root}", file=sys.stderr, flush=True)
-            raise KeyboardInterrupt
+            raise Interrupted(self._signum or signal.SIGINT, self._kept_line(f"checkpoint saved in {self.run.ckpt_dir}"))
         return result
+
+    def _kept_line(self, what: str) -> str:
+        """What an interrupted run kept and how to go on (the CLI's one line)."""
+        if self.run.latest_step() is None:
+            return f"{what}; no checkpoint yet, start again without --resume"
+        return f"stopped at step {self.step}/{self.total_steps}, {what}; continue with `loftup train --resume --out {self.run.root}`"
+
+    @contextlib.contextmanager
+    def _discard_if_no_step(self):
+        """A run that fails before its first step leaves no run folder it created (only rank 0 writes one)."""
+        try:
+            yield
+        except BaseException:
+            if self.ctx.is_main and self.step == 0 and self.run.latest_step() is None:
+                self._discard_run()
+            raise
+
+    def _discard_run(self) -> None:
+        import shutil
+
+        if not self._root_existed:
+            shutil.rmtree(self.run.root, ignore_errors=True)
+            return
+        for path in (self.run.config, self.run.log, self.run.summary):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.run.tb, ignore_errors=True)
 
     def _label(self) -> str:
         """'stage 1' / 'stage 2' for LoftUp, the kind's name for the others (one stage)."""
