@@ -34,7 +34,7 @@ from ..errors import (
     InputError,
     check_choice,
 )
-from ..pipeline import backbone_input, guidance_image
+from ..pipeline import backbone_input, check_finite, guidance_image
 
 BASELINES = ("lowres", "nearest", "bilinear", "bicubic", "oracle2x", "oracle4x", "pseudo-gt")
 # the last three are reference rows rather than upsamplers: the backbone at 2x / 4x the output
@@ -207,7 +207,8 @@ class LoftUpFeatures(FeatureSource):
 
     @torch.no_grad()
     def features(self, image, out_size=None):
-        return self.engine(self.runner(image, out_size), self.guidance(image, out_size)).to(image.device)
+        hr = self.engine(self.runner(image, out_size), self.guidance(image, out_size))
+        return check_finite(hr, f"{self.name}'s features").to(image.device)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "upsampler": self.kind}
@@ -228,7 +229,7 @@ class EngineFeatures(FeatureSource):
             hr = self.handle.run_pipeline(self.guidance(image, size))
         else:
             hr = self.handle.run_upsampler(self.runner(image, size), self.guidance(image, size))
-        return hr.to(image.device)
+        return check_finite(hr, f"{self.name}'s features").to(image.device)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "engine": str(self.handle.path), "scope": self.handle.scope}

@@ -149,8 +149,9 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
     format's own (TensorRT: workspace_mb, timing_cache); None values are dropped.
     """
     from .formats import export_format
-    from .onnx import export_onnx
+    from .onnx import check_input_size, export_onnx
 
+    check_input_size(scope, input_size, int(getattr(backbone, "patch_size", None) or patch_size or 1))
     row = export_format(fmt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

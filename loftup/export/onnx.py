@@ -263,6 +263,17 @@ def deploy_module(model, backbone, scope: str, precision: str, attention: str, m
     return PipelineGraph(Pipeline(bb, up, input_size)).eval()
 
 
+def check_input_size(scope: str, input_size: int | None, patch: int) -> None:
+    """ConfigError unless `input_size` is None or a pipeline engine's backbone input of at least one patch."""
+    if input_size is None:
+        return
+    if scope != "pipeline":
+        raise ConfigError(f"--input-size {input_size} sets a pipeline engine's backbone input; an upsampler engine takes the "
+                          "backbone's features, so drop --input-size (or export --scope pipeline)")
+    if int(input_size) < patch:
+        raise ConfigError(f"--input-size {input_size} is smaller than one backbone patch ({patch} px); use at least {patch}")
+
+
 def backbone_max_side(max_size: int, min_size: int, input_size: int | None) -> int:
     """The largest side the backbone sees for images with sides in [min_size, max_size]."""
     if input_size is None:
@@ -373,9 +384,7 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
         chunk = query_chunk_length(model.cfg, max(1, sizes[2] // patch) ** 2)
     elif isinstance(query_chunk, int) and kind == "loftup":
         chunk = max(1, query_chunk)
-    if input_size is not None and (scope != "pipeline" or int(input_size) < patch):
-        raise ConfigError(f"--input-size {input_size} applies to a pipeline engine's backbone and must be at least one patch "
-                          f"({patch} px)" + ("; drop it for --scope upsampler (its input is the backbone's features)" if scope != "pipeline" else ""))
+    check_input_size(scope, input_size, patch)
     module = deploy_module(model, backbone if scope == "pipeline" else None, scope, precision, encoding, sizes[2], min_lr, chunk,
                            input_size, sizes[0])
     with _quiet_exporter():
