@@ -203,5 +203,5 @@ def test_pipeline_engine_and_reference_resize_alike(tmp_path, capsys, coco_dir, 
     parity = json.loads((out / "results.json").read_text())["parity"]
     assert parity["feature_parity"]["max_abs"] < 5e-3 and parity["feature_parity"]["min_cos"] > 0.99999
     assert parity["passed"] is True and parity["delta"]["miou"] == 0.0
-    code, _, err = run(args + ["--input-size", "28"], capsys)
+    code, _, err = run(args[:-1] + [tmp_path / "out2", "--input-size", "28"], capsys)  # a fresh --out: results.json stays
     assert_one_line_error(code, err, "pipeline engine", "--input-size")
