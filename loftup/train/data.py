@@ -31,6 +31,7 @@ import io
 import json
 import math
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -472,7 +473,8 @@ class MaskedImageDataset:
             try:
                 img, specs = self._load(rec)
             except Exception as e:  # corrupt image / JSON / RLE / tar member: skip, count, go on
-                skipped.append(f"{rec.key}: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+                first = re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", str(e).splitlines()[0][:160]) if str(e) else ""  # no object addresses
+                skipped.append(f"{rec.key}: {type(e).__name__}: {first}")
                 continue
             rng = np.random.default_rng([seed & 0xFFFFFFFF, (index + attempt) % n])
             item = self.render(rec, img, specs, size, rng)
@@ -480,7 +482,8 @@ class MaskedImageDataset:
             item["skipped"] = skipped
             return item
         raise InputError(
-            f"{MAX_SKIP_TRIES} unreadable samples in a row from {self.records[index % n].key}: {skipped[-1]}; check the data folder"
+            f"{min(MAX_SKIP_TRIES, n)} unreadable samples in a row from {self.records[index % n].key} (the last: {skipped[-1]}); "
+            "check the data folder"
         )
 
 
