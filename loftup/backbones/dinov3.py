@@ -167,13 +167,14 @@ class DINOv3ViT(nn.Module):
         return self.cfg.patch_size
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """Random init for `weights=None` / "random": the official scheme (trunc normal 0.02,
-        tokens normal 0.02, k-bias masks, RoPE periods) except LayerScale 1.0 instead of 1e-5, so
-        that a random backbone's features depend on attention and RoPE (what its tests check)."""
+        """Random init for `weights=None` / "random": tokens normal 0.02, zero biases, the k-bias
+        masks and RoPE periods as the official init; but Linear weights at std 1/sqrt(fan_in)
+        (official: 0.02) and LayerScale 1.0 (official: 1e-5), so that attention is far from
+        uniform and a random backbone's features depend on RoPE (what its export tests check)."""
         with torch.no_grad():
             for m in self.modules():
                 if isinstance(m, nn.Linear):
-                    nn.init.trunc_normal_(m.weight, std=0.02, generator=generator)
+                    nn.init.trunc_normal_(m.weight, std=m.in_features**-0.5, generator=generator)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
                     if isinstance(m, MaskedKBiasLinear):
