@@ -107,6 +107,16 @@ class RopeEmbedding(nn.Module):
         self.head_dim, self.base = head_dim, base
         self.register_buffer("periods", self.default_periods())
 
+    def _apply(self, fn, recurse=True):
+        """Device moves apply; dtype casts (model.half(), .to(bfloat16)) leave the periods in float32,
+        so the RoPE angles stay float32 whatever the model's dtype (the official buffer would be cast)."""
+        periods = self.periods
+        super()._apply(fn, recurse)
+        if self.periods.dtype != torch.float32:  # from a float32 buffer, else (a low-precision file) upcast
+            source = periods if periods.dtype == torch.float32 else self.periods
+            self.periods = source.to(device=self.periods.device, dtype=torch.float32)
+        return self
+
     def default_periods(self) -> torch.Tensor:
         """base^(2k / (d/2)) for k < d/4, in float32 (what the official init stores)."""
         quarter = self.head_dim // 4

@@ -91,6 +91,19 @@ def test_rope_rotation_runs_in_float32_for_low_precision_inputs():
     assert torch.equal(low, rope_rotate(x.bfloat16().float(), sin, cos).bfloat16())  # rotated in fp32, rounded once
 
 
+def test_low_precision_models_keep_rope_in_float32():
+    bb = build_backbone("dinov3", seed=0, **TINY)
+    low = build_backbone("dinov3", seed=0, dtype=torch.bfloat16, **TINY)
+    assert low.model.rope_embed.periods.dtype == torch.float32 and low.model.cls_token.dtype == torch.bfloat16
+    assert torch.equal(low.model.rope_embed.periods, bb.model.rope_embed.periods)
+    assert tiny("dinov3_tiny_reg4").model.rope_embed.periods.dtype == torch.float32  # read from a float16 file
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref, out = bb(x), low(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), out.float().flatten(), dim=0) > 0.999
+
+
 def test_transformers_in_memory_layout_and_fp16_files_load_the_same(tmp_path, images):
     """transformers >= 5 names blocks `model.layer.N` in memory (the Hub files: `layer.N`)."""
     sd = load_file(FIXTURES / "dinov3_tiny_reg4_hf.safetensors")
