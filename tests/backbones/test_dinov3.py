@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from loftup.backbones import BACKBONES, build_backbone, create_backbone, get_spec
 from loftup.backbones.dinov3 import VIT7B16, VITL16, VITS16, DINOv3Config, DINOv3ViT, RopeEmbedding
-from loftup.backbones.vit import rope_rotate
+from loftup.backbones.vit import official_to_hf, rope_rotate
 from loftup.errors import CheckpointError, ConfigError, InputError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "official"
@@ -172,6 +172,10 @@ def test_one_line_errors(tmp_path):
     reg4 = FIXTURES / "dinov3_tiny_reg4.safetensors"
     with pytest.raises(CheckpointError, match=r"is a DINOv2 checkpoint but backbone 'dinov3_vits16' is DINOv3; use dinov2_vits14"):
         create_backbone("dinov3_vits16", weights=str(FIXTURES / "dinov2_tiny.safetensors"))
+    dinov2_hf = tmp_path / "dinov2_hf.safetensors"  # transformers' Dinov2Model layout
+    save_file(official_to_hf(load_file(FIXTURES / "dinov2_tiny.safetensors")), dinov2_hf)
+    with pytest.raises(CheckpointError, match=r"is a DINOv2 checkpoint but backbone 'dinov3_vitb16' is DINOv3"):
+        create_backbone("dinov3_vitb16", weights=str(dinov2_hf))
     for src in (reg4, FIXTURES / "dinov3_tiny_reg4_hf.safetensors"):
         with pytest.raises(CheckpointError, match=r"is a DINOv3 checkpoint but backbone 'dinov2_vits14' is DINOv2; use dinov3_vits16"):
             create_backbone("dinov2_vits14", weights=str(src))
@@ -197,7 +201,14 @@ def test_one_line_errors(tmp_path):
 
 
 def test_size_and_config_errors():
+    from loftup.pipeline import backbone_input
+
     bb = build_backbone("dinov3", seed=0, **TINY)
+    with pytest.raises(InputError, match="image 40x12 px is smaller than one 16x16 backbone patch"):
+        backbone_input(torch.zeros(1, 3, 12, 40), bb.patch_size)
+    with pytest.raises(InputError, match="backbone input size 8 is smaller than one patch .16 px"):
+        backbone_input(torch.zeros(1, 3, 64, 64), bb.patch_size, input_size=8)
+    assert backbone_input(torch.zeros(1, 3, 50, 77), bb.patch_size).shape[-2:] == (48, 64)  # rounded down
     with torch.no_grad():
         assert bb(torch.zeros(1, 3, 16, 400)).shape == (1, 16, 1, 25)
     with pytest.raises(InputError, match=r"\(100, 224\) is not a positive multiple of the patch size 16"):
