@@ -138,8 +138,6 @@ class RopeEmbedding(nn.Module):
 class DINOv3ViT(nn.Module):
     """DINOv3 ViT. Input (B, 3, H, W), normalised by the caller, H and W positive multiples of 16."""
 
-    accepts_patch_bias = False
-
     def __init__(self, cfg: DINOv3Config = VITS16) -> None:
         super().__init__()
         _check_config(cfg)

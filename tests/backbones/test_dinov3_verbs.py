@@ -5,6 +5,7 @@ train (stage 1 with the paper and offline presets, stage 2) and their one-line e
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 from loftup.pipeline import output_size
 
-FIXTURES = __import__("pathlib").Path(__file__).parents[1] / "fixtures" / "official"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "official"
 C = 32  # the tiny row's channels
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: per-op overhead bound (tests/conftest.py)
 
