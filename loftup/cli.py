@@ -83,9 +83,9 @@ def upsample(
 @app.command()
 def backbones() -> None:
     """List the known backbones, their channels, patch size and weight sources."""
-    from .backbones import list_backbones
+    from .backbones.registry import backbone_table
 
-    for line in list_backbones():
+    for line in backbone_table():
         typer.echo(line)
 
 

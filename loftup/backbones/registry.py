@@ -16,7 +16,9 @@ sources, in `weights=`:
   with or without the prefix; SigLIP files timm's bare layout or open_clip's full model
   (`visual.trunk.*`); RADIO files the released `.pth.tar` (`base_model.*`,
   `input_conditioner.*`, an `args` Namespace - see radio.py for how it is read safely) or a
-  `RADIOModel` state dict. Loading is strict.
+  `RADIOModel` state dict; DINOv3 files the official hub `.pth` or the Hugging Face
+  `DINOv3ViTModel` layout (model.safetensors). Loading is strict. The DINOv3 downloads are
+  licence-gated: a refused download (HTTP 401 / 403) says where to accept the licence.
 
 Every row is a preset over `loftup.backbones.factory.build_backbone(arch, weights, **config)`.
 `normalization="loftup"` (default) gives the mean/std LoftUp's checkpoints expect (ImageNet
@@ -28,6 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -72,8 +75,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def cache_name(url: str) -> str:
     """File name of a download in torch.hub's cache; Hugging Face files are prefixed with their
     repository, since several repos name their weights alike (open_clip_pytorch_model.bin)."""
-    from urllib.parse import urlparse
-
     parts = urlparse(url).path.strip("/").split("/")
     if "huggingface.co" in urlparse(url).netloc and "resolve" in parts and parts.index("resolve") >= 2:
         return f"{parts[parts.index('resolve') - 1]}_{parts[-1]}"
@@ -88,10 +89,41 @@ def _download(spec: BackboneSpec, url: str) -> Path:
         try:
             torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix)
         except Exception as exc:
+            code = getattr(exc, "code", None)
+            if code in (401, 403) and spec.licence:
+                raise CheckpointError(
+                    f"{spec.name}'s weights are licence-gated and {url} refused the download (HTTP {code}): accept "
+                    f"Meta's licence at {spec.licence} (or at huggingface.co/{spec.hf_repo}), download the file by "
+                    "hand and pass weights=<path> (the official .pth or the Hugging Face model.safetensors)"
+                ) from None
             raise CheckpointError(
                 f"cannot download {url}: {exc}; download it by hand and pass weights=<path>"
             ) from exc
     return dst
+
+
+def weight_sources(spec: BackboneSpec) -> str:
+    """The weight sources of a row, in words (for `loftup backbones`)."""
+    parts = [f"{spec.offline} (offline)"] if spec.offline else []
+    host = urlparse(spec.url).netloc
+    parts.append(f"online from {host}, licence-gated" if spec.licence else f"online from {host}")
+    if spec.hf_repo:
+        parts.append(f"HF {spec.hf_repo}")
+    return "; ".join(parts)
+
+
+def backbone_table() -> list[str]:
+    """`loftup backbones`: one line per row - name, family, channels, patch, weight sources."""
+    rows = [("backbone", "family", "channels", "patch", "weights")]
+    rows += [(s.name, s.arch, str(s.embed_dim), str(s.patch_size), weight_sources(s)) for s in BACKBONES.values()]
+    rows += [(n, "custom", "?", "?", "registered at run time") for n in CUSTOM_BACKBONES if n not in BACKBONES]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}" for r in rows]
+    gated = sorted({s.licence for s in BACKBONES.values() if s.licence})
+    lines.append("every backbone also takes 'random' (seeded init) or a local checkpoint file "
+                 "(--weights / --backbone-weights); DINOv2 and DINOv3 files in the official or the Hugging Face layout")
+    lines += [f"licence-gated weights: accept the licence at {url}, download the file, pass its path" for url in gated]
+    return lines
 
 
 # ----------------------------------------------------------------------------------------
