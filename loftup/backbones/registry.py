@@ -36,6 +36,7 @@ from loftup.backbones.factory import _make
 from loftup.backbones.specs import BACKBONES, WEIGHT_KEYWORDS, Backbone, BackboneSpec
 from loftup.errors import CheckpointError, ConfigError, check_choice
 from loftup.io import read_tensors
+from loftup.io.download import cache_name, download
 
 CUSTOM_BACKBONES: dict[str, Callable[[str], nn.Module]] = {}
 
@@ -69,29 +70,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return read_tensors(path)[0]
 
 
-def cache_name(url: str) -> str:
-    """File name of a download in torch.hub's cache; Hugging Face files are prefixed with their
-    repository, since several repos name their weights alike (open_clip_pytorch_model.bin)."""
-    from urllib.parse import urlparse
-
-    parts = urlparse(url).path.strip("/").split("/")
-    if "huggingface.co" in urlparse(url).netloc and "resolve" in parts and parts.index("resolve") >= 2:
-        return f"{parts[parts.index('resolve') - 1]}_{parts[-1]}"
-    return parts[-1]
-
-
 def _download(spec: BackboneSpec, url: str) -> Path:
+    """The weights at `url`, downloaded once into torch.hub's cache folder (`loftup.io.download`)."""
     dst = Path(torch.hub.get_dir()) / "checkpoints" / cache_name(url)
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        hash_prefix = spec.url_sha256 if url == spec.url else None
-        try:
-            torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix)
-        except Exception as exc:
-            raise CheckpointError(
-                f"cannot download {url}: {exc}; download it by hand and pass weights=<path>"
-            ) from exc
-    return dst
+    return download(url, dst, sha256=spec.url_sha256 if url == spec.url else None, what=f"{spec.name} weights")
 
 
 # ----------------------------------------------------------------------------------------
