@@ -4,13 +4,14 @@
     up = loftup.load("dinov2_vits14")   # backbone + the shipped LoftUp, one nn.Module (loftup.api)
     hr = up("photo.jpg")                # (1, 384, 448, W) features at the image's resolution
 
-`load`, `export` and `bench` are imported on first use (a module `__getattr__`), so `import
-loftup` and `loftup --help` never import torch.
+`load`, `export_engine` (`loftup export`) and `run_bench` (`loftup bench`) come from loftup.api,
+imported on first use (a module `__getattr__`), so `import loftup` and `loftup --help` never
+import torch. (`export` and `bench` are the subpackages loftup.export and loftup.bench.)
 """
 
 __version__ = "0.1.0"
 
-_API = ("FeatureUpsampler", "load", "export", "bench")
+_API = ("FeatureUpsampler", "load", "export_engine", "run_bench")
 
 
 def __getattr__(name: str):

@@ -173,22 +173,24 @@ def hub_names() -> list[str]:
     return [r.name for r in WEIGHTS.values() if r.source == "official"]
 
 
-def export(**options: Any):
-    """`loftup export` from Python: ExportOptions fields as keywords -> ExportReport (path, metadata, parity)."""
-    from .export.exporter import ExportOptions, export_engine
+# `loftup export` / `loftup bench` from Python. Named after the verb functions they call, not
+# `export` / `bench`: those names are the subpackages loftup.export and loftup.bench.
+def export_engine(**options: Any):
+    """`loftup export`: ExportOptions fields as keywords -> ExportReport (path, metadata, parity)."""
+    from .export import exporter
 
-    return export_engine(_options(ExportOptions, options, "export"), log=lambda *_: None)
+    return exporter.export_engine(_options(exporter.ExportOptions, options, "export_engine"), log=lambda *_: None)
 
 
-def bench(**options: Any):
-    """`loftup bench` from Python: BenchOptions fields as keywords -> BenchReport (rows, json_path, plot_path)."""
-    from .bench.harness import BenchOptions, run_bench
+def run_bench(**options: Any):
+    """`loftup bench`: BenchOptions fields as keywords -> BenchReport (rows, json_path, plot_path)."""
+    from .bench import harness
 
     options.setdefault("progress", False)
-    return run_bench(_options(BenchOptions, options, "bench"))
+    return harness.run_bench(_options(harness.BenchOptions, options, "run_bench"))
 
 
-def _options(cls, options: dict, verb: str):
+def _options(cls, options: dict, face: str):
     """cls(**options), or one ConfigError naming the unknown keyword and the valid ones."""
     import dataclasses
 
@@ -197,7 +199,7 @@ def _options(cls, options: dict, verb: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in options:
         if key not in names:
-            raise ConfigError(f"loftup.{verb}() has no option {key!r}{closest(key, names)}; options: {', '.join(names)}")
+            raise ConfigError(f"loftup.{face}() has no option {key!r}{closest(key, names)}; options: {', '.join(names)}")
     return cls(**options)
 
 
@@ -230,4 +232,4 @@ def _is_pil(x) -> bool:
     return isinstance(x, Image.Image)
 
 
-__all__ = ["FeatureUpsampler", "bench", "check_image_tensor", "export", "hub_model", "hub_names", "load"]
+__all__ = ["FeatureUpsampler", "check_image_tensor", "export_engine", "hub_model", "hub_names", "load", "run_bench"]
