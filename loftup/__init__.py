@@ -9,7 +9,7 @@ imported on first use (a module `__getattr__`), so `import loftup` and `loftup -
 import torch. (`export` and `bench` are the subpackages loftup.export and loftup.bench.)
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = ("FeatureUpsampler", "load", "export_engine", "run_bench")
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from . import __version__
+from ._version import __version__
 from .errors import LoftupError
 
 app = typer.Typer(

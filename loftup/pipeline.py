@@ -157,7 +157,7 @@ def prepare_image(img, size: InputSize, mean: Sequence[float] = IMAGENET_MEAN, s
     """
     from PIL import Image
 
-    from .backbones.preprocess import load_image
+    from .io import load_image, rgb_image
 
     if isinstance(img, (str, Path)):
         img = load_image(img)
@@ -167,8 +167,6 @@ def prepare_image(img, size: InputSize, mean: Sequence[float] = IMAGENET_MEAN, s
         img = Image.fromarray(img)
     elif not isinstance(img, Image.Image):
         raise InputError(f"expected a PIL image, a path or an array, got {type(img).__name__}")
-    from .io import rgb_image
-
     img = rgb_image(img)  # high-bit-depth images scaled, not clipped
     H, W = output_size(img.height, img.width, size)
     if (H, W) != (img.height, img.width):

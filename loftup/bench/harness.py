@@ -128,7 +128,7 @@ def expand_backends(names: list[str]) -> list[str]:
 def environment(device: str) -> dict[str, Any]:
     import torch
 
-    from .. import __version__
+    from .._version import __version__
     from .memory import available_memory
 
     cpu = platform.processor() or platform.machine()

@@ -111,7 +111,7 @@ def collect_inputs(spec: str | Path, patch_size: int, failed: list | None = None
     A single file that cannot be read raises InputError; in a folder such files go to `failed`
     (name, reason) and the rest are returned.
     """
-    from ..backbones import load_image
+    from ..io import load_image
 
     if is_sample(str(spec)):
         name = str(spec)[len(PREFIX):]

@@ -237,7 +237,7 @@ def save_checkpoint(model, path: str | Path, meta: dict[str, Any] | None = None,
         path = path.with_suffix(".safetensors")
     cfg = model.cfg.to_dict()
     meta = dict(meta or {})
-    from .. import __version__
+    from .._version import __version__
 
     meta.setdefault("loftup_version", __version__)
     tensors = {k: v.detach().to(dtype if (dtype is not None and v.is_floating_point()) else v.dtype).contiguous().cpu()
