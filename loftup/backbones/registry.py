@@ -10,7 +10,7 @@ sources, in `weights=`:
 - "online" or an http(s) URL: download once into torch.hub's cache, then load;
 - a local file: `.safetensors`, or `.pth`/`.pt`/`.bin` read with `torch.load(weights_only=True)`
   (a TorchScript archive, the format of OpenAI's CLIP download, is read as data by
-  `loftup.io.torchscript`, never run; see the README's Security section).
+  `loftup.io.torchscript`, never run; see docs/security.md).
   DINOv2 files may use the official or the Hugging Face `Dinov2Model` layout (detected);
   CLIP files may be full OpenAI CLIP state dicts (text tower ignored) or `visual.`-only,
   with or without the prefix; SigLIP files timm's bare layout or open_clip's full model

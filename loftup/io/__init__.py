@@ -1,6 +1,6 @@
 """File I/O shared by every part of loftup: atomic writes, hashes, reading tensors and images safely.
 
-Loader policy (README: Security): nothing in a file a user hands us is ever run. A weights
+Loader policy (docs/security.md): nothing in a file a user hands us is ever run. A weights
 file's format is judged by its bytes before any loader opens it; safetensors are read with
 safetensors, torch.save files with `torch.load(weights_only=True)`, and TorchScript archives
 (OpenAI's CLIP download) as plain data by loftup.io.torchscript - never by `torch.jit.load`.
@@ -81,7 +81,7 @@ SAFETENSORS = "safetensors"
 TORCH_ZIP = "torch.save zip"
 TORCH_PICKLE = "torch.save pickle"
 TORCHSCRIPT = "TorchScript archive"
-CONVERT_HINT = "if you trust the file, convert it to safetensors yourself (README: Security)"
+CONVERT_HINT = "if you trust the file, convert it to safetensors yourself (docs/security.md)"
 
 
 def _one_line(text: str, limit: int = 160) -> str:
