@@ -37,15 +37,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-QUICK_DEMO_ARGS = ("demo", "--quick", "--no-progress")  # + --out; tests/test_readme.py holds the README's demo to these
-
-
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory):
     """One `loftup demo --quick` run shared by tests/cli/test_demo.py and tests/test_readme.py
     (about a minute and a half): (exit code, stdout, stderr, out folder)."""
     import contextlib
     import io
+
+    from cli_support import QUICK_DEMO_ARGS
 
     from loftup.cli import main
 

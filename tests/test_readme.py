@@ -67,9 +67,7 @@ def test_the_quick_start_is_what_ci_runs():
 
 
 def test_the_loftup_commands_run(quick_demo, tmp_path, capsys):
-    from conftest import QUICK_DEMO_ARGS
-
-    from cli_support import run
+    from cli_support import QUICK_DEMO_ARGS, run
 
     ran = 0
     for lang, code in code_blocks(README):
