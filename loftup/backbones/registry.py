@@ -10,7 +10,7 @@ sources, in `weights=`:
 - "online" or an http(s) URL: download once into torch.hub's cache, then load;
 - a local file: `.safetensors`, or `.pth`/`.pt`/`.bin` read with `torch.load(weights_only=True)`
   (a TorchScript archive, the format of OpenAI's CLIP download, is read as data by
-  `loftup.io.torchscript`, never run; see the README's Security section).
+  `loftup.io.torchscript`, never run; see docs/security.md).
   DINOv2 files may use the official or the Hugging Face `Dinov2Model` layout (detected);
   CLIP files may be full OpenAI CLIP state dicts (text tower ignored) or `visual.`-only,
   with or without the prefix; SigLIP files timm's bare layout or open_clip's full model
@@ -39,6 +39,7 @@ from loftup.backbones.factory import _make
 from loftup.backbones.specs import BACKBONES, WEIGHT_KEYWORDS, Backbone, BackboneSpec
 from loftup.errors import CheckpointError, ConfigError, check_choice
 from loftup.io import read_tensors
+from loftup.io.download import cache_name, download
 
 CUSTOM_BACKBONES: dict[str, Callable[[str], nn.Module]] = {}
 
@@ -72,34 +73,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return read_tensors(path)[0]
 
 
-def cache_name(url: str) -> str:
-    """File name of a download in torch.hub's cache; Hugging Face files are prefixed with their
-    repository, since several repos name their weights alike (open_clip_pytorch_model.bin)."""
-    parts = urlparse(url).path.strip("/").split("/")
-    if "huggingface.co" in urlparse(url).netloc and "resolve" in parts and parts.index("resolve") >= 2:
-        return f"{parts[parts.index('resolve') - 1]}_{parts[-1]}"
-    return parts[-1]
-
-
 def _download(spec: BackboneSpec, url: str) -> Path:
+    """The weights at `url`, downloaded once into torch.hub's cache folder (`loftup.io.download`)."""
     dst = Path(torch.hub.get_dir()) / "checkpoints" / cache_name(url)
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        hash_prefix = spec.url_sha256 if url == spec.url else None
-        try:
-            torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix)
-        except Exception as exc:
-            code = getattr(exc, "code", None)
-            if code in (401, 403) and spec.licence:
-                raise CheckpointError(
-                    f"{spec.name}'s weights are licence-gated and {url} refused the download (HTTP {code}): accept "
-                    f"Meta's licence at {spec.licence} (or at huggingface.co/{spec.hf_repo}), download the file by "
-                    "hand and pass weights=<path> (the official .pth or the Hugging Face model.safetensors)"
-                ) from None
-            raise CheckpointError(
-                f"cannot download {url}: {exc}; download it by hand and pass weights=<path>"
-            ) from exc
-    return dst
+    refused = None
+    if spec.licence:
+        refused = (f"{spec.name}'s weights are licence-gated and {url} refused the download: accept Meta's licence at "
+                   f"{spec.licence} (or at huggingface.co/{spec.hf_repo}), download the file by hand and pass "
+                   "weights=<path> (the official .pth or the Hugging Face model.safetensors)")
+    return download(url, dst, sha256=spec.url_sha256 if url == spec.url else None, what=f"{spec.name} weights",
+                    refused=refused)
 
 
 def weight_sources(spec: BackboneSpec) -> str:
