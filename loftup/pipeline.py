@@ -37,10 +37,12 @@ Why bilinear on tensors: it is the one resize that exports to ONNX / TensorRT wi
 sizes (a `Resize` node) and computes the same numbers in PyTorch and in every engine, so an
 engine and its PyTorch reference see the same backbone pixels for any image size. Why no
 antialiasing: the exporters' `Resize` has no antialiased bilinear on every opset we target;
-with the engine's own rule (`input_size=None`) the resize only rounds each side down by less
-than one patch, where aliasing does not arise. A smaller `input_size` (e.g. `loftup upsample`'s
-default 224 for a 448 output) downsamples 2x without a low-pass filter; that is the price of
-one rule for every verb.
+with the default rule (`input_size=None`) the resize only rounds each side down by less than
+one patch, where aliasing does not arise. An explicit smaller `input_size` (e.g. 224 for a 448
+output) downsamples without a low-pass filter; that is the price of one rule for every verb.
+
+`DEFAULT_SIZE` (448 px, the output's shorter side) is the other default `loftup upsample` and
+`loftup.load` share.
 
 Sizing (`backbone_input_size`): `input_size=None` keeps the guidance image's size, each side
 rounded down to a multiple of the patch; an int scales the shorter side to it (aspect kept,
@@ -66,6 +68,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 InputSize = Union[int, Sequence[int], None]
+DEFAULT_SIZE = 448  # the output's (= guidance image's) shorter side, in pixels, when none is given
 DEFAULT_INPUT_SIZE: InputSize = None  # the backbone input rule when none is given: the guidance image, rounded down to whole patches
 
 
@@ -185,7 +188,7 @@ def prepare_image(img, size: InputSize, mean: Sequence[float] = IMAGENET_MEAN, s
     """
     from PIL import Image
 
-    from .backbones.preprocess import load_image
+    from .io import load_image, rgb_image
 
     if isinstance(img, (str, Path)):
         img = load_image(img)
@@ -195,8 +198,6 @@ def prepare_image(img, size: InputSize, mean: Sequence[float] = IMAGENET_MEAN, s
         img = Image.fromarray(img)
     elif not isinstance(img, Image.Image):
         raise InputError(f"expected a PIL image, a path or an array, got {type(img).__name__}")
-    from .io import rgb_image
-
     img = rgb_image(img)  # high-bit-depth images scaled, not clipped
     H, W = output_size(img.height, img.width, size)
     if (H, W) != (img.height, img.width):
@@ -238,6 +239,7 @@ class Pipeline(nn.Module):
 
 __all__ = [
     "DEFAULT_INPUT_SIZE",
+    "DEFAULT_SIZE",
     "CLIP_MEAN",
     "CLIP_STD",
     "IMAGENET_MEAN",

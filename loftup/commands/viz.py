@@ -74,7 +74,7 @@ def _image_input(image: str, size: int, mean, std):
     if is_sample(image):
         pil, stem = load_sample(image[len(PREFIX):]), image[len(PREFIX):]
     else:
-        from ..backbones import load_image
+        from ..io import load_image
 
         pil, stem = load_image(image), Path(image).stem
     x = prepare_image(pil, size, mean, std)

@@ -268,6 +268,36 @@ def load_engine(path: str | Path, *, backbone=None, providers: list[str] | None 
     return fmt.hook("open")(path, **{k: options[k] for k in fmt.open_options})
 
 
+def open_pipeline(backbone: str, upsampler: str | Path | None = None, *, weights: str = "default", device: str = "cpu",
+                  precision: str = "fp32", input_size=None, attn_backend: str = "auto", cuda_graphs: bool = False,
+                  memory_budget: str | int | None = None, seed: int = 0) -> TorchEngine:
+    """Backbone + upsampler as the TorchEngine that `loftup upsample --checkpoint` and `loftup.load`
+    both run: one function with one set of defaults, so the two are equal by construction.
+
+    upsampler: None (the shipped checkpoint), "shipped", "official", "random" or a checkpoint path
+    (`loftup.model.registry.resolve_upsampler`); weights: the backbone's ("default": the ones the
+    upsampler was trained with); input_size: the backbone input rule, None for the pipeline's
+    default (`loftup.pipeline.DEFAULT_INPUT_SIZE`); memory_budget: "auto" / None or a size ("2GB").
+    """
+    from ..backbones import create_backbone
+    from ..model import load_or_init
+    from ..model.registry import resolve_upsampler
+    from ..pipeline import DEFAULT_INPUT_SIZE
+    from ..runtime.budget import parse_memory_budget
+
+    checkpoint, weights = resolve_upsampler(upsampler, backbone, weights)
+    bb = create_backbone(backbone, weights=weights, device=device)
+    model = load_or_init(checkpoint, random_init=checkpoint is None, feat_dim=bb.embed_dim, backbone=backbone, seed=seed,
+                         attn_backend=attn_backend)
+    if model.cfg.backbone and model.cfg.backbone != backbone:
+        import warnings
+
+        warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {backbone!r}")
+    return TorchEngine(model, bb, precision=precision, device=str(device), cuda_graphs=cuda_graphs,
+                       input_size=DEFAULT_INPUT_SIZE if input_size is None else input_size,
+                       memory_budget=parse_memory_budget(memory_budget))
+
+
 def open_checkpoint(path: Path, *, backbone=None, threads: int | None = None, device: str = "cpu", precision: str = "fp32",
                     attn_backend: str | None = None, compile: bool = False, cuda_graphs: bool = False) -> TorchEngine:
     """An upsampler checkpoint (any kind) as a TorchEngine (the format table's `open` hook for PyTorch files)."""

@@ -77,7 +77,7 @@ def now_iso() -> str:
 
 def base_metadata(model, backbone=None, *, fmt: str, scope: str, precision: str, source: str | Path | None = None) -> EngineMetadata:
     """Metadata common to every engine made from `model` (an upsampler of any kind) and an optional backbone."""
-    from .. import __version__
+    from .._version import __version__
     from ..io import file_sha256
 
     check_choice("scope", scope, SCOPES)

@@ -1,6 +1,6 @@
-"""File I/O shared by every part of loftup: atomic writes, hashes, reading tensors safely.
+"""File I/O shared by every part of loftup: atomic writes, hashes, reading tensors and images safely.
 
-Loader policy (README: Security): nothing in a file a user hands us is ever run. A weights
+Loader policy (docs/security.md): nothing in a file a user hands us is ever run. A weights
 file's format is judged by its bytes before any loader opens it; safetensors are read with
 safetensors, torch.save files with `torch.load(weights_only=True)`, and TorchScript archives
 (OpenAI's CLIP download) as plain data by loftup.io.torchscript - never by `torch.jit.load`.
@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 
 WRAPPER_KEYS = ("state_dict", "model")  # Lightning / training-script wrappers around a state dict
 
@@ -130,8 +130,6 @@ def check_writable_dir(folder: str | Path, what: str = "--out") -> None:
     folder (permission bits alone mislead: root ignores them, a read-only mount does not).
     Creates nothing that stays.
     """
-    from ..errors import InputError
-
     folder = Path(folder).expanduser()
     probe = folder
     while not probe.exists() and probe != probe.parent:
@@ -158,7 +156,7 @@ SAFETENSORS = "safetensors"
 TORCH_ZIP = "torch.save zip"
 TORCH_PICKLE = "torch.save pickle"
 TORCHSCRIPT = "TorchScript archive"
-CONVERT_HINT = "if you trust the file, convert it to safetensors yourself (README: Security)"
+CONVERT_HINT = "if you trust the file, convert it to safetensors yourself (docs/security.md)"
 
 
 def _one_line(text: str, limit: int = 160) -> str:
@@ -349,8 +347,6 @@ def rgb_image(img, name: str = "image"):
     import numpy as np
     from PIL import Image
 
-    from ..errors import InputError
-
     mode = img.mode
     if mode in ("I", "F") or mode.startswith("I;"):
         values = np.asarray(img).astype(np.float64)
@@ -373,3 +369,20 @@ def rgb_image(img, name: str = "image"):
         raise InputError(
             f"cannot convert {name} (PIL mode {mode}) to RGB ({_one_line(exc) or type(exc).__name__}); save it as an RGB or greyscale PNG/JPEG"
         ) from None
+
+
+def load_image(path: str | Path):
+    """Open an image file as an 8-bit RGB `PIL.Image` (see `rgb_image`); InputError if it is missing or unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return rgb_image(img, str(path))  # 16-bit and float images are scaled, not clipped
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(
+            f"cannot read {path} as an image ({type(exc).__name__}); "
+            "pass a PNG/JPEG/... file that opens in an image viewer"
+        ) from exc

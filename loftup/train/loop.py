@@ -128,6 +128,31 @@ class Trainer:
     # -- construction ---------------------------------------------------------------------
     def _setup(self, backbone: nn.Module | None, resume: bool) -> None:
         cfg, ctx = self.cfg, self.ctx
+        latest = self._check_run_folder(resume)
+        index = self._read_data()
+        self._read_dims(backbone)  # channels first (cheap), so a mismatched --init fails before a backbone is built
+        torch.manual_seed(cfg.seed)
+        self.core = self._build_model(resume, latest)
+        self._attach_backbone(backbone)
+        self.objective = self._build_objective()
+        self.model: nn.Module = self._wrap_ddp()
+        self.params = [p for p in self.core.parameters() if p.requires_grad]
+        if hasattr(self.objective, "parameters"):  # e.g. FeatUp's downsampler and ScaleNet, trained alongside
+            self.params += list(self.objective.parameters())
+        self.optimizer = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler("cuda") if (cfg.precision == "fp16" and self.device.type == "cuda") else None
+        self._build_schedule(index)
+        self.step = 0
+        if resume:
+            self._load_state(latest)
+        elif ctx.is_main:
+            self.run.root.mkdir(parents=True, exist_ok=True)
+            save_run_config(cfg, self.run.root)
+        barrier(ctx)
+
+    def _check_run_folder(self, resume: bool) -> int | None:
+        """The step to resume from (None for a new run); errors for a folder that does not fit --resume."""
+        cfg, ctx = self.cfg, self.ctx
         latest = self.run.resume_step(self._warn if ctx.is_main else lambda msg: None) if resume else self.run.latest_step()
         if resume and latest is None:
             raise CheckpointError(f"nothing to resume in {self.run.root}: no checkpoint found; start without --resume")
@@ -137,16 +162,21 @@ class Trainer:
             self._check_same_run()
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("fp16 autocast needs a CUDA GPU; use --precision bf16 (or fp32) on CPU")
+        return latest
 
-        index = discover(cfg.data, cfg.masks, cfg.coco_json)
+    def _read_data(self):
+        """The training data's index (records + warnings, the first 20 printed by the main rank)."""
+        index = discover(self.cfg.data, self.cfg.masks, self.cfg.coco_json)
         self.data_description = index.description
-        if ctx.is_main:
+        if self.ctx.is_main:
             for w in index.warnings[:20]:
                 self._warn(w)
             if len(index.warnings) > 20:
                 self._warn(f"... and {len(index.warnings) - 20} more data warnings")
+        return index
 
-        # channels first (cheap), so a mismatched --init fails before a backbone is built
+    def _read_dims(self, backbone: nn.Module | None) -> None:
+        """feat_dim and patch_size from a given backbone, else from the registry row (nothing built)."""
         if backbone is not None:
             feat_dim = getattr(backbone, "embed_dim", None)
             if feat_dim is None:
@@ -155,13 +185,14 @@ class Trainer:
         else:
             from ..backbones import get_spec
 
-            spec = get_spec(cfg.backbone)
+            spec = get_spec(self.cfg.backbone)
             feat_dim, patch_size = spec.embed_dim, spec.patch_size
         self.feat_dim = int(feat_dim)
         self.patch_size = int(patch_size)
-        torch.manual_seed(cfg.seed)
-        self.core = self._build_model(resume, latest)
 
+    def _attach_backbone(self, backbone: nn.Module | None) -> None:
+        """The frozen backbone on the device (built from the config when none is given), its sizes checked."""
+        cfg = self.cfg
         if backbone is None:
             from ..backbones import create_backbone
 
@@ -174,47 +205,41 @@ class Trainer:
         self.backbone_id = backbone_identity(backbone)
         self.features = FeatureExtractor(backbone, cfg.cache_dir, cfg.precision)
 
-        if cfg.upsampler != "loftup":  # LiFT / FeatUp-JBU: their own objectives
+    def _build_objective(self):
+        """Stage 1 / stage 2 for LoftUp; LiFT and FeatUp-JBU bring their own objectives."""
+        cfg = self.cfg
+        if cfg.upsampler != "loftup":
             from .baselines import objective_for
 
-            self.objective = objective_for(cfg, self)
-        elif cfg.stage == 1:
+            return objective_for(cfg, self)
+        if cfg.stage == 1:
             from .stage1 import Stage1Objective
 
-            self.objective = Stage1Objective(cfg, self.feat_dim, self.device)
-        else:
-            from .stage2 import Stage2Objective
+            return Stage1Objective(cfg, self.feat_dim, self.device)
+        from .stage2 import Stage2Objective
 
-            self.objective = Stage2Objective(cfg, self.core)
+        return Stage2Objective(cfg, self.core)
 
-        self.model: nn.Module = self.core
-        if ctx.distributed:
-            if getattr(self.core.cfg, "minmax", None) == "batch":
-                self._warn("minmax 'batch' scales images over each rank's local batch under DDP; use per_image")
-            convert_batchnorm(getattr(self.core, "upsampler", self.core), self.device)
-            from torch.nn.parallel import DistributedDataParallel as DDP
+    def _wrap_ddp(self) -> nn.Module:
+        """The module the steps call: the model itself, or its DDP wrapper (BatchNorm synchronised)."""
+        if not self.ctx.distributed:
+            return self.core
+        if getattr(self.core.cfg, "minmax", None) == "batch":
+            self._warn("minmax 'batch' scales images over each rank's local batch under DDP; use per_image")
+        convert_batchnorm(getattr(self.core, "upsampler", self.core), self.device)
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.model = DDP(self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return DDP(self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        self.params = [p for p in self.core.parameters() if p.requires_grad]
-        if hasattr(self.objective, "parameters"):  # e.g. FeatUp's downsampler and ScaleNet, trained alongside
-            self.params += list(self.objective.parameters())
-        self.optimizer = self._build_optimizer()
-        self.scaler = torch.amp.GradScaler("cuda") if (cfg.precision == "fp16" and self.device.type == "cuda") else None
-
-        spec = SampleSpec.from_config(cfg, backbone)
+    def _build_schedule(self, index) -> None:
+        """The dataset, the steps (per epoch and in all) and the learning-rate schedule."""
+        cfg, ctx = self.cfg, self.ctx
+        spec = SampleSpec.from_config(cfg, self.backbone)
         self.dataset = MaskedImageDataset(index.records, spec)
         probe = StepSampler(len(self.dataset), cfg.batch_size, cfg.sizes, cfg.seed, ctx.rank, ctx.world)
         self.steps_per_epoch = probe.steps_per_epoch
         self.total_steps = int(cfg.steps) if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.step = 0
-        if resume:
-            self._load_state(latest)
-        elif ctx.is_main:
-            self.run.root.mkdir(parents=True, exist_ok=True)
-            save_run_config(cfg, self.run.root)
-        barrier(ctx)
 
     def _check_same_run(self) -> None:
         if not self.run.config.is_file():

@@ -14,21 +14,6 @@ UPSAMPLERS = ("loftup (shipped)", "loftup (demo-trained)", "loftup onnx engine",
               "oracle2x", "pseudo-gt")
 
 
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    """One `loftup demo --quick` run shared by the tests below (about a minute and a half)."""
-    import contextlib
-    import io
-
-    from loftup.cli import main
-
-    out = tmp_path_factory.mktemp("demo") / "report"
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(["demo", "--quick", "--out", str(out), "--no-progress"])
-    return code, stdout.getvalue(), stderr.getvalue(), out
-
-
 def test_quick_demo_runs_every_phase(quick_demo):
     code, stdout, stderr, out = quick_demo
     assert code == 0, stderr
