@@ -76,6 +76,25 @@ def test_bench_writes_every_field_and_skips_with_reasons(tmp_path, capsys, model
     assert "median ms" in captured.err and "skipped triton" in captured.err  # the table and the reasons
 
 
+def test_bench_row_fails_parity_when_the_engine_output_is_perturbed(tmp_path, model, monkeypatch):
+    """The failing twin of the rows above: the row's own output, moved by 0.1, fails parity."""
+    from loftup.bench import harness
+    from loftup.bench.harness import BenchOptions, run_bench
+
+    real = harness.time_engine
+
+    def perturbed(*args, **kwargs):
+        times, out, mem = real(*args, **kwargs)
+        return times, out + 0.1, mem
+
+    monkeypatch.setattr(harness, "time_engine", perturbed)
+    report = run_bench(BenchOptions(sizes=[28], precisions=["fp32"], backends=["torch-sdpa"], warmup=0, repeats=1,
+                                    out=tmp_path, progress=False, plot=False), model=model, backbone_spec=_tiny_spec())
+    (row,) = report.rows
+    assert row["status"] == "ok" and row["parity"]["passed"] is False
+    assert row["parity"]["max_abs"] == pytest.approx(0.1, abs=2e-2)
+
+
 def test_bench_cli(tmp_path, capsys):
     """The verb end to end, at a size where the real-size (C=384) upsampler is quick."""
     code = main(["bench", "--random-init", "--sizes", "28", "--precisions", "fp32", "--backends", "torch-sdpa,tensorrt",
