@@ -5,7 +5,7 @@ and a missing extra only affects the verb that needs it.
 
 `main` is the one error boundary for every verb: whatever reaches it becomes one `error: ...`
 line on stderr, never a traceback -
-- LoftupError (what a user can cause): its message, exit 2;
+- LoftupError (what a user can cause): its message, exit 2 (or the error's own `exit_code`);
 - a usage error (unknown option or command, bad value): click's message with the closest
   valid name and where to find the help, exit 2;
 - OSError (no space, permission, read-only): the path, the reason and what to do, exit 1;
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = as_interrupted(e)
         return _fail(interrupted.line(), interrupted.exit_code)
     except LoftupError as e:
-        return _fail(str(e), 2)
+        return _fail(str(e), int(e.exit_code))
     except OSError as e:
         if _debug["on"]:
             raise

@@ -82,6 +82,23 @@ def test_upsample_engine_matches_upsample_checkpoint(tmp_path, capsys, odd_photo
     assert err_ab["min_cos"] >= 0.9999 and TOLERANCES["fp32"].passes(err_ab), err_ab
 
 
+def test_upsample_engine_threads_reach_onnx_runtime(tmp_path, capsys, odd_photo, engine_file, monkeypatch):
+    """`upsample --engine x.onnx --threads 1`: the ONNX Runtime session runs one intra-op thread."""
+    from loftup.export.onnx import OnnxEngine
+
+    opened, real = [], OnnxEngine.__init__
+    monkeypatch.setattr(OnnxEngine, "__init__", lambda self, *a, **k: opened.append(self) or real(self, *a, **k))
+    before = torch.get_num_threads()
+    try:
+        code, _, err = run(["upsample", odd_photo, "--engine", engine_file, "--threads", "1", "--size", "42", "--no-picture",
+                            "--out", tmp_path / "o"], capsys)
+    finally:
+        torch.set_num_threads(before)  # --threads also sets PyTorch's, process-wide
+    assert code == 0, err
+    (engine,) = opened
+    assert engine.session.get_session_options().intra_op_num_threads == 1
+
+
 def test_upsample_engine_pictures_and_folders(tmp_path, capsys, odd_photo, engine_file):
     folder = tmp_path / "in"
     folder.mkdir()
