@@ -164,6 +164,12 @@ def test_default_options_agree_on_every_path(tmp_path, capsys, odd_photo, engine
     assert compare(via_eval, a)["max_abs"] < 1e-4  # eval's PyTorch path is upsample's
     assert compare(via_eval_engine, a)["min_cos"] >= 0.9999
 
+    import loftup
+
+    via_api = loftup.load("dinov2_tiny", checkpoint, size=SIZE)(odd_photo)  # the Python API at its defaults
+    assert compare(via_api, a)["max_abs"] < 1e-4
+    assert compare(via_api, b)["min_cos"] >= 0.9999
+
 
 def test_export_input_size_is_recorded_and_applied_by_the_graph(tmp_path, capsys, odd_photo, engine_42, checkpoint):
     """An engine exported with --input-size 42 reproduces `upsample --checkpoint --input-size 42`, not the default."""
