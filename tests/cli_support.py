@@ -2,6 +2,8 @@
 
 from loftup.cli import main
 
+QUICK_DEMO_ARGS = ("demo", "--quick", "--no-progress")  # the shared quick demo (tests/conftest.py), + --out; test_readme.py holds the README to it
+
 
 def run(args, capsys):
     """Run `loftup ARGS` in this process: (exit code, stdout, stderr)."""

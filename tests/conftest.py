@@ -35,3 +35,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """One `loftup demo --quick` run shared by tests/cli/test_demo.py and tests/test_readme.py
+    (about a minute and a half): (exit code, stdout, stderr, out folder)."""
+    import contextlib
+    import io
+
+    from cli_support import QUICK_DEMO_ARGS
+
+    from loftup.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "report"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main([*QUICK_DEMO_ARGS, "--out", str(out)])
+    return code, stdout.getvalue(), stderr.getvalue(), out

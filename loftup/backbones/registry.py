@@ -10,13 +10,15 @@ sources, in `weights=`:
 - "online" or an http(s) URL: download once into torch.hub's cache, then load;
 - a local file: `.safetensors`, or `.pth`/`.pt`/`.bin` read with `torch.load(weights_only=True)`
   (a TorchScript archive, the format of OpenAI's CLIP download, is read as data by
-  `loftup.io.torchscript`, never run; see the README's Security section).
+  `loftup.io.torchscript`, never run; see docs/security.md).
   DINOv2 files may use the official or the Hugging Face `Dinov2Model` layout (detected);
   CLIP files may be full OpenAI CLIP state dicts (text tower ignored) or `visual.`-only,
   with or without the prefix; SigLIP files timm's bare layout or open_clip's full model
   (`visual.trunk.*`); RADIO files the released `.pth.tar` (`base_model.*`,
   `input_conditioner.*`, an `args` Namespace - see radio.py for how it is read safely) or a
-  `RADIOModel` state dict. Loading is strict.
+  `RADIOModel` state dict; DINOv3 files the official hub `.pth` or the Hugging Face
+  `DINOv3ViTModel` layout (model.safetensors). Loading is strict. The DINOv3 downloads are
+  licence-gated: a refused download (HTTP 401 / 403) says where to accept the licence.
 
 Every row is a preset over `loftup.backbones.factory.build_backbone(arch, weights, **config)`.
 `normalization="loftup"` (default) gives the mean/std LoftUp's checkpoints expect (ImageNet
@@ -28,6 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -36,6 +39,7 @@ from loftup.backbones.factory import _make
 from loftup.backbones.specs import BACKBONES, WEIGHT_KEYWORDS, Backbone, BackboneSpec
 from loftup.errors import CheckpointError, ConfigError, check_choice
 from loftup.io import read_tensors
+from loftup.io.download import cache_name, download
 
 CUSTOM_BACKBONES: dict[str, Callable[[str], nn.Module]] = {}
 
@@ -69,29 +73,40 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return read_tensors(path)[0]
 
 
-def cache_name(url: str) -> str:
-    """File name of a download in torch.hub's cache; Hugging Face files are prefixed with their
-    repository, since several repos name their weights alike (open_clip_pytorch_model.bin)."""
-    from urllib.parse import urlparse
-
-    parts = urlparse(url).path.strip("/").split("/")
-    if "huggingface.co" in urlparse(url).netloc and "resolve" in parts and parts.index("resolve") >= 2:
-        return f"{parts[parts.index('resolve') - 1]}_{parts[-1]}"
-    return parts[-1]
-
-
 def _download(spec: BackboneSpec, url: str) -> Path:
+    """The weights at `url`, downloaded once into torch.hub's cache folder (`loftup.io.download`)."""
     dst = Path(torch.hub.get_dir()) / "checkpoints" / cache_name(url)
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        hash_prefix = spec.url_sha256 if url == spec.url else None
-        try:
-            torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix)
-        except Exception as exc:
-            raise CheckpointError(
-                f"cannot download {url}: {exc}; download it by hand and pass weights=<path>"
-            ) from exc
-    return dst
+    refused = None
+    if spec.licence:
+        refused = (f"{spec.name}'s weights are licence-gated and {url} refused the download: accept Meta's licence at "
+                   f"{spec.licence} (or at huggingface.co/{spec.hf_repo}), download the file by hand and pass "
+                   "weights=<path> (the official .pth or the Hugging Face model.safetensors)")
+    return download(url, dst, sha256=spec.url_sha256 if url == spec.url else None, what=f"{spec.name} weights",
+                    refused=refused)
+
+
+def weight_sources(spec: BackboneSpec) -> str:
+    """The weight sources of a row, in words (for `loftup backbones`)."""
+    parts = [f"{spec.offline} (offline)"] if spec.offline else []
+    host = urlparse(spec.url).netloc
+    parts.append(f"online from {host}, licence-gated" if spec.licence else f"online from {host}")
+    if spec.hf_repo:
+        parts.append(f"HF {spec.hf_repo}")
+    return "; ".join(parts)
+
+
+def backbone_table() -> list[str]:
+    """`loftup backbones`: one line per row - name, family, channels, patch, weight sources."""
+    rows = [("backbone", "family", "channels", "patch", "weights")]
+    rows += [(s.name, s.arch, str(s.embed_dim), str(s.patch_size), weight_sources(s)) for s in BACKBONES.values()]
+    rows += [(n, "custom", "?", "?", "registered at run time") for n in CUSTOM_BACKBONES if n not in BACKBONES]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}" for r in rows]
+    gated = sorted({s.licence for s in BACKBONES.values() if s.licence})
+    lines.append("every backbone also takes 'random' (seeded init) or a local checkpoint file "
+                 "(--weights / --backbone-weights); DINOv2 and DINOv3 files in the official or the Hugging Face layout")
+    lines += [f"licence-gated weights: accept the licence at {url}, download the file, pass its path" for url in gated]
+    return lines
 
 
 # ----------------------------------------------------------------------------------------

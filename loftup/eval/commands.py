@@ -27,6 +27,7 @@ def eval_command(
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference checkpoint of --engine (default: from its metadata)."),
     baselines: str = typer.Option("", "--baselines", help="Also evaluate these: comma list of lowres, nearest, bilinear, bicubic, and the reference rows oracle2x, oracle4x (the backbone at 2x / 4x), pseudo-gt (LoftUp's stage-1 target)."),
     out: Path = typer.Option(Path("eval_out"), "--out", help="Output folder for results.json, results.md and pictures."),
+    force: bool = typer.Option(False, "--force", help="Overwrite results.json / results.md of an earlier run in --out."),
     plot: bool = typer.Option(False, "--plot", help="Write pictures: predictions side by side for a few samples."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Probe training epochs (paper: 10)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Probe batch size (paper: 8)."),
@@ -59,6 +60,8 @@ def eval_command(
                                                  "slide_crop, slide_stride, proxy_scale, chunk_mb."),
 ) -> None:
     """Evaluate upsamplers on downstream probes; with --engine, check the engine against its reference."""
+    from ..io import created_folder
+    from ..runtime.interrupts import on_interrupt
     from .runner import EvalOptions, parse_settings, run_eval
 
     opts = EvalOptions(
@@ -67,10 +70,11 @@ def eval_command(
         backbone=backbone, weights=weights, layout=layout, baselines=baselines, out=out, plot=plot, epochs=epochs,
         batch_size=batch_size, lr=lr, size=size, input_size=input_size, hidden_dim=hidden_dim, max_train=max_train,
         max_eval=max_eval, atol=atol, rtol=rtol, quick=quick, device=device, seed=seed, extra=parse_settings(settings, probe),
-        cuda_graphs=cuda_graphs, clip=clip, class_names=class_names, train_data=train_data, head=head,
+        cuda_graphs=cuda_graphs, clip=clip, class_names=class_names, train_data=train_data, head=head, force=force,
         memory_budget=memory_budget,
     )
-    results = run_eval(opts, log=lambda msg: typer.echo(msg, err=True))
+    with created_folder(out), on_interrupt(lambda: f"results.json and results.md not written; files already in {out} are complete"):
+        results = run_eval(opts, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(results["table"])
     parity = results.get("parity_report")
     if parity is not None:

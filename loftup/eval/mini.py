@@ -31,7 +31,7 @@ RMSE in degrees, recall at 30 degrees), moto/disparity (RMSE in pixels, delta_1)
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -293,8 +293,6 @@ def run_mini_benchmark(upsamplers: dict[str, Any], out_dir: str | Path | None, q
     (if given). Returns {"settings", "upsamplers": {name: {image: {task: metrics}}} (means over
     the splits), "per_split", "table", "seconds"}.
     """
-    from ..export.parity import compare
-
     shared = dict(shared or {})
     size = size or (112 if quick else 224)
     iters = 30 if quick else 100
@@ -313,47 +311,75 @@ def run_mini_benchmark(upsamplers: dict[str, Any], out_dir: str | Path | None, q
     if shared:
         results["feature_parity"] = {f"{owner}~{name}": [] for name, owner in shared.items()}
     samples = [{"name": m.name, "image": m.image, "target": {}, "pred": {}} for m in images]
-    names = [m.name for m in images]
-    fitted: dict[str, list[list[dict[str, Any]]]] = {}  # name -> image -> split -> probes
-    feats_of: dict[str, list[torch.Tensor]] = {}
+    run = _MiniRun(images, samples, results, shared, holdout, seeds, iters, block)
     for name, source in upsamplers.items():
         t0 = time.perf_counter()
+        run.score(name, source)
+        results["seconds"][name] = round(time.perf_counter() - t0, 2)
+        if log:
+            log(f"mini benchmark: {name} done in {results['seconds'][name]:.1f} s")
+    results["table"] = mini_table(results)
+    if out_dir is not None:
+        _write_mini(Path(out_dir), results, samples, images, plot)
+    return results
+
+
+@dataclass
+class _MiniRun:
+    """The state of one mini-benchmark run that the upsamplers share: the images, the results so
+    far, and each owner's probes and features (for the upsamplers scored with another's probes)."""
+
+    images: list
+    samples: list
+    results: dict[str, Any]
+    shared: dict[str, str]
+    holdout: float
+    seeds: list[int]
+    iters: int
+    block: int
+    fitted: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)  # name -> image -> split -> probes
+    feats_of: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def score(self, name: str, source) -> None:
+        """One upsampler on every image: probes fitted (or its owner's reused), scored per split, the
+        feature parity against its owner, and its predictions for the pictures; into `results`."""
+        from ..export.parity import compare
+
+        results, owner = self.results, self.shared.get(name)
         results["upsamplers"][name], results["per_split"][name] = {}, {}
-        fitted[name], feats_of[name] = [], []
-        owner = shared.get(name)
-        for k, (img, sample) in enumerate(zip(images, samples)):
+        self.fitted[name], self.feats_of[name] = [], []
+        for k, (img, sample) in enumerate(zip(self.images, self.samples)):
             feats = pixel_features(source, img.image)
-            probes = fitted[owner][k] if owner else [fit_image_probes(feats, img, holdout, s, iters, block) for s in seeds]
-            fitted[name].append(probes)
-            if name in shared.values():
-                feats_of[name].append(feats)
+            probes = self.fitted[owner][k] if owner else [fit_image_probes(feats, img, self.holdout, s, self.iters, self.block)
+                                                          for s in self.seeds]
+            self.fitted[name].append(probes)
+            if name in self.shared.values():
+                self.feats_of[name].append(feats)
             if owner:
-                a, b = feats_of[owner][k], feats
-                H, W = img.image.shape[:2]
-                par = compare(a.T.reshape(1, -1, H, W), b.T.reshape(1, -1, H, W))
+                a, H, W = self.feats_of[owner][k], *img.image.shape[:2]
+                par = compare(a.T.reshape(1, -1, H, W), feats.T.reshape(1, -1, H, W))
                 results["feature_parity"][f"{owner}~{name}"].append({"image": img.name, **par})
-            runs = [apply_image_probes(p, feats, img, holdout, s, block) for p, s in zip(probes, seeds)]
+            runs = [apply_image_probes(p, feats, img, self.holdout, s, self.block) for p, s in zip(probes, self.seeds)]
             results["per_split"][name][img.name] = [r[0] for r in runs]
             results["upsamplers"][name][img.name] = _mean_scores([r[0] for r in runs])
             task = {"voc": "seg", "arc": "depth", "moto": "disparity"}[img.name]
             sample["target"]["value"] = img.targets[task]
             sample["pred"][name] = runs[0][1][task]
             sample["task"] = task
-        results["seconds"][name] = round(time.perf_counter() - t0, 2)
-        if log:
-            log(f"mini benchmark: {name} done in {results['seconds'][name]:.1f} s")
-    results["table"] = mini_table(results)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "mini.json", results)
-        write_text(out / "mini.md", "# Mini benchmark\n\n" + results["table"] + "\n")
-        if plot:
-            for s in samples:
-                probe = "seg" if s["task"] == "seg" else "depth"
-                n_classes = images[names.index("voc")].n_classes["seg"] if probe == "seg" and "voc" in names else None
-                plot_samples(probe, [s], out / f"mini_{s['name']}_{s['task']}.png", n_classes=n_classes)
-    return results
+
+
+def _write_mini(out: Path, results: dict[str, Any], samples, images, plot: bool) -> None:
+    """mini.json, mini.md and, with plot, one picture per image."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "mini.json", results)
+    write_text(out / "mini.md", "# Mini benchmark\n\n" + results["table"] + "\n")
+    if not plot:
+        return
+    names = [m.name for m in images]
+    for s in samples:
+        probe = "seg" if s["task"] == "seg" else "depth"
+        n_classes = images[names.index("voc")].n_classes["seg"] if probe == "seg" and "voc" in names else None
+        plot_samples(probe, [s], out / f"mini_{s['name']}_{s['task']}.png", n_classes=n_classes)
 
 
 def flatten_mini(per_image: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:

@@ -79,6 +79,7 @@ class EvalOptions:
     train_data: Optional[Path] = None  # interactive: SBD root the click encoder + decoder are trained on
     head: Optional[Path] = None  # interactive: a saved click encoder + decoder (instead of --train-data)
     progress: bool = True
+    force: bool = False  # overwrite results.json / results.md of an earlier run in --out
     extra: dict[str, Any] = field(default_factory=dict)  # further ProbeConfig overrides
 
 
@@ -224,14 +225,18 @@ class EvalPlan:
     weights: str = ""  # which upsampler weights a checkpoint run uses (said in the log and results.json)
 
 
-def check_out(out: Path) -> None:
-    """`--out` must be a folder (new or existing) that can be written; checked before any work."""
+def check_out(out: Path, force: bool = False) -> None:
+    """`--out` must be a folder (new or existing) that can be written and, without --force, holds
+    no results.json / results.md of an earlier run; checked before any work."""
     from ..export.exporter import check_writable_folder
+    from ..io import refuse_existing
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for results.json and results.md")
     check_writable_folder(out)
+    if not force:
+        refuse_existing([out / "results.json", out / "results.md"])
 
 
 def shipped_default(opts: EvalOptions) -> Path | None:
@@ -292,7 +297,7 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
     if handle is not None:
         check_engine_fits(handle, name)  # before loading the backbone: exported for another one?
     backbone = create_backbone(name, weights=opts.weights, device=device)
-    runner = BackboneRunner(backbone, cfg.input_size)
+    runner = BackboneRunner(backbone, runner_input_size(cfg.input_size, handle))
     plan = EvalPlan(name, runner, {}, handle=handle)
     if handle is not None:
         check_engine_fits(handle, name, runner)
@@ -323,6 +328,18 @@ def plan_eval(opts: EvalOptions, cfg, device: str, baselines: list[str]) -> Eval
     for b in baselines:
         plan.sources[b] = make_baseline(b, runner)
     return plan
+
+
+def runner_input_size(asked, handle):
+    """The backbone input rule of every source: --input-size, else a pipeline engine's recorded rule
+    (its graph applies it, so its reference must too), else `pipeline.DEFAULT_INPUT_SIZE`."""
+    from ..pipeline import DEFAULT_INPUT_SIZE
+
+    if asked is not None:
+        return asked
+    if handle is not None and handle.scope == "pipeline":
+        return handle.metadata.get("input_size")
+    return DEFAULT_INPUT_SIZE
 
 
 def _check_channels(model, file_name: str, backbone: str, runner) -> None:
@@ -394,7 +411,7 @@ def run_eval(opts: EvalOptions, log: Callable[[str], None] | None = None) -> dic
     log = log or (lambda msg: None)
     baselines = _check(opts)
     out = Path(opts.out)
-    check_out(out)
+    check_out(out, opts.force)
     device = str(resolve_device(opts.device))
     module = probe_module(opts.probe)
     if module is not None:

@@ -34,7 +34,7 @@ from ..errors import (
     InputError,
     check_choice,
 )
-from ..pipeline import backbone_input, guidance_image
+from ..pipeline import backbone_input, check_finite, guidance_image
 
 BASELINES = ("lowres", "nearest", "bilinear", "bicubic", "oracle2x", "oracle4x", "pseudo-gt")
 # the last three are reference rows rather than upsamplers: the backbone at 2x / 4x the output
@@ -208,7 +208,8 @@ class LoftUpFeatures(FeatureSource):
 
     @torch.no_grad()
     def features(self, image, out_size=None):
-        return self.engine(self.runner(image, out_size), self.guidance(image, out_size)).to(image.device)
+        hr = self.engine(self.runner(image, out_size), self.guidance(image, out_size))
+        return check_finite(hr, f"{self.name}'s features").to(image.device)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "upsampler": self.kind}
@@ -229,7 +230,7 @@ class EngineFeatures(FeatureSource):
             hr = self.handle.run_pipeline(self.guidance(image, size))
         else:
             hr = self.handle.run_upsampler(self.runner(image, size), self.guidance(image, size))
-        return hr.to(image.device)
+        return check_finite(hr, f"{self.name}'s features").to(image.device)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "engine": str(self.handle.path), "scope": self.handle.scope}
@@ -325,10 +326,12 @@ def check_engine_fits(handle: EngineHandle, backbone_name: str, runner: Backbone
             f"engine {handle.path.name} upsamples {handle.feat_dim}-channel features but backbone {backbone_name!r} "
             f"gives {runner.embed_dim}; use an engine exported for this backbone"
         )
-    if handle.scope == "pipeline" and runner.input_size is not None:
+    recorded = handle.metadata.get("input_size")
+    if handle.scope == "pipeline" and runner.input_size != recorded:
+        rule = f"input size {recorded}" if recorded is not None else "input (the image rounded down to whole patches)"
         raise ConfigError(
-            f"engine {handle.path.name} is a pipeline engine: it resizes each image for its backbone itself, so "
-            "--input-size cannot apply to it; drop --input-size, or export with --scope upsampler"
+            f"engine {handle.path.name} is a pipeline engine: its graph applies the backbone {rule} it was exported with, so "
+            f"--input-size {runner.input_size} cannot apply to it; drop --input-size, or export again with --input-size {runner.input_size}"
         )
     for what, theirs, ours in (("mean", handle.mean, runner.mean), ("std", handle.std, runner.std)):
         reads_norm = handle.scope == "pipeline" or handle.metadata.get("upsampler", "loftup") != "loftup"

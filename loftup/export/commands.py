@@ -35,6 +35,10 @@ def export_command(
     opt_size: int = typer.Option(224, "--opt-size", help="Image side TensorRT optimises for."),
     max_size: int = typer.Option(448, "--max-size", help="Largest image side the engine accepts."),
     max_batch: int = typer.Option(4, "--max-batch", help="Largest batch the engine accepts."),
+    input_size: Optional[int] = typer.Option(
+        None, "--input-size", help="Pipeline engines: the backbone sees each image with this shorter side (faster when "
+        "smaller than the image; recorded in the engine's metadata and applied by its graph). Default: the image itself, "
+        "rounded down to whole patches - what upsample does by default."),
     out: Optional[Path] = typer.Option(None, help="Output file (.onnx / .plan) or folder."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file and keep the engine even if parity fails."),
     workspace_mb: Optional[int] = typer.Option(None, "--workspace-mb", help="TensorRT builder workspace limit (MiB, default 4096)."),
@@ -45,15 +49,17 @@ def export_command(
                                       "reference tiles to stay under: a size (1.5GB, 800MB) or auto (resident + 1 GB)."),
 ) -> None:
     """Export to ONNX or a TensorRT engine, check parity against PyTorch on real photos, write atomically."""
+    from ..runtime.interrupts import on_interrupt
     from .exporter import ExportOptions, export_engine
 
     opts = ExportOptions(
         checkpoint=checkpoint, random_init=random_init, upsampler=upsampler, feat_dim=feat_dim, backbone=backbone, weights=weights, format=format, scope=scope,
         precision=precision, opset=opset, attention=attention, min_size=min_size, opt_size=opt_size, max_size=max_size,
-        max_batch=max_batch, out=out, force=force, workspace_mb=workspace_mb, timing_cache=timing_cache,
+        max_batch=max_batch, out=out, force=force, workspace_mb=workspace_mb, timing_cache=timing_cache, input_size=input_size,
         calibration=calibration, memory_budget=memory_budget,
     )
-    report = export_engine(opts, log=lambda msg: typer.echo(msg, err=True))
+    with on_interrupt(lambda: "no engine written; its staging files were removed"):
+        report = export_engine(opts, log=lambda msg: typer.echo(msg, err=True))
     size_mb = report.path.stat().st_size / 2**20
     typer.echo(f"wrote {report.path} ({size_mb:.1f} MB); parity {'passed' if report.parity else 'FAILED (kept: --force)'}")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, InputError, check_choice
+from ..errors import CheckpointError, ConfigError, InputError, check_choice
 from .formats import PRECISIONS, format_for_path
 from .metadata import EngineMetadata, base_metadata
 
@@ -48,7 +48,28 @@ class Engine:
     def __call__(self, *inputs):
         """engine(images) or engine(lr_feats, image) -> hr feats (B, C, H, W)."""
         self.check_inputs(inputs)
-        return self._run(inputs)
+        out = self._run(inputs)
+        if not getattr(self, "_output_checked", False):
+            self.check_output(out, inputs[-1])
+            self._output_checked = True
+        return out
+
+    def check_output(self, out, image: torch.Tensor) -> None:
+        """The first output against the metadata: float32 (B, feat_dim, H, W) for a (B, 3, H, W) image.
+
+        A graph that is not the one `loftup export` wrote (other channels, size or type) is refused
+        with one line before anything it computed is used.
+        """
+        md = self.metadata
+        want = (int(image.shape[0]), int(md.feat_dim), *(int(s) for s in image.shape[-2:]))
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        dtype = getattr(out, "dtype", type(out).__name__)
+        if got != want or dtype != torch.float32:
+            name = Path(getattr(self, "path", "") or "this engine").name
+            raise CheckpointError(
+                f"{name} returned {str(dtype).replace('torch.', '')} {got} for a {tuple(image.shape)} image, but its loftup metadata "
+                f"promises float32 {want}; it is not the graph `loftup export` wrote - export the engine again"
+            )
 
     def check_inputs(self, inputs) -> None:
         md = self.metadata
@@ -268,6 +289,36 @@ def load_engine(path: str | Path, *, backbone=None, providers: list[str] | None 
     options = {"providers": providers, "threads": threads, "backbone": backbone, "device": device,
                "precision": precision, "attn_backend": attn_backend, "compile": compile, "cuda_graphs": cuda_graphs}
     return fmt.hook("open")(path, **{k: options[k] for k in fmt.open_options})
+
+
+def open_pipeline(backbone: str, upsampler: str | Path | None = None, *, weights: str = "default", device: str = "cpu",
+                  precision: str = "fp32", input_size=None, attn_backend: str = "auto", cuda_graphs: bool = False,
+                  memory_budget: str | int | None = None, seed: int = 0) -> TorchEngine:
+    """Backbone + upsampler as the TorchEngine that `loftup upsample --checkpoint` and `loftup.load`
+    both run: one function with one set of defaults, so the two are equal by construction.
+
+    upsampler: None (the shipped checkpoint), "shipped", "official", "random" or a checkpoint path
+    (`loftup.model.registry.resolve_upsampler`); weights: the backbone's ("default": the ones the
+    upsampler was trained with); input_size: the backbone input rule, None for the pipeline's
+    default (`loftup.pipeline.DEFAULT_INPUT_SIZE`); memory_budget: "auto" / None or a size ("2GB").
+    """
+    from ..backbones import create_backbone
+    from ..model import load_or_init
+    from ..model.registry import resolve_upsampler
+    from ..pipeline import DEFAULT_INPUT_SIZE
+    from ..runtime.budget import parse_memory_budget
+
+    checkpoint, weights = resolve_upsampler(upsampler, backbone, weights)
+    bb = create_backbone(backbone, weights=weights, device=device)
+    model = load_or_init(checkpoint, random_init=checkpoint is None, feat_dim=bb.embed_dim, backbone=backbone, seed=seed,
+                         attn_backend=attn_backend)
+    if model.cfg.backbone and model.cfg.backbone != backbone:
+        import warnings
+
+        warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {backbone!r}")
+    return TorchEngine(model, bb, precision=precision, device=str(device), cuda_graphs=cuda_graphs,
+                       input_size=DEFAULT_INPUT_SIZE if input_size is None else input_size,
+                       memory_budget=parse_memory_budget(memory_budget))
 
 
 def open_checkpoint(path: Path, *, backbone=None, threads: int | None = None, device: str = "cpu", precision: str = "fp32",

@@ -47,6 +47,7 @@ class ExportOptions:
     calibration: Optional[Path] = None  # int8: a folder of photos (default: the bundled ones)
     memory_budget: Optional[str] = None  # the parity run's PyTorch reference: its tiling budget (loftup.runtime.budget)
     parity_shapes: Optional[list] = None  # [(batch, H, W), ...]; default from the sizes
+    input_size: Optional[int] = None  # the backbone input's shorter side (pipeline scope); None: pipeline.DEFAULT_INPUT_SIZE
     seed: int = 0
 
     @property
@@ -137,8 +138,13 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
                  opset: int = 20, attention: str = "auto", sizes: tuple[int, int, int] = (112, 224, 448), max_batch: int = 4,
                  source: str | Path | None = None, patch_size: int | None = None, parity_shapes: Sequence | None = None,
                  check: bool = True, force: bool = False, log: Callable[[str], None] = lambda msg: None,
-                 calibration: str | Path | None = None, memory_budget: int | None = None, **build_options) -> ExportReport:
+                 calibration: str | Path | None = None, memory_budget: int | None = None,
+                 input_size: int | None = None, **build_options) -> ExportReport:
     """Write `model` (+ `backbone` for the pipeline scope) as a `fmt` engine at `out`.
+
+    input_size: the backbone input rule the pipeline graph applies (`loftup.pipeline`; None: the
+    default, the image rounded down to whole patches); recorded in the metadata, and the parity
+    reference uses the same rule.
 
     Files are staged next to `out` and renamed into place only after parity passed (check=True;
     or with force=True), so a failed export leaves no engine behind. check=False skips the
@@ -149,11 +155,13 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
     run's PyTorch reference tiles to stay under (None: `loftup.runtime.budget`'s default).
     """
     from .formats import INT_PRECISIONS, export_format
-    from .onnx import export_onnx
+    from .onnx import check_input_size, export_onnx
 
+    check_input_size(scope, input_size, int(getattr(backbone, "patch_size", None) or patch_size or 1))
     row = export_format(fmt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _import_native_modules()
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
     try:
         onnx_path = stage / (out.stem + ".onnx")
@@ -164,7 +172,7 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
             model, onnx_path, backbone=backbone, scope=scope, precision="fp32" if row.build or quantized else precision,
             opset=opset, attention=attention, sizes=sizes, max_batch=max_batch, source=source,
             patch_size=getattr(backbone, "patch_size", None) or patch_size,
-            query_chunk="auto" if row.query_chunks else None,
+            query_chunk="auto" if row.query_chunks else None, input_size=input_size,
         )
         engine_path = onnx_path
         if quantized:
@@ -178,7 +186,8 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
             md = row.hook("build")(onnx_path, engine_path, md, precision=precision, **options)
         result = None
         if check:
-            result = check_engine(engine_path, model, backbone, sizes, max_batch, precision, parity_shapes, log, memory_budget)
+            result = check_engine(engine_path, model, backbone, sizes, max_batch, precision, parity_shapes, log, memory_budget,
+                                  input_size)
             md.parity = result.to_dict()
         row.hook("write_metadata")(engine_path, md)
         if result is not None and not result and not force:
@@ -197,17 +206,31 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _import_native_modules() -> None:
+    """Import the exporter's and ONNX Runtime's native modules before the staging folder exists.
+
+    Ctrl-C or SIGTERM while such a module initialises aborts the process (onnx's nanobind
+    extension terminates on the KeyboardInterrupt), after which no clean-up can run."""
+    import onnx  # noqa: F401
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:  # the parity run says so itself
+        pass
+
+
 def check_engine(engine_path: Path, model, backbone, sizes, max_batch: int, precision: str, shapes=None, log=print,
-                 memory_budget: int | None = None):
-    """Parity of a written engine against the PyTorch reference (`reference_engine`, tiling to stay
-    under `memory_budget`) on photos."""
+                 memory_budget: int | None = None, input_size: int | None = None):
+    """Parity of a written engine against the PyTorch reference (`reference_engine`: same backbone
+    input rule, tiling to stay under `memory_budget`) on photos."""
     from .engine import load_engine, reference_engine
     from .parity import check_parity, default_parity_shapes
 
     shapes = shapes or default_parity_shapes(*sizes, max_batch=max_batch)
     log(f"checking parity against PyTorch on {len(shapes)} shapes ...")
     engine = load_engine(engine_path)
-    result = check_parity(engine, reference_engine(model, backbone, memory_budget=memory_budget), shapes, precision=precision)
+    result = check_parity(engine, reference_engine(model, backbone, input_size=input_size, memory_budget=memory_budget),
+                          shapes, precision=precision)
     del engine
     log(result.summary())
     return result
@@ -242,8 +265,8 @@ def export_engine(opts: ExportOptions, log=print) -> ExportReport:
     return export_model(
         model, backbone, out, fmt=fmt.name, scope=scope, precision=opts.precision, opset=opts.opset,
         attention=opts.attention, sizes=opts.sizes, max_batch=opts.max_batch, source=opts.checkpoint,
-        parity_shapes=opts.parity_shapes, check=True, force=opts.force, log=log, calibration=opts.calibration,
-        memory_budget=budget, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
+        parity_shapes=opts.parity_shapes, check=True, force=opts.force, log=log, input_size=opts.input_size,
+        calibration=opts.calibration, memory_budget=budget, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
     )
 
 

@@ -33,7 +33,7 @@ class EngineMetadata:
     upsampler: str = "loftup"  # the kind (loftup.model.kinds); engines written before kinds existed are LoftUp
     backbone: str | None = None
     patch_size: int | None = None
-    input_size: int | list[int] | None = None  # backbone input rule (loftup.pipeline); None in every export
+    input_size: int | list[int] | None = None  # backbone input rule (loftup.pipeline): None, the default, or export's --input-size
     mean: list[float] | None = None
     std: list[float] | None = None
     precision: str = "fp32"
@@ -77,7 +77,7 @@ def now_iso() -> str:
 
 def base_metadata(model, backbone=None, *, fmt: str, scope: str, precision: str, source: str | Path | None = None) -> EngineMetadata:
     """Metadata common to every engine made from `model` (an upsampler of any kind) and an optional backbone."""
-    from .. import __version__
+    from .._version import __version__
     from ..io import file_sha256
 
     check_choice("scope", scope, SCOPES)

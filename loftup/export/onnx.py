@@ -266,20 +266,44 @@ class UpsamplerGraph(nn.Module):
 
 
 def deploy_module(model, backbone, scope: str, precision: str, attention: str, max_size: int, min_lr: int = 1,
-                  query_chunk: int | None = None, row_band: int | None = None):
-    """The module that is traced: float32 image (and lr_feats) in, float32 hr_feats out."""
+                  query_chunk: int | None = None, input_size: int | None = None, min_size: int | None = None,
+                  row_band: int | None = None):
+    """The module that is traced: float32 image (and lr_feats) in, float32 hr_feats out.
+
+    input_size: the pipeline's backbone input rule (`loftup.pipeline`), traced into the graph; the
+    backbone's position tables then cover the largest side it can see (`backbone_max_side`)."""
     dtype = torch.float16 if precision == "fp16" else torch.float32
     up = deploy_upsampler(model, attention, precision, max_size, min_lr, query_chunk, row_band)
     if scope == "upsampler":
         return UpsamplerGraph(up, dtype).eval()
-    bb = traceable_backbone(backbone, max_size)
+    bb = traceable_backbone(backbone, backbone_max_side(max_size, min_size or max_size, input_size))
     for module in bb.modules():  # the backbone's own attention, spelt the same way
         if hasattr(module, "dispatcher"):
             module.dispatcher = ExportAttention(attention)
     if precision == "fp16":
         bb = bb.half()
         bb.register_forward_pre_hook(lambda m, args: (args[0].to(dtype),))
-    return PipelineGraph(Pipeline(bb, up)).eval()
+    return PipelineGraph(Pipeline(bb, up, input_size)).eval()
+
+
+def check_input_size(scope: str, input_size: int | None, patch: int) -> None:
+    """ConfigError unless `input_size` is None or a pipeline engine's backbone input of at least one patch."""
+    if input_size is None:
+        return
+    if scope != "pipeline":
+        raise ConfigError(f"--input-size {input_size} sets a pipeline engine's backbone input; an upsampler engine takes the "
+                          "backbone's features, so drop --input-size (or export --scope pipeline)")
+    if int(input_size) < patch:
+        raise ConfigError(f"--input-size {input_size} is smaller than one backbone patch ({patch} px); use at least {patch}")
+
+
+def backbone_max_side(max_size: int, min_size: int, input_size: int | None) -> int:
+    """The largest side the backbone sees for images with sides in [min_size, max_size]."""
+    if input_size is None:
+        return max_size
+    from ..pipeline import scaled_sides
+
+    return max(int(input_size), scaled_sides(max_size, min_size, input_size, min_size)[0])
 
 
 # ------------------------------------------------------------------------------------------
@@ -345,7 +369,8 @@ def trace(module, scope: str, feat_dim: int, token_dim: int, patch: int, sizes: 
 def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampler", precision: str = "fp32", opset: int = 20,
                 attention: str = "auto", sizes: tuple[int, int, int] = (224, 448, 896), max_batch: int = 8,
                 source: str | Path | None = None, patch_size: int | None = None,
-                query_chunk: int | str | None = None, row_band: int | None = None) -> EngineMetadata:
+                query_chunk: int | str | None = None, row_band: int | None = None,
+                input_size: int | None = None) -> EngineMetadata:
     """Trace `model` (an upsampler of any kind, plus `backbone` for the pipeline scope) and write an ONNX file.
 
     query_chunk: queries per block of the token path's loop (LoftUp; "auto": `query_chunk_length`
@@ -385,8 +410,9 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
     elif isinstance(query_chunk, int) and kind == "loftup":
         chunk = max(1, query_chunk)
     band = (row_band or row_band_length(model.cfg, sizes[2], sizes[0])) if chunk else None
-    module = deploy_module(model, backbone if scope == "pipeline" else None, scope, precision, encoding, sizes[2], min_lr,
-                           chunk, band)
+    check_input_size(scope, input_size, patch)
+    module = deploy_module(model, backbone if scope == "pipeline" else None, scope, precision, encoding, sizes[2], min_lr, chunk,
+                           input_size, sizes[0], band)
     with _quiet_exporter():
         ep = trace(module, scope, model.cfg.feat_dim, getattr(model.cfg, "token_dim", model.cfg.feat_dim), patch, sizes,
                    max_batch, min_lr if scope == "upsampler" else 1)
@@ -412,6 +438,7 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
 
     md = base_metadata(model, backbone, fmt="onnx", scope=scope, precision=precision, source=source or getattr(model, "source_checkpoint", None))
     md.patch_size = patch
+    md.input_size = None if input_size is None else int(input_size)
     md.opset = opset
     md.attention = encoding
     if chunk:
@@ -605,7 +632,7 @@ class OnnxEngine(Engine):
             return self._run_gpu(inputs)
         feed = {n: x.detach().to("cpu", getattr(torch, self.input_types[n])).contiguous().numpy() for n, x in zip(names, inputs)}
         (out,) = self.session.run(["hr_feats"], feed)
-        return torch.from_numpy(np.ascontiguousarray(out)).float()
+        return torch.from_numpy(np.ascontiguousarray(out))  # float32 for every export; Engine checks it once
 
     def _run_gpu(self, inputs):
         import numpy as np
@@ -620,4 +647,4 @@ class OnnxEngine(Engine):
         out = torch.empty((B, self.metadata.feat_dim, H, W), dtype=getattr(torch, self.output_type), device=device)
         binding.bind_output("hr_feats", "cuda", device.index, np.dtype(self.output_type), tuple(out.shape), out.data_ptr())
         self.session.run_with_iobinding(binding)
-        return out.float()
+        return out

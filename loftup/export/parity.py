@@ -20,7 +20,13 @@ Fourier features take sin of coordinates times up to e^10 ~ 22026, so one float3
 coordinate is ~1e-3 rad; an exact float32 engine lands at 1e-3 (measured 1-3e-3, cosine
 > 0.999999), and the tolerance leaves 10x room. fp16 keeps the Fourier featurizers in float32
 and everything else in half precision (measured ~5e-3 / min cos 0.999998 on a small model);
-bf16 has an 8-bit mantissa, ~8x fp16's rounding (measured ~5e-2 / 0.9999).
+bf16 has an 8-bit mantissa, ~8x fp16's rounding (measured ~5e-2 / 0.9999). A broken
+reduced-precision path must fail: with the float32 region cut short (only Sin/Cos pinned, or
+nothing), the C=32 test model's fp16 engine measured max abs 1.2-1.8 / min cos 0.73-0.91 and its
+bf16 engine 2.4 / 0.67, against 4.9e-3 / 0.999998 (fp16) and 3.5e-2 / 0.99992 (bf16) when
+correct (tests/export/test_tensorrt_fake.py, whose fake TensorRT runs unpinned layers in fp16 /
+bf16): the fp16 max abs sits 30x above the correct engine's error and 8x below the broken one's
+(bf16: 14x and 4.7x).
 
 A result object is truthy only when every shape passed; its dict goes into engine metadata.
 """

@@ -381,7 +381,7 @@ class TensorRTEngine(Engine):
             raise RuntimeError(f"TensorRT failed to run {self.path.name} (see the TensorRT log)")
         self.stream.synchronize()
         del bound
-        return out.float()
+        return out  # float32 for every export; Engine checks it once
 
     def describe(self) -> str:
         rt = self.metadata.runtime

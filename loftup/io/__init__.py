@@ -1,6 +1,6 @@
-"""File I/O shared by every part of loftup: atomic writes, hashes, reading tensors safely.
+"""File I/O shared by every part of loftup: atomic writes, hashes, reading tensors and images safely.
 
-Loader policy (README: Security): nothing in a file a user hands us is ever run. A weights
+Loader policy (docs/security.md): nothing in a file a user hands us is ever run. A weights
 file's format is judged by its bytes before any loader opens it; safetensors are read with
 safetensors, torch.save files with `torch.load(weights_only=True)`, and TorchScript archives
 (OpenAI's CLIP download) as plain data by loftup.io.torchscript - never by `torch.jit.load`.
@@ -9,6 +9,8 @@ Everything else is refused with one CheckpointError line.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import pickle
@@ -20,13 +22,18 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 
 WRAPPER_KEYS = ("state_dict", "model")  # Lightning / training-script wrappers around a state dict
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
-    """Call write(tmp_path) then rename tmp_path to path; nothing is left behind on failure."""
+    """Call write(tmp_path) then rename tmp_path to path; nothing is left behind on failure.
+
+    A failed write that is an OS error (also when a library reports it in its own type, as
+    safetensors does) is raised as an OSError naming `path`, so the CLI can say which file
+    could not be written and why (no space, permission, read-only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,9 +44,77 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        error = write_error(exc, path)
+        if error is None:
+            raise
+        raise error from None
+
+
+LOW_SPACE_BYTES = 1 << 20
+
+
+def write_error(exc: BaseException, path: Path) -> OSError | None:
+    """`exc`, raised while writing `path`, as an OSError naming `path`; None if it is no OS error.
+
+    OSErrors keep their errno; other types count when their message carries the OS error code
+    (Rust's "(os error 28)", safetensors) or when the file system has no space left (torch.save's
+    "file write failed" names no cause).
+    """
+    if not isinstance(exc, Exception):
+        return None  # Ctrl-C, SystemExit: as they are
+    if isinstance(exc, OSError):
+        code = exc.errno
+    else:
+        found = re.search(r"os error (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+        if code is None and _free_bytes(path.parent) < LOW_SPACE_BYTES:
+            code = errno.ENOSPC
+    if code is None:
+        return None
+    return OSError(code, os.strerror(code), str(path))
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return LOW_SPACE_BYTES
+    return st.f_bavail * st.f_frsize
+
+
+def refuse_existing(paths, where: str = "--out") -> None:
+    """ConfigError (one line) when any of `paths` exists: no verb overwrites a file it did not write
+    in this run unless its --force is given (docs/outputs.md)."""
+    from ..errors import ConfigError
+
+    taken = [Path(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
+    if taken:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise ConfigError(f"{taken[0]} already exists{more}; pass --force to overwrite, or choose another {where}")
+
+
+@contextlib.contextmanager
+def created_folder(folder: str | Path):
+    """Around a verb's work: when it fails, `folder` is removed if this run created it and left
+    nothing in it but empty folders (no leftovers from a run that wrote nothing)."""
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir():
+            _remove_empty_tree(folder)
         raise
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            sub.rmdir()  # only succeeds when empty
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def cache_dir() -> Path:
@@ -55,8 +130,6 @@ def check_writable_dir(folder: str | Path, what: str = "--out") -> None:
     folder (permission bits alone mislead: root ignores them, a read-only mount does not).
     Creates nothing that stays.
     """
-    from ..errors import InputError
-
     folder = Path(folder).expanduser()
     probe = folder
     while not probe.exists() and probe != probe.parent:
@@ -83,7 +156,7 @@ SAFETENSORS = "safetensors"
 TORCH_ZIP = "torch.save zip"
 TORCH_PICKLE = "torch.save pickle"
 TORCHSCRIPT = "TorchScript archive"
-CONVERT_HINT = "if you trust the file, convert it to safetensors yourself (README: Security)"
+CONVERT_HINT = "if you trust the file, convert it to safetensors yourself (docs/security.md)"
 
 
 def _one_line(text: str, limit: int = 160) -> str:
@@ -219,7 +292,27 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {[str(k)[:40] for k in bad[:3]]}; give a plain weights file")
+    name = first_non_finite(obj)
+    if name is not None:
+        raise CheckpointError(f"cannot use checkpoint {path}: tensor {name!r} holds NaN or infinite values (a diverged or damaged "
+                              "run); use an earlier checkpoint or get the file again")
     return obj, meta
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or +-Inf, in file order; None if all are finite.
+
+    Attention masks (names containing "mask") may hold -Inf by design; only NaN counts there.
+    """
+    for name, t in tensors.items():
+        if not t.is_floating_point() and not t.is_complex():
+            continue
+        if "mask" in str(name).lower():
+            if torch.isnan(t).any():
+                return str(name)
+        elif not torch.isfinite(t).all():
+            return str(name)
+    return None
 
 
 def state_dict_mismatch(model: torch.nn.Module, sd: dict[str, torch.Tensor], optional=("num_batches_tracked",)) -> str:
@@ -254,8 +347,6 @@ def rgb_image(img, name: str = "image"):
     import numpy as np
     from PIL import Image
 
-    from ..errors import InputError
-
     mode = img.mode
     if mode in ("I", "F") or mode.startswith("I;"):
         values = np.asarray(img).astype(np.float64)
@@ -278,3 +369,20 @@ def rgb_image(img, name: str = "image"):
         raise InputError(
             f"cannot convert {name} (PIL mode {mode}) to RGB ({_one_line(exc) or type(exc).__name__}); save it as an RGB or greyscale PNG/JPEG"
         ) from None
+
+
+def load_image(path: str | Path):
+    """Open an image file as an 8-bit RGB `PIL.Image` (see `rgb_image`); InputError if it is missing or unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return rgb_image(img, str(path))  # 16-bit and float images are scaled, not clipped
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(
+            f"cannot read {path} as an image ({type(exc).__name__}); "
+            "pass a PNG/JPEG/... file that opens in an image viewer"
+        ) from exc

@@ -227,7 +227,7 @@ def _collect(obj: ScriptObjectRecord, table: dict[str, _ClassInfo], prefix: str,
     if info is not None and info.custom_state:
         raise CheckpointError(
             f"class {obj.qualname.removeprefix('__torch__.')} defines its own __setstate__/__getstate__, so its weights "
-            "cannot be read without running its code; loftup never runs it - convert the file yourself if you trust it (README: Security)"
+            "cannot be read without running its code; loftup never runs it - convert the file yourself if you trust it (docs/security.md)"
         )
     state = obj.state
     if not isinstance(state, dict):

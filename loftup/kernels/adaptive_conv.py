@@ -27,7 +27,7 @@ a 49-step loop instead of 49 unrolled slice/multiply/add groups (those made a Fe
 ~4000 nodes that took minutes to export). Same order, same roundings: ONNX Runtime matches the
 eager op bit for bit in our tests. Memory per step: one gathered (B, C, H, W) copy. ONNX Runtime
 runs the loop body op by op, so the exported JBU is several times slower than eager PyTorch on CPU
-(README); a scan over the 7 kernel rows (one gather per row) ran 1.4x faster in ONNX Runtime but
+(docs/baselines.md); a scan over the 7 kernel rows (one gather per row) ran 1.4x faster in ONNX Runtime but
 took twice as long to export, so it was not kept.
 
 The dispatcher between this and the Triton kernel (`triton_adaptive_conv.py`, which uses this

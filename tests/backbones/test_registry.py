@@ -33,6 +33,12 @@ NAMES = [
     "siglip2_vitb16",
     "radio_v2.5_b",
     "radio_v2.5_l",
+    "dinov3_vits16",
+    "dinov3_vits16plus",
+    "dinov3_vitb16",
+    "dinov3_vitl16",
+    "dinov3_vith16plus",
+    "dinov3_vit7b16",
 ]
 
 

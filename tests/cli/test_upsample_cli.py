@@ -78,6 +78,64 @@ def test_batched_equals_single(tmp_path, capsys, ckpt384, photo):
         assert (a - b).abs().max() < 1e-4
 
 
+def test_dtype_bf16_runs_and_stays_close_to_fp32(tmp_path, capsys, ckpt384):
+    """`--dtype bf16` (autocast) gives finite features within the bf16 parity tolerance of the fp32
+    run (`loftup.export.parity.TOLERANCES`: max abs 0.5, mean cos 0.999, min cos 0.99) - and
+    not the fp32 numbers themselves."""
+    from loftup.export.parity import TOLERANCES, compare
+
+    feats = {}
+    for dtype in ("fp32", "bf16"):
+        code, _, err = run(BASE + ["sample:astronaut", "--checkpoint", ckpt384, "--dtype", dtype, "--no-picture",
+                                   "--out", tmp_path / dtype], capsys)
+        assert code == 0, err
+        feats[dtype] = load_file(tmp_path / dtype / "astronaut.safetensors")["hr_feats"]
+    assert feats["bf16"].dtype == torch.float32 and torch.isfinite(feats["bf16"]).all()
+    err = compare(feats["bf16"][None], feats["fp32"][None])
+    assert TOLERANCES["bf16"].passes(err), err
+    assert err["max_abs"] > 1e-4  # it really ran in bf16
+
+
+def test_memory_budget_reaches_the_tiling(tmp_path, capsys, ckpt384, monkeypatch):
+    """`--memory-budget` sets the budget LoftUp's tiling plans from: with the process said to
+    hold 300 MB, 440 MB leaves room for ~1500 output pixels per tile (39 x 39 squares on the
+    56 x 56 output), 64 GB for one untiled pass; tiles are exact, so the features agree. A
+    budget below the resident memory is refused in one line, before any file is written."""
+    import loftup.runtime.budget as budget_mod
+    from loftup.model.upsampler import LoftUpUpsampler
+
+    MB = 2**20
+    monkeypatch.setattr(budget_mod, "current_rss", lambda: 300 * MB)
+    plans, real = [], LoftUpUpsampler._tiles
+    monkeypatch.setattr(LoftUpUpsampler, "_tiles", lambda self, *args: plans.append(args[-1]) or real(self, *args))
+    feats = {}
+    for budget in ("64GB", "440MB"):
+        code, _, err = run(BASE + ["sample:astronaut", "--checkpoint", ckpt384, "--memory-budget", budget, "--no-picture",
+                                   "--out", tmp_path / budget], capsys)
+        assert code == 0, err
+        feats[budget] = load_file(tmp_path / budget / "astronaut.safetensors")["hr_feats"]
+    assert plans[0] is None and plans[1] is not None and max(plans[1]) < 56, plans
+    assert (feats["440MB"] - feats["64GB"]).abs().max().item() < 1e-5
+    code, _, err = run(BASE + ["sample:astronaut", "--checkpoint", ckpt384, "--memory-budget", "200MB", "--out",
+                               tmp_path / "small"], capsys)
+    assert_one_line_error(code, err, "too small", "raise --memory-budget")
+    assert not list((tmp_path / "small").glob("*.safetensors")) if (tmp_path / "small").exists() else True
+
+
+def test_threads_reach_pytorch(tmp_path, capsys, ckpt384, monkeypatch):
+    seen, real = [], LoftUp.forward
+    monkeypatch.setattr(LoftUp, "forward", lambda self, *a, **k: seen.append(torch.get_num_threads()) or real(self, *a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code, _, err = run(BASE + ["sample:astronaut", "--checkpoint", ckpt384, "--threads", "1", "--no-picture",
+                                   "--out", tmp_path / "o"], capsys)
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0, err
+    assert seen and set(seen) == {1}  # the forward pass ran on one intra-op thread
+
+
 def test_random_init_flag_is_required_without_checkpoint(tmp_path, capsys, photo):
     code, _, err = run(BASE + [photo, "--out", tmp_path / "o"], capsys)
     assert_one_line_error(code, err, "no trained LoftUp weights", "--checkpoint", "--random-init")

@@ -85,16 +85,22 @@ def test_depth_probe_via_cli_with_checkpoint_engine(tmp_path, capsys, navi_dir, 
 
 
 def test_engine_that_differs_from_its_reference_is_reported(tmp_path, capsys, coco_dir, tiny_ckpt):
+    """The failing twin of test_checkpoint_engine_parity_on_seg: the same run with an engine of
+    other weights, at the default tolerance, must fail."""
     torch.manual_seed(1)
     other = save_checkpoint(LoftUp(LoftUpConfig(feat_dim=16, backbone="tiny_conv")).eval(), tmp_path / "other.safetensors")
     out = tmp_path / "out"
     code, stdout, err = run(["eval", "--engine", other, "--reference", tiny_ckpt, "--probe", "seg", "--data", coco_dir,
-                             *FAST, "--out", out, "--atol", "0", "--rtol", "0"], capsys)
+                             *FAST, "--out", out], capsys)
     parity = json.loads((out / "results.json").read_text())["parity"]
     assert parity["feature_parity"]["max_abs"] > 0.1 and parity["feature_parity"]["min_cos"] < 0.99
-    # other weights, zero tolerance: the metrics differ, so the verb fails (exit 1) and says why
+    # other weights: the metrics move outside atol + rtol * |reference|, so the verb fails (exit 1) and says why
+    tol, ref = parity["tolerance"], parity["reference"]
+    assert any(abs(d) > tol["atol"] + tol["rtol"] * abs(ref[k]) for k, d in parity["delta"].items())
     assert code == 1 and parity["passed"] is False
-    assert "parity FAIL" in stdout and "pixel_acc: reference" in err
+    assert "parity FAIL" in stdout
+    failing = [k for k, d in parity["delta"].items() if abs(d) > tol["atol"] + tol["rtol"] * abs(ref[k])]
+    assert all(f"{k}: reference" in err for k in failing)  # each metric outside the tolerance is named
 
 
 def test_checkpoint_and_random_init_modes(tmp_path, capsys, matting_dir, tiny_ckpt):
@@ -203,5 +209,5 @@ def test_pipeline_engine_and_reference_resize_alike(tmp_path, capsys, coco_dir, 
     parity = json.loads((out / "results.json").read_text())["parity"]
     assert parity["feature_parity"]["max_abs"] < 5e-3 and parity["feature_parity"]["min_cos"] > 0.99999
     assert parity["passed"] is True and parity["delta"]["miou"] == 0.0
-    code, _, err = run(args + ["--input-size", "28"], capsys)
+    code, _, err = run(args[:-1] + [tmp_path / "out2", "--input-size", "28"], capsys)  # a fresh --out: results.json stays
     assert_one_line_error(code, err, "pipeline engine", "--input-size")

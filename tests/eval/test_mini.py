@@ -99,6 +99,22 @@ def test_mini_via_cli_with_engine_parity(tmp_path, capsys, tiny_ckpt):
     assert (out / "mini.md").exists() and (out / "mini.json").exists()
 
 
+def test_mini_via_cli_fails_parity_for_an_engine_with_other_weights(tmp_path, capsys, tiny_ckpt):
+    """The failing twin of the test above: an engine with other weights against tiny_ckpt as its
+    reference, default tolerance -> parity FAIL, exit 1."""
+    from loftup.model import LoftUp, LoftUpConfig, save_checkpoint
+
+    torch.manual_seed(1)
+    other = save_checkpoint(LoftUp(LoftUpConfig(feat_dim=16, backbone="tiny_conv")).eval(), tmp_path / "other.safetensors")
+    out = tmp_path / "out"
+    code = main(["eval", "--probe", "mini", "--quick", "--engine", str(other), "--reference", str(tiny_ckpt),
+                 "--baselines", "lowres", "--out", str(out)])
+    stdout = capsys.readouterr().out
+    parity = json.loads((out / "results.json").read_text())["parity"]
+    assert code == 1 and parity["passed"] is False and "parity FAIL" in stdout
+    assert parity["feature_parity"]["max_abs"] > 0.1
+
+
 def test_blocked_split_keeps_blocks_whole_and_covers_the_valid_pixels():
     from loftup.eval.mini import _split, block_side
 

@@ -149,5 +149,8 @@ def test_baselines_shapes_and_low_res_prediction_resize(coco_dir):
     near = make_baseline("nearest", runner).features(x)
     assert torch.equal(near, F.interpolate(low.features(x), size=(32, 32), mode="nearest"))
     train, val = D.open_segmentation(coco_dir, "train"), D.open_segmentation(coco_dir, "val")
-    m = run("seg", train, val, low, epochs=2, lr=1e-2, batch_size=6)
-    assert 0 <= m["miou"] <= 1 and np.isfinite(m["pixel_acc"])
+    # The fixture's labels are 8 px blocks on the 4 px patch grid, so a low-res prediction resized
+    # nearest is exact once the head has learned the colours; resizing it bilinearly would blur
+    # every block border.
+    m = run("seg", train, val, low, epochs=20, lr=5e-2, batch_size=6)
+    assert m["miou"] == 1.0 and m["pixel_acc"] == 1.0

@@ -41,3 +41,15 @@ def make_backbone(registers: int = 0):
     vit = DinoViT(cfg)
     vit.init_weights(torch.Generator().manual_seed(1))
     return Backbone(spec, vit, "random init (seed 1)")
+
+
+def counted_macs(model, lr_shape: tuple, image_shape: tuple, **forward_kwargs) -> float:
+    """Multiply-adds of one forward pass as torch's FlopCounterMode counts them (matmuls,
+    convolutions, attention; FLOPs / 2), run on the meta device: no memory, no arithmetic."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.to("meta").eval()
+    lr, image = torch.empty(lr_shape, device="meta"), torch.empty(image_shape, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(lr, image, **forward_kwargs)
+    return counter.get_total_flops() / 2

@@ -7,6 +7,14 @@ header; its execution context runs them with ONNX Runtime, reading the inputs fr
 writing the output to - the raw addresses the caller bound with `set_tensor_address`, so a
 binding mistake gives wrong numbers, not a passing test.
 
+Precision is honoured: a plan built with the FP16 or BF16 flag runs every layer that was not
+pinned to float32 (`layer.precision = FLOAT`) in that precision - its float inputs (weights,
+activations) are rounded to fp16 / bf16 before it and a float graph output it produces is
+rounded after it (`reduced_precision_graph`). Inside a layer the arithmetic stays float32,
+as TensorRT's fp16 / bf16 kernels accumulate in float32. This is the strictest reading of the
+flag (the real builder may still keep some layers in float32 when that is faster), so a
+reduced-precision engine that passes parity here has had every unpinned layer in half precision.
+
 Install with `monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)`.
 """
 
@@ -329,6 +337,10 @@ class Builder:
             "outputs": [[t.name, t.dtype.name, list(t.shape)] for t in network.outputs],
             "profiles": [{k: [list(s) for s in v] for k, v in p.shapes.items()} for p in config.profiles],
         }
+        reduced = [f for f in (BuilderFlag.FP16, BuilderFlag.BF16) if f in config.flags]
+        if reduced:  # the layers that run in reduced precision: all but those pinned to float32
+            header["reduced"] = "HALF" if reduced[0] == BuilderFlag.FP16 else "BF16"
+            header["float32_layers"] = sorted(layer.name for layer in network.layers if layer.precision == DataType.FLOAT)
         BUILDS.append({
             "flags": set(config.flags), "workspace": config.pools[MemoryPoolType.WORKSPACE], "profiles": header["profiles"],
             "cache_entries_loaded": config.cache_loaded_entries, "cache_hits": hits,
@@ -337,6 +349,49 @@ class Builder:
             "output_types": {layer.name: dict(layer.output_types) for layer in network.layers if layer.output_types},
         })
         return HostMemory(PLAN_MAGIC + json.dumps(header).encode() + b"\n" + network.onnx_bytes)
+
+
+# -- reduced precision ------------------------------------------------------------------------
+def reduced_precision_graph(onnx_bytes: bytes, dtype: str, float32_layers: set[str]) -> bytes:
+    """The ONNX graph with every float tensor that enters an unpinned node, and every float graph
+    output an unpinned node produces, rounded to fp16 (dtype "HALF") or bf16 ("BF16") by a
+    Cast(to reduced) -> Cast(to float) pair; nodes in `float32_layers` see float32 values."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    FLOAT = TensorProto.FLOAT
+    low = {"HALF": TensorProto.FLOAT16, "BF16": TensorProto.BFLOAT16}[dtype]
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    nodes, rounded = [], {}
+
+    def round_trip(name: str, out: str) -> None:
+        nodes.append(helper.make_node("Cast", [name], [out + "__low"], name=out + "__to_low", to=low))
+        nodes.append(helper.make_node("Cast", [out + "__low"], [out], name=out + "__to_float", to=FLOAT))
+
+    outputs = {o.name for o in graph.output if o.type.tensor_type.elem_type == FLOAT}
+    for node in graph.node:
+        unpinned = node.name not in float32_layers
+        if unpinned:
+            for i, name in enumerate(node.input):
+                if name and types.get(name) == FLOAT:
+                    if name not in rounded:
+                        rounded[name] = name + "__rounded"
+                        round_trip(name, rounded[name])
+                    node.input[i] = rounded[name]
+        finals = [o for o in node.output if o in outputs] if unpinned else []
+        for i, name in enumerate(node.output):
+            if name in finals:
+                node.output[i] = name + "__raw"
+        nodes.append(node)
+        for name in finals:
+            round_trip(name + "__raw", name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model.SerializeToString()
 
 
 # -- runtime ----------------------------------------------------------------------------------
@@ -364,7 +419,12 @@ class CudaEngine:
         import onnxruntime as ort
 
         self.header = header
-        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if header.get("reduced"):
+            onnx_bytes = reduced_precision_graph(onnx_bytes, header["reduced"], set(header["float32_layers"]))
+            # no graph rewrites: they could fold a Cast(to half) -> Cast(to float) pair away
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         self.io = [(n, DataType[d], tuple(s), TensorIOMode.INPUT) for n, d, s in header["inputs"]]
         self.io += [(n, DataType[d], tuple(s), TensorIOMode.OUTPUT) for n, d, s in header["outputs"]]
 

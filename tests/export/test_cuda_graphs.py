@@ -98,8 +98,36 @@ def test_channels_last_and_compiled_stages_keep_the_outputs():
     assert fast.model.state_dict().keys() == small_model().state_dict().keys()
 
 
-def test_channels_last_default_is_cuda_low_precision_only():
-    assert TorchEngine(small_model(), precision="bf16").channels_last is False  # CPU
+@pytest.fixture
+def cuda_device_objects(monkeypatch):
+    """Lets a TorchEngine be built for `device="cuda"` on a CPU-only machine: moving a module to a
+    CUDA device is a no-op, so the engine's device-dependent defaults run as on a GPU."""
+    real_to = torch.nn.Module.to
+
+    def to(module, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        if isinstance(target, (str, torch.device)) and torch.device(target).type == "cuda":
+            return module
+        return real_to(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+
+
+@pytest.mark.parametrize("device, precision, expected", [
+    ("cuda", "bf16", True), ("cuda", "fp16", True), ("cuda", "fp32", False),
+    ("cpu", "bf16", False), ("cpu", "fp16", False), ("cpu", "fp32", False),
+])
+def test_channels_last_default_is_cuda_low_precision_only(cuda_device_objects, device, precision, expected):
+    engine = TorchEngine(small_model(), precision=precision, device=device)
+    assert engine.device.type == device and engine.channels_last is expected
+    up = engine.model.upsampler
+    assert up.channels_last is expected  # the decision reached the model ...
+    assert up.first_conv[1].weight.is_contiguous(memory_format=torch.channels_last) is expected  # ... and its weights
+
+
+def test_channels_last_can_be_turned_off_on_cuda(cuda_device_objects):
+    engine = TorchEngine(small_model(), precision="bf16", device="cuda", channels_last=False)
+    assert engine.channels_last is False and engine.model.upsampler.channels_last is False
     model = use_channels_last(compile_stages(small_model(), backend="eager"), False)
     assert model.upsampler.channels_last is False
 

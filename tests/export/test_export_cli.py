@@ -73,7 +73,7 @@ def test_parity_failure_exits_nonzero_and_leaves_nothing(tmp_path, capsys, check
         (["--scope", "everything"], ["unknown scope"]),
         (["--min-size", "200", "--max-size", "100"], ["min-size <= opt-size <= max-size"]),
         (["--scope", "pipeline"], ["needs --backbone"]),
-        (["--backbone", "dinov3_vits16", "--scope", "pipeline"], ["unknown backbone", "did you mean"]),
+        (["--backbone", "dinov4_vits16", "--scope", "pipeline"], ["unknown backbone", "did you mean 'dinov3_vits16'"]),
         (["--out", "x.plan"], ["does not end in .onnx"]),
     ],
 )

@@ -123,6 +123,46 @@ def test_runtime_binds_by_name_and_matches_pytorch(fake_trt, exports, model, tmp
     assert runs == [("context.execute_async_v3", 7)] * len(PARITY_SHAPES)
 
 
+def _parity(plan, model):
+    return check_parity(TensorRTEngine(plan), TorchEngine(with_attention_backend(model, "sdpa")), PARITY_SHAPES)
+
+
+def test_reduced_precision_plans_run_in_reduced_precision_and_pass_parity(fake_trt, exports, model, tmp_path):
+    """The fake runs unpinned layers in fp16 / bf16 (float32 arithmetic inside a layer): the
+    outputs move away from the fp32 plan's, bf16 (8-bit mantissa) further than fp16 (11-bit),
+    and both still pass their precision's tolerance with the Fourier features pinned."""
+    lr, image = torch.randn(1, C, 4, 5), torch.randn(1, 3, 57, 71)
+    outs, results = {}, {}
+    for precision in ("fp32", "fp16", "bf16"):
+        plan, _, _ = _build(fake_trt, exports, tmp_path, precision, name=precision)
+        outs[precision] = TensorRTEngine(plan)(lr, image)
+        if precision != "fp32":
+            results[precision] = _parity(plan, model)
+    drift = {p: (outs[p] - outs["fp32"]).abs().max().item() for p in ("fp16", "bf16")}
+    assert 1e-4 < drift["fp16"] < drift["bf16"], drift  # really rounded, and by each precision's step
+    for precision, result in results.items():
+        assert result and result.precision == precision, result.summary()
+    assert results["fp16"].worst["max_abs"] < results["bf16"].worst["max_abs"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_broken_reduced_precision_path_fails_parity(fake_trt, exports, model, tmp_path, monkeypatch, precision):
+    """A float32 region that stops at Sin/Cos (the coordinate products before them left in half
+    precision) is a broken reduced-precision engine: its parity must fail at the table's tolerance."""
+    import onnx
+
+    import loftup.export.tensorrt as lt
+
+    proto = onnx.load(str(exports[("upsampler", "matmul", "fp32")]))
+    sin_cos = {n.name for n in proto.graph.node if n.op_type in ("Sin", "Cos")}
+    monkeypatch.setattr(lt, "float32_nodes", lambda path: sin_cos)
+    plan, _, build = _build(fake_trt, exports, tmp_path, precision)
+    assert build["float32_layers"] == sin_cos
+    result = _parity(plan, model)
+    assert not result and not any(s.passed for s in result.shapes), result.summary()
+    assert result.worst["max_abs"] > 2 * result.tolerance["max_abs"]  # well outside, not at the edge
+
+
 def test_runtime_refuses_other_tensorrt_version(fake_trt, exports, tmp_path):
     plan, _, _ = _build(fake_trt, exports, tmp_path, "fp32")
     side = json.loads(sidecar_path(plan).read_text())
@@ -198,3 +238,19 @@ def test_export_cli_trt_with_fake_tensorrt(fake_trt, tmp_path, capsys, checkpoin
     assert side["parity"]["passed"] and side["precision"] == "fp16" and side["runtime"]["workspace_mb"] == 256
     assert not list(tmp_path.glob(".*"))  # no staging left behind
     assert {f.name for f in fake_trt.BUILDS[-1]["flags"]} == {"FP16", "OBEY_PRECISION_CONSTRAINTS"}
+
+
+def test_export_cli_refuses_an_fp16_plan_that_fails_parity(fake_trt, tmp_path, capsys, checkpoint, monkeypatch):
+    """Nothing pinned to float32: the fp16 plan's Fourier features are noise, so export fails
+    its parity check in one line and leaves no plan behind."""
+    import loftup.export.tensorrt as lt
+    from loftup.cli import main
+
+    monkeypatch.setattr(lt, "float32_nodes", lambda path: set())
+    out = tmp_path / "tiny.plan"
+    code = main(["export", "--checkpoint", str(checkpoint), "--scope", "upsampler", "--format", "trt", "--precision", "fp16",
+                 "--min-size", "28", "--opt-size", "56", "--max-size", "84", "--max-batch", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "parity failed for tiny.plan" in errors[0], err
+    assert not out.exists() and not sidecar_path(out).exists() and not list(tmp_path.glob(".*"))

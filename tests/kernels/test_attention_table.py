@@ -7,6 +7,7 @@ choice reads only the device type, the call's dtype / head dim / sizes / gradien
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from loftup.kernels import resolve_backend
 from loftup.kernels.attention_table import (
     CLASS_HEAD_DIMS,
     CLASS_SHAPES,
+    RESULTS_H200,
     SHIPPED,
     AttentionTable,
     TableEntry,
@@ -28,15 +30,34 @@ from loftup.kernels.attention_table import (
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+REPO = Path(__file__).resolve().parents[2]
 
-# The H200 measurements (gpu-findings.md), restated: what auto must pick on sm90.
-SM90_MEASURED = {
-    "sm90/bf16/d128/224/fwd": "flash", "sm90/bf16/d128/224/train": "triton",
-    "sm90/bf16/d128/448/fwd": "flash", "sm90/bf16/d128/448/train": "triton",
-    "sm90/bf16/d128/896/fwd": "flash", "sm90/bf16/d128/896/train": "flash",
-    "sm90/bf16/d256/448/fwd": "flash", "sm90/bf16/d256/448/train": "flash",
-    "sm90/fp32/d128/896/fwd": "sdpa",
-}
+
+def measured(results: str) -> dict[str, dict[str, float]]:
+    """{table key: {name: ms}} of every attention measurement in a committed results file, the key
+    worked out from the row's own dtype, head dim (padded to a multiple of 8 as the dispatcher
+    does), queries, keys and mode - not from the table under test."""
+    data = json.loads((REPO / results).read_text())
+    arch, out = data["device"]["arch"], {}
+    for section in ("attention", "fp32_backends"):
+        for row in data[section]["rows"]:
+            d_pad = -(-row["head_dim"] // 8) * 8
+            for mode in ("fwd", "train"):
+                if mode in row:
+                    out[table_key(arch, row["dtype"], d_pad, row["queries"], row["keys"], mode == "train")] = row[mode]
+    return out
+
+
+def fastest_backend(key: str, ms: dict[str, float]) -> str:
+    """The backend a measurement says auto must run: the fastest name ('sdpa-chunked ...' is sdpa),
+    never triton for fp32 (IEEE-fp32 MMAs)."""
+    names = {name.split(" ")[0].split("-")[0]: t for name, t in ms.items()}
+    if "/fp32/" in key:
+        names.pop("triton", None)
+    return min(names, key=names.get)
+
+
+H200 = measured(RESULTS_H200)
 
 
 def shape_of(key: str) -> tuple:
@@ -53,9 +74,15 @@ def triton_present(monkeypatch):
     monkeypatch.setattr(kernels, "triton_importable", lambda: True)
 
 
+def test_the_h200_results_file_holds_the_nine_measured_keys():
+    assert len(H200) == 9 and all(k.startswith("sm90/") for k in H200)
+    assert {fastest_backend(k, ms) for k, ms in H200.items()} == {"flash", "triton", "sdpa"}
+
+
 @pytest.mark.parametrize("key", all_keys())
 def test_auto_on_cuda_uses_the_table(key):
-    want = SM90_MEASURED.get(key, "sdpa")  # unmeasured keys: sdpa (PyTorch's fused kernels)
+    # what the committed H200 measurement says is fastest; unmeasured keys: sdpa (PyTorch's fused kernels)
+    want = fastest_backend(key, H200[key]) if key in H200 else "sdpa"
     got = resolve_backend("auto", CUDA, shape_of(key), AttentionTable())
     assert got == want
     if "/fp32/" in key:
@@ -68,11 +95,16 @@ def test_auto_on_cpu_is_always_sdpa(dtype, n, m):
     assert resolve_backend("auto", CPU, ("sm90", dtype, 104, n, m, True), AttentionTable()) == "sdpa"
 
 
-def test_shipped_table_cites_measurements_and_marks_the_rest_unmeasured():
-    assert set(SHIPPED) == set(SM90_MEASURED)
+def test_shipped_entries_name_the_results_file_that_holds_their_figures():
     for key, entry in SHIPPED.items():
-        assert entry.measured and "gpu-findings.md" in entry.source, key
+        assert entry.measured and entry.results, key
+        assert (REPO / entry.results).is_file(), entry.results
+        assert measured(entry.results)[key] == entry.ms, key  # the file holds exactly these figures
         assert min(entry.ms, key=entry.ms.get).startswith(entry.backend), key  # the fastest measured one
+    assert set(SHIPPED) == set(H200)  # and every measurement in the file has its entry
+
+
+def test_unmeasured_keys_say_so():
     rows = AttentionTable().describe()
     assert len(rows) == len(all_keys()) == 2 * 3 * 2 * 3 * 2
     assert sum(r["measured"] for r in rows) == len(SHIPPED)

@@ -4,18 +4,22 @@ simulated on CPU (the kernels run under TRITON_INTERPRET=1)."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from loftup.kernels import reference_attention
+from loftup.kernels.attention_table import RESULTS_H200
 from loftup.kernels import triton_attention as ta
 from loftup.kernels.triton_attention import KernelConfig, default_config, estimate_resources, fits, triton_attention
 
 pytestmark = pytest.mark.skipif(not ta._interpreted(), reason="needs TRITON_INTERPRET=1 before triton import")
 
-H200_SMEM = 232448  # opt-in shared memory per block (gpu-findings.md)
+H200 = json.loads((Path(__file__).resolve().parents[2] / RESULTS_H200).read_text())  # the first GPU run's figures
+H200_SMEM = H200["device"]["smem_optin_bytes_per_block"]
 A100_SMEM = 166912
 
 
@@ -59,37 +63,44 @@ def fail_configs(monkeypatch, kernels: set[str], labels: set[str] | None = None)
 
 
 # -- defaults and pruning --------------------------------------------------------------------------
-@pytest.mark.parametrize("n_bucket,fwd,dq", [
-    (1 << 16, "128x64/w8/s3", "64x64/w4/s2"),  # 224 output
-    (1 << 18, "128x128/w8/s2", "64x64/w4/s2"),  # 448
-    (1 << 20, "128x128/w8/s2", "128x64/w8/s2"),  # 896
-])
+@pytest.mark.parametrize("row", H200["triton_configs"]["search_picks"], ids=lambda r: str(r["output"]))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_sm90_defaults_are_the_h200_search_picks(n_bucket, fwd, dq, dtype):
-    got = {k: default_config(k, "sm90", dtype, 128, n_bucket, H200_SMEM) for k in ("fwd", "dq", "dkdv")}
-    assert {k: c.label for k, (c, _) in got.items()} == {"fwd": fwd, "dq": dq, "dkdv": "128x64/w8/s2"}
-    assert {origin for _, origin in got.values()} == {"measured"}
+def test_sm90_defaults_are_the_h200_search_picks(row, dtype):
+    """The defaults for sm90 at D_PAD 128 are what the H200 search picked (the committed results file)."""
+    n_bucket = ta._n_bucket(row["queries"])
+    for kernel in ("fwd", "dq", "dkdv"):
+        cfg, origin = default_config(kernel, "sm90", dtype, 128, n_bucket, H200_SMEM)
+        pick = row[kernel]
+        got = {"block_n": cfg.block_n, "block_m": cfg.block_m, "warps": cfg.num_warps, "stages": cfg.num_stages}
+        assert {k: v for k, v in got.items() if pick[k] is not None} == {k: v for k, v in pick.items() if v is not None}, kernel
+        assert origin == "measured"
 
 
 @pytest.mark.parametrize("arch,limit", [("sm90", H200_SMEM), ("sm80", A100_SMEM)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d_pad", [128, 256])
 @pytest.mark.parametrize("kernel", ["fwd", "dq", "dkdv"])
-def test_every_default_fits_its_gpu_by_estimate(arch, limit, dtype, d_pad, kernel):
-    cfg, origin = default_config(kernel, arch, dtype, d_pad, 1 << 18, limit)
-    elt = torch.empty((), dtype=dtype).element_size()
-    assert fits(kernel, cfg, d_pad, elt, limit), (cfg.label, estimate_resources(kernel, cfg, d_pad, elt))
-    if arch == "sm80" or dtype == torch.float32 or d_pad == 256:
-        assert origin == "estimate"  # never measured: says so
+def test_only_the_h200_search_picks_are_called_measured(arch, limit, dtype, d_pad, kernel):
+    # The H200 search measured sm90, 16-bit inputs, D_PAD 128 only; every other default is an estimate and says so.
+    _, origin = default_config(kernel, arch, dtype, d_pad, 1 << 18, limit)
+    assert origin == ("measured" if (arch, dtype, d_pad) == ("sm90", torch.bfloat16, 128) else "estimate")
+
+
+def test_when_nothing_fits_the_smallest_config_is_used_and_said():
+    cfg, origin = default_config("fwd", "sm80", torch.float32, 256, 1 << 18, smem_limit=1024)
+    assert cfg == ta.TUNING_SPACE["fwd"][-1] and origin == "estimate (nothing fits; smallest)"
 
 
 def test_the_config_that_crashed_on_the_h200_is_pruned():
     # fp32, head dim 197 (D_PAD 256), backward with 64x64 tiles, 4 warps, 2 stages: Triton needed
-    # 278,528 B of shared memory against 232,448 (gpu-findings.md). The estimate must refuse it.
-    crashed = KernelConfig(64, 64, 4, 2)
+    # 278,528 B of shared memory against 232,448 (the committed results file). The estimate must refuse it.
+    (crash,) = H200["triton_configs"]["launch_failures"]
+    c = crash["config"]
+    crashed = KernelConfig(c["block_n"], c["block_m"], c["warps"], c["stages"])
+    assert (crash["dtype"], crash["head_dim"], crash["pass"]) == ("fp32", 197, "backward")
     for kernel in ("dq", "dkdv"):
         est = estimate_resources(kernel, crashed, 256, 4)["smem_bytes"]
-        assert est >= 278528 and not fits(kernel, crashed, 256, 4, H200_SMEM)
+        assert est >= crash["required_bytes"] and not fits(kernel, crashed, 256, 4, crash["limit_bytes"])
 
 
 def test_label_round_trip():

