@@ -46,8 +46,12 @@ class FeatureUpsampler(nn.Module):
 
     def __init__(self, engine, size: InputSize = DEFAULT_SIZE, weights: str = ""):
         super().__init__()
+        from .pipeline import Pipeline
+
         self.engine = engine
-        self.pipeline = engine.pipeline  # registered: .to(), .parameters() and state_dict() see both modules
+        # registered: .to(), .parameters() and state_dict() see the backbone and the upsampler as loaded
+        # (official keys, float32); the engine runs its inference copy of them and follows their changes
+        self.pipeline = Pipeline(engine.backbone, engine.source, engine.input_size).eval()
         self.size = size
         self.weights = weights  # which upsampler weights run (the line `loftup upsample` prints)
 
@@ -100,6 +104,7 @@ class FeatureUpsampler(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)  # .to(device) / .cuda() / .cpu(): the engine follows its modules
         self.engine.device = next(self.pipeline.parameters()).device
+        self.engine.refresh()
         return self
 
     def extra_repr(self) -> str:

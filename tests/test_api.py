@@ -180,3 +180,22 @@ def test_export_and_bench_faces(tmp_path):
     bench = loftup.run_bench(random_init=True, sizes=[28], precisions=["fp32"], backends=["torch-sdpa"], repeats=1, warmup=0,
                          out=tmp_path / "bench", plot=False)
     assert bench.json_path.is_file() and [(r["backend"], r["size"]) for r in bench.rows] == [("torch-sdpa", 28)]
+
+
+def test_the_upsampler_is_the_module_as_loaded_and_the_features_follow_its_weights():
+    """On CPU the engine runs an inference copy (BatchNorm folded, fused linears); `up.upsampler`
+    stays the module as loaded - official keys, trainable - and a change to its weights reaches
+    `up(images)` on the next call."""
+    from loftup.model import LoftUp, LoftUpConfig
+
+    rand = loftup.load("dinov2_vits14", upsampler="random", weights="random")
+    assert rand.upsampler.state_dict().keys() == LoftUp(LoftUpConfig(feat_dim=384)).state_dict().keys()
+    assert rand.engine.model is not rand.engine.source and rand.upsampler is rand.engine.source
+    x = torch.zeros(1, 3, 28, 28).uniform_(-1.5, 1.5, generator=torch.Generator().manual_seed(0))
+    before = rand(x)
+    other = LoftUp(LoftUpConfig(feat_dim=384)).eval()
+    rand.upsampler.load_state_dict(other.state_dict())
+    after = rand(x)
+    want = rand.engine.__class__(other, optimize=False)(rand.lr_features(x), x)
+    assert (after - before).abs().max() > 0.1  # the new weights ran ...
+    assert (after - want).abs().max() < 1e-4  # ... and they are the module's, not the old copy's

@@ -41,6 +41,44 @@ class Engine:
     def scope(self) -> str:
         return self.metadata.scope
 
+    def _build(self) -> None:
+        """The module this engine runs, made from `self.source`: on CPU its inference variant (a copy,
+        `deploy.cpu_variant`), the memory budget, channels-last and compiled stages; and the
+        pipeline around it."""
+        from ..model import deploy
+        from ..pipeline import Pipeline
+
+        model = self.source
+        if self.optimize and self.device.type == "cpu":
+            model = deploy.cpu_variant(model, self.precision)
+        if self.memory_budget is not None and hasattr(getattr(model, "upsampler", None), "memory_budget"):
+            model.upsampler.memory_budget = int(self.memory_budget)  # LoftUp tiles to stay under it
+        if self.channels_last or self.compile_stages:
+            deploy.use_channels_last(model, self.channels_last)
+            if self.compile_stages:  # True: inductor; a string: that torch.compile backend
+                deploy.compile_stages(model, backend="inductor" if self.compile_stages is True else self.compile_stages)
+        self.model = model
+        self.pipeline = Pipeline(self.backbone, model, self.input_size).eval() if self.backbone is not None else None
+        self._up, self._pipe = self.model, self.pipeline
+        if self.compiled and getattr(model, "kind", None) == "loftup":  # per tile: the tile loop keeps the memory budget
+            deploy.compile_query_path(model)
+            if self.pipeline is not None:
+                self.pipeline.backbone = torch.compile(self.backbone)
+        elif self.compiled:
+            self._up = torch.compile(model)
+            self._pipe = torch.compile(self.pipeline) if self.pipeline is not None else None
+        self._built_from = weights_version(self.source)
+
+    def refresh(self) -> None:
+        """Rebuild what runs when the source module's weights changed in place since (an optimiser
+        step, `load_state_dict`) or it moved (`FeatureUpsampler.to`), so the engine always computes
+        with the weights the user holds. A no-op otherwise (one version read per parameter)."""
+        if self._built_from is not None and weights_version(self.source) == self._built_from:
+            return
+        if self.cuda_graphs:
+            raise InputError("the model's weights changed after its CUDA graphs were captured; make a new engine")
+        self._build()
+
     def accepts(self, n_inputs: int) -> bool:
         """Whether the engine takes the 1-input pipeline form or the 2-input upsampler form."""
         return n_inputs == len(self.metadata.input_names)
@@ -162,7 +200,8 @@ class TorchEngine(Engine):
     copy): BatchNorm folded, and bf16 / fp16 natively (weights in that dtype, no autocast round
     trips; the Fourier featurizers stay float32); channels-last convs unless channels_last=False.
     optimize=False runs the module as it is, under autocast for bf16 / fp16 (the parity
-    reference does).
+    reference does). `source` is the module as given (official keys, trainable); when its weights
+    change in place the engine rebuilds what it runs on the next call (`refresh`).
     """
 
     name = "torch"
@@ -171,44 +210,22 @@ class TorchEngine(Engine):
                  metadata: EngineMetadata | None = None, source: str | Path | None = None, input_size=None,
                  cuda_graphs: bool = False, channels_last: bool | None = None, compile_stages: bool | str = False,
                  memory_budget: int | None = None, optimize: bool = True):
-        from ..pipeline import Pipeline
         from . import cuda_graphs as graphs
 
         check_choice("precision", precision, PRECISIONS)
         self.device = torch.device(device)
         if cuda_graphs:
             graphs.check_device(self.device)
-        self.model = model.eval().to(self.device)
-        if optimize and self.device.type == "cpu":
-            from ..model.deploy import cpu_variant
-
-            self.model = cpu_variant(self.model, precision)
-        if memory_budget is not None and hasattr(getattr(self.model, "upsampler", None), "memory_budget"):
-            self.model.upsampler.memory_budget = int(memory_budget)  # LoftUp tiles to stay under it
+        self.source = model.eval().to(self.device)  # the module as given: its weights, keys and layout
+        self.precision, self.optimize, self.memory_budget = precision, optimize, memory_budget
         if channels_last is None:  # CUDA: for cuDNN's bf16 / fp16 convs; CPU: oneDNN's convs, and tokens become views
             channels_last = (self.device.type == "cuda" and precision != "fp32") or (optimize and self.device.type == "cpu")
         self.channels_last = channels_last
-        if self.channels_last or compile_stages:
-            from ..model import deploy
-
-            deploy.use_channels_last(self.model, self.channels_last)
-            if compile_stages:  # True: inductor; a string: that torch.compile backend
-                deploy.compile_stages(self.model, backend="inductor" if compile_stages is True else compile_stages)
         self.compile_stages = compile_stages
-        self.backbone = backbone.eval().to(self.device) if backbone is not None else None
-        self.pipeline = Pipeline(self.backbone, self.model, input_size).eval() if backbone is not None else None
-        self.precision = precision
         self.compiled = compile
-        self._up, self._pipe = self.model, self.pipeline
-        if compile and getattr(self.model, "kind", None) == "loftup":  # per tile: the tile loop keeps the memory budget
-            from ..model import deploy
-
-            deploy.compile_query_path(self.model)
-            if self.pipeline is not None:
-                self.pipeline.backbone = torch.compile(self.backbone)
-        elif compile:
-            self._up = torch.compile(self.model)
-            self._pipe = torch.compile(self.pipeline) if self.pipeline is not None else None
+        self.backbone = backbone.eval().to(self.device) if backbone is not None else None
+        self.input_size = input_size
+        self._build()
         self.cuda_graphs = cuda_graphs
         self._graphs = {"up": graphs.GraphRunner(self._up), "pipe": graphs.GraphRunner(self._pipe)} if cuda_graphs else None
         scope = "pipeline" if backbone is not None else "upsampler"
@@ -236,6 +253,7 @@ class TorchEngine(Engine):
     def _run(self, inputs, graphs: bool = True):
         from ..pipeline import fit_output
 
+        self.refresh()
         inputs = [x.to(self.device, torch.float32) for x in inputs]
         replay = self._graphs if graphs else None
         with self._context():
@@ -257,8 +275,15 @@ class TorchEngine(Engine):
         if self.pipeline is None:
             raise InputError("this PyTorch engine has no backbone; pass backbone= to load_engine")
         self.check_inputs((image,))
+        self.refresh()
         with self._context():
             return self.pipeline.backbone_features(image.to(self.device, torch.float32)).float()
+
+
+def weights_version(module) -> tuple:
+    """Where a module's tensors stand: each parameter's and buffer's in-place version counter and
+    storage, so an optimiser step, `load_state_dict` or a move to another device changes it."""
+    return tuple((t._version, t.data_ptr(), t.device.type) for t in (*module.parameters(), *module.buffers()))
 
 
 def reference_engine(model, backbone=None, device: str = "cpu", input_size=None, memory_budget: int | None = None) -> TorchEngine:

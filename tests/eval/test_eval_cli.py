@@ -31,7 +31,8 @@ def test_checkpoint_engine_parity_on_seg(tmp_path, capsys, coco_dir, tiny_ckpt):
     parity = res["parity"]
     check_parity_fields(parity, "seg", "miou")
     assert parity["passed"] is True and parity["delta"]["miou"] == 0.0
-    assert parity["feature_parity"]["max_abs"] == 0.0  # the engine *is* the reference here
+    # the engine is the checkpoint's CPU inference variant (BatchNorm folded, fused linears): float32 rounding only
+    assert parity["feature_parity"]["max_abs"] < 1e-4
     assert res["heads_trained_on"] == {"reference": "reference", "engine": "reference", "bilinear": "bilinear", "lowres": "lowres"}
     assert set(res["metrics"]) == {"reference", "engine", "bilinear", "lowres"}
     assert (out / "results.md").read_text().count("| delta") == 1

@@ -95,7 +95,8 @@ def test_mini_via_cli_with_engine_parity(tmp_path, capsys, tiny_ckpt):
     assert res["mini"]["settings"]["probes_fitted_on"]["engine"] == "reference"
     parity = res["parity"]
     assert parity["passed"] and parity["delta"]["voc/seg/miou"] == 0.0
-    assert parity["feature_parity"]["batches"] == 3 and parity["feature_parity"]["max_abs"] == 0.0
+    # the engine is the checkpoint's CPU inference variant (BatchNorm folded, fused linears): float32 rounding only
+    assert parity["feature_parity"]["batches"] == 3 and parity["feature_parity"]["max_abs"] < 1e-4
     assert (out / "mini.md").exists() and (out / "mini.json").exists()
 
 

@@ -88,7 +88,7 @@ def test_cuda_graphs_only_for_pytorch_engines(tmp_path):
 def test_channels_last_and_compiled_stages_keep_the_outputs():
     lr, image = inputs(b=2)
     want = TorchEngine(small_model())(lr, image)
-    fast = TorchEngine(small_model(), channels_last=True, compile_stages="eager")
+    fast = TorchEngine(small_model(), channels_last=True, compile_stages="eager", optimize=False)  # these two alone
     conv = fast.model.upsampler.first_conv[1]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert set(fast.model.upsampler.compiled) == {"features"} and set(fast.model.upsampler.ca_transformer.compiled) == {"ffn"}
@@ -113,12 +113,14 @@ def cuda_device_objects(monkeypatch):
     monkeypatch.setattr(torch.nn.Module, "to", to)
 
 
-@pytest.mark.parametrize("device, precision, expected", [
-    ("cuda", "bf16", True), ("cuda", "fp16", True), ("cuda", "fp32", False),
-    ("cpu", "bf16", False), ("cpu", "fp16", False), ("cpu", "fp32", False),
+@pytest.mark.parametrize("device, precision, optimize, expected", [
+    ("cuda", "bf16", True, True), ("cuda", "fp16", True, True), ("cuda", "fp32", True, False),
+    ("cpu", "bf16", True, True), ("cpu", "fp16", True, True), ("cpu", "fp32", True, True),  # the CPU inference variant
+    ("cpu", "fp32", False, False), ("cpu", "bf16", False, False),  # the module as it is (the parity reference)
 ])
-def test_channels_last_default_is_cuda_low_precision_only(cuda_device_objects, device, precision, expected):
-    engine = TorchEngine(small_model(), precision=precision, device=device)
+def test_channels_last_default_cuda_low_precision_and_the_cpu_variant(cuda_device_objects, device, precision, optimize,
+                                                                       expected):
+    engine = TorchEngine(small_model(), precision=precision, device=device, optimize=optimize)
     assert engine.device.type == device and engine.channels_last is expected
     up = engine.model.upsampler
     assert up.channels_last is expected  # the decision reached the model ...

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import loftup.runtime.budget as budget_mod
+from loftup.model.upsampler import PLANNED_FRACTION
 from loftup.runtime.budget import parse_memory_budget
 from loftup.errors import ConfigError
 from loftup.model import LoftUp, LoftUpConfig
@@ -36,7 +37,7 @@ def budget_for_pixels(up, B: int, H: int, W: int, pixels: int, rss: int, n_keys:
     # tile_plan lends the score blocks min(dispatcher budget, max(64 MB, before // 4), before // 2) of it
     attn = working if working < 64 * MB else 64 * MB if working < 192 * MB else min(up.cfg.attn_budget_mb * MB, working // 3)
     reserve = 96 * MB + 2 * B * up.cfg.num_blocks * n_keys * up.cfg.token_dim * 4
-    return int((working + attn) / 0.85) + rss + B * up.cfg.feat_dim * H * W * 4 + reserve
+    return int((working + attn) / PLANNED_FRACTION) + rss + B * up.cfg.feat_dim * H * W * 4 + reserve
 
 
 @pytest.mark.parametrize("H, W, pixels, shape", [(53, 71, 40 * 71, "bands"), (45, 67, 19 * 19, "squares")])
