@@ -52,8 +52,7 @@ def chunked_sdpa_attention(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     B, H, N, _ = q.shape
     step = chunk_length(B, H, k.shape[-2], q.element_size(), budget_bytes)
-    if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled()
-            and torch.get_num_threads() == 1):
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled():
         return materialised_chunks(q, k, v, scale, min(step, max(64, 2**20 // k.shape[-2])))
     if step >= N:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
@@ -63,15 +62,11 @@ def chunked_sdpa_attention(
 
 def materialised_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, step: int) -> torch.Tensor:
     """softmax(q k^T * scale) v written out per chunk of `step` queries (two GEMMs and a softmax,
-    results straight into one output). Inference on CPU in bf16 / fp16 with one intra-op thread:
-    PyTorch's fused CPU kernel runs these at ~75 GFLOP/s per core on LoftUp's shapes (4 heads,
-    head dim 101-104, 256-1024 keys) against ~115-129 for this form with chunks of ~1M scores per
-    head (measured on the Zen 4 machine, one thread, CPU time, issue 26; 4M-score chunks fall to
-    ~80). With two threads on the shared (loaded) machine it went the other way - its many short
-    parallel regions each wait for a preempted thread (fused 26 GFLOP/s of wall time, this 7-17)
-    - so several threads keep the fused call, whose one parallel region does not care. float32
-    keeps the fused call too (fused 78, this 64 per core). The softmax accumulates in float32
-    inside its kernel."""
+    results straight into one output). Inference on CPU in bf16 / fp16: on LoftUp's shapes (4
+    heads, head dim 104, 16k queries, 256 / 1024 keys, chunks of ~1M scores per head) PyTorch's
+    fused CPU kernel ran 133 / 135 GFLOP/s with two threads and 68 / 68 with one, this form 210 /
+    195 and 92 / 102 (the Zen 4 machine, quiet, wall time, 2026-12-06, benchmarks/cpu_attention.py). float32 keeps the fused call (fused 126 / 155, this 92 / 114 with two
+    threads). The softmax accumulates in float32 inside its kernel."""
     out = torch.empty_like(q)
     kt = k.transpose(-1, -2)
     for i in range(0, q.shape[2], step):
