@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, InputError
-from .pipeline import DEFAULT_SIZE, InputSize, guidance_image, output_size, prepare_image
+from .pipeline import DEFAULT_SIZE, InputSize, Pipeline, guidance_image, output_size, prepare_image
 
 RANGE_SLACK = 0.5  # how far a normalised tensor may stray past the range of [0, 1] pixels (resampling overshoot)
 
@@ -46,8 +46,6 @@ class FeatureUpsampler(nn.Module):
 
     def __init__(self, engine, size: InputSize = DEFAULT_SIZE, weights: str = ""):
         super().__init__()
-        from .pipeline import Pipeline
-
         self.engine = engine
         # registered: .to(), .parameters() and state_dict() see the backbone and the upsampler as loaded
         # (official keys, float32); the engine runs its inference copy of them and follows their changes
