@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from loftup.bench.results import interleaved_rounds
 from loftup.kernels.sdpa import materialised_chunks
 
 
@@ -34,15 +34,10 @@ def main() -> None:
         k, v = (torch.randn(1, 4, keys, 104, generator=gen).to(dtype) for _ in range(2))
         ways = {"fused": lambda: F.scaled_dot_product_attention(q, k, v),
                 "materialised": lambda: materialised_chunks(q, k, v, 104**-0.5, max(64, 2**20 // keys))}
-        times = {name: [] for name in ways}
         with torch.inference_mode():
             for fn in ways.values():
                 fn()
-            for _ in range(a.repeats):
-                for name, fn in ways.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
+            times = interleaved_rounds(ways, a.repeats)
         flop = 4 * 4 * 16384 * keys * 104
         print(f"{a.dtype}, {a.threads} threads, {keys} keys: "
               + ", ".join(f"{n} {flop / statistics.median(t) / 1e9:.0f} GFLOP/s" for n, t in times.items()))

@@ -36,7 +36,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from loftup.bench.results import markdown_table, results_folder, run_environment, write_results
+from loftup.bench.results import interleaved_rounds, markdown_table, results_folder, run_environment, write_results
 from loftup.kernels.linear import linear
 
 ENGINES = ("fp32", "bf16", "fp32 as-is", "bf16 autocast")
@@ -138,14 +138,8 @@ def main(argv=None) -> int:
         reference = reference_engine(model)(lr, image)
         engines = {"fp32": TorchEngine(model), "bf16": TorchEngine(model, precision="bf16"),
                    "fp32 as-is": TorchEngine(model, optimize=False), "bf16 autocast": TorchEngine(model, precision="bf16", optimize=False)}
-        times = {k: [] for k in engines}
         outs = {k: e(lr, image) for k, e in engines.items()}  # warm-up, and the outputs compared
-        for r in range(args.repeats):
-            order = list(engines) if r % 2 == 0 else list(engines)[::-1]
-            for k in order:
-                t = time.perf_counter()
-                engines[k](lr, image)
-                times[k].append(time.perf_counter() - t)
+        times = interleaved_rounds({k: (lambda e=e: e(lr, image)) for k, e in engines.items()}, args.repeats)
         flops = model_flops(model.cfg, 1, size, size, lr.shape[-2], lr.shape[-1])
         log(f"{size}px ({what}): " + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in times.items()))
         for k, e in engines.items():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from loftup.bench.results import markdown_table, results_folder, run_environment, write_results
+from loftup.bench.results import interleaved_rounds, markdown_table, results_folder, run_environment, write_results
 
 
 def export_engines(model, backbone, workdir: Path, calibration, log) -> dict[str, Path]:
@@ -89,12 +89,7 @@ def main(argv=None) -> int:
             lr = backbone(backbone_input(image, backbone.patch_size)).float()
         reference = reference_engine(model)(lr, image)
         outs = {k: e(lr, image) for k, e in engines.items()}
-        times = {k: [] for k in engines}
-        for r in range(args.repeats):
-            for k in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
-                t = time.perf_counter()
-                engines[k](lr, image)
-                times[k].append(time.perf_counter() - t)
+        times = interleaved_rounds({k: (lambda e=e: e(lr, image)) for k, e in engines.items()}, args.repeats)
         log(f"{size}px: " + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in times.items()))
         for k in engines:
             rows.append({"size": size, "engine": k, "photo": photos[0], "seconds": times[k], "median_s": statistics.median(times[k]),

@@ -14,7 +14,7 @@ import platform
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
@@ -111,3 +111,17 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def interleaved_rounds(calls: dict[str, Callable[[], Any]], repeats: int, alternate: bool = True) -> dict[str, list[float]]:
+    """Wall seconds of each call over `repeats` rounds, every round timing each call once, back to
+    back (the order reversed every other round when `alternate`), so that the ratios taken per
+    round see the same machine state. Warm up before; this only times."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(repeats):
+        order = list(calls) if not alternate or r % 2 == 0 else list(calls)[::-1]
+        for name in order:
+            t = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t)
+    return times
