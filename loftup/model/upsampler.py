@@ -41,10 +41,13 @@ def image_features(up: "LoftUpUpsampler", image, lo, hi, ys, xs) -> torch.Tensor
     return up.first_conv[0](x).to(up.compute_dtype)  # float32 featurizer and norm; the convs' dtype after
 
 
-# The share of what a memory budget leaves that the tile plan fills; the rest is allocator slack.
-# With 0.85, fresh processes at a 1 GiB budget (448 px, C = 384, fp32) peaked at 966-1030 MB from
-# one run to the next (2026-12-06, 2-core VM), over the budget now and then; with 0.75, 937 MB.
-PLANNED_FRACTION = 0.75
+# The share of what a memory budget leaves that the tile plan fills; the rest is slack for one
+# tile's transients beyond `working_bytes_per_pixel` and the allocator. Fresh processes at a 1 GiB
+# budget (448 px, C = 384, fp32, 2-core VM, 2026-12-06): 0.85 peaked at 966-1030 MB; 0.75 at
+# 832-995 MB here and 1026 MB in one CI run, because freed heap pages stayed resident from tile to
+# tile; with those handed back after each tile (`runtime.budget.release_free_memory`), 0.75 peaked
+# at 835-926 MB and 0.7 at 833-877 MB over six runs each, no slower (14.5-16.6 s a forward).
+PLANNED_FRACTION = 0.7
 
 class LoftUpUpsampler(nn.Module):
     """The upsampler proper (official `LoftUp`): expects channel-normed low-res features."""
@@ -243,8 +246,8 @@ class LoftUpUpsampler(nn.Module):
 
         tiling "always": cfg.tile_size squares; "never" (or training): None; "auto": from
         `memory_budget` (bytes of process peak RSS; None: `loftup.runtime.budget.default_memory_budget`):
-        75% of what the budget leaves after the resident memory now, the output and a reserve for
-        the key/value tokens, minus the attention's score blocks (a quarter of it, at least 64 MB
+        70% (PLANNED_FRACTION) of what the budget leaves after the resident memory now, the output
+        and a reserve for the key/value tokens, minus the attention's score blocks (a quarter of it, at least 64 MB
         and at most the dispatcher's own budget, lent to the dispatcher for the call), over
         `working_bytes_per_pixel`. Tiles are full-width bands when a band of at least 32 rows
         fits (the halo then costs only above and below), squares otherwise. ConfigError when not
@@ -347,6 +350,8 @@ class LoftUpUpsampler(nn.Module):
         if plan is None:
             query_path = self.compiled.get("query_path", self._queries_and_out)
             return query_path(image, lo, hi, ys, xs, kv, k_pos, (0, 0, H, W), whole=True)
+        from ..runtime.budget import release_free_memory
+
         out = None
         th, tw = plan
         for y0 in range(0, H, th):
@@ -356,6 +361,9 @@ class LoftUpUpsampler(nn.Module):
                 if out is None:
                     out = piece.new_empty(B, piece.shape[1], H, W)
                 out[:, :, y0:y1, x0:x1] = piece
+                del piece
+                if image.device.type == "cpu":  # the tile's freed heap pages, back to the OS (budget.release_free_memory)
+                    release_free_memory()
         return out
 
 

@@ -16,6 +16,9 @@ changes speed and memory, never the numbers.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import re
 from pathlib import Path
@@ -46,6 +49,32 @@ def current_rss() -> int:
         return int(Path("/proc/self/statm").read_text().split()[1]) * _PAGE
     except OSError:
         return 0
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, or None where the C library has none (macOS, Windows, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc `malloc_trim(0)`); False where unavailable.
+
+    Tensors under glibc's dynamic mmap threshold (up to 32 MB) live on the heap, and the pages
+    freed between tiles stay resident: over the twelve tiles of a 448 px run at C = 384 that grew
+    the process by 60-170 MB above its live tensors (peak 912-1026 MB against a 1 GiB budget).
+    Trimming after each tile keeps the resident memory at the live tensors, so the budget only
+    has to cover one tile's transients. One call costs well under a millisecond next to a tile's
+    second or more.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def available_memory() -> int:
