@@ -119,6 +119,8 @@ class Trainer:
         self.device = self.ctx.device
         self._stop = threading.Event()
         self.skipped = 0
+        self.elapsed_before = 0.0  # training seconds of earlier processes of this run (from a resumed state)
+        self._t_start: float | None = None
         try:
             self._setup(backbone, resume)
         except BaseException:
@@ -321,13 +323,17 @@ class Trainer:
             "step": self.step, "stage": self.cfg.stage, "total_steps": self.total_steps,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "objective": self.objective.state_dict(), "skipped": self.skipped,
+            "objective": self.objective.state_dict(), "skipped": self.skipped, "elapsed_s": self.elapsed(),
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
         save_state(self.run.state(self.step), state)
         self.run.mark_latest(self.step)
         self.run.prune(self.cfg.keep_last)
         return weights
+
+    def elapsed(self) -> float:
+        """Training seconds of the whole run: earlier processes (resumed) plus this one's loop."""
+        return self.elapsed_before + (time.perf_counter() - self._t_start if self._t_start is not None else 0.0)
 
     def _load_state(self, step: int) -> None:
         state = load_state(self.run.state(step))
@@ -342,6 +348,7 @@ class Trainer:
         if torch.cuda.is_available() and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.skipped = int(state.get("skipped", 0))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.step = int(state["step"])
 
     def _save_final(self) -> Path | None:
@@ -443,7 +450,7 @@ class Trainer:
                   + (f" on {ctx.world} ranks ({ctx.backend})" if ctx.distributed else "")
                   + ("" if tb.available else "; TensorBoard not installed, logging to CSV only"), file=sys.stderr)
         bar = ProgressBar(self.total_steps, self.step, main and cfg.progress, self._label())
-        t_start = time.perf_counter()
+        t_start = self._t_start = time.perf_counter()
         t_window, n_window, ips = t_start, 0, 0.0
         interrupted = False
         self.model.train()
@@ -468,7 +475,7 @@ class Trainer:
                         t_window, n_window = now, 0
                         row = {**metrics, "epoch": self.step / self.steps_per_epoch, "images_per_s": ips,
                                "loss": all_reduce_scalar(ctx, loss_value, "mean"),
-                               "skipped": int(all_reduce_scalar(ctx, self.skipped, "sum")), "elapsed_s": now - t_start}
+                               "skipped": int(all_reduce_scalar(ctx, self.skipped, "sum")), "elapsed_s": self.elapsed_before + now - t_start}
                         if main:
                             csv_log.write(row)
                             tb.write(self.step, row)

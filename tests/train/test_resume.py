@@ -44,10 +44,10 @@ def test_interrupt_and_resume_equals_straight_run(data, capsys):
     assert "stopped at step 3/6" in stopped.value.line() and "--resume --out" in stopped.value.line()
     assert stopped.value.exit_code == 130
     state = load_state(data / "split" / "checkpoints" / f"step-{N:08d}.state.pt")  # weights_only=True inside
-    assert state["step"] == N and "teacher" in state["objective"]
+    assert state["step"] == N and "teacher" in state["objective"] and state["elapsed_s"] > 0
 
     resumed = Trainer(cfg(data, "split"), backbone=TinyBackbone(), resume=True)
-    assert resumed.step == N
+    assert resumed.step == N and resumed.elapsed_before == state["elapsed_s"]
     r = resumed.fit()
     assert r.step == 2 * N and len(r.losses) == N
     assert r.losses == straight.losses[N:]
@@ -56,6 +56,9 @@ def test_interrupt_and_resume_equals_straight_run(data, capsys):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     rows = (data / "split" / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 2 * N + 1)]
+    elapsed = [float(r.split(",")[-1]) for r in rows[1:]]
+    assert rows[0].endswith("elapsed_s") and elapsed == sorted(elapsed)  # the clock goes on across the resume
+    assert elapsed[N] > state["elapsed_s"]
 
 
 def test_resume_guards(data):
