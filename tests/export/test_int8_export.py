@@ -63,10 +63,12 @@ def test_int8_graph_quantizes_convs_and_weight_matmuls_only(int8):
         int8_weights = {i.name for i in body.initializer if i.data_type == onnx.TensorProto.INT8}
         quantized = 0
         for node in body.node:
-            if node.op_type not in ("Conv", "MatMul"):
+            if node.op_type == "QuantizeLinear":  # a quantized linear writes float: no requantize after it
+                assert producer.get(node.input[0]) != "Gemm", node.name
+            if node.op_type not in ("Conv", "MatMul", "Gemm"):
                 continue
             sources = [producer.get(name, "outer") for name in node.input[:2]]
-            weight = node.op_type == "Conv" or sources[1] == "DequantizeLinear" or node.input[1] in outer_weights
+            weight = node.op_type != "MatMul" or sources[1] == "DequantizeLinear" or node.input[1] in outer_weights
             if weight:  # convs and projections / FFN / head: int8 weights and uint8 activations
                 assert sources == ["DequantizeLinear", "DequantizeLinear"], (node.name, sources)
                 quantized += 1
@@ -75,6 +77,8 @@ def test_int8_graph_quantizes_convs_and_weight_matmuls_only(int8):
         assert int8_weights  # the weights live in the body as int8
         counts.append(quantized)
     assert counts == [2, 2 * 4 + 1]  # two convs; per block q, out, FFN x 2, then the head
+    gemms = sum(n.op_type == "Gemm" for n in bodies[1].node)
+    assert gemms == 2 * 4 + 1  # each of them a Gemm with its bias (linears_as_gemm)
     assert not any(i.data_type == onnx.TensorProto.INT8 for i in graph.initializer)
     main_ops = {n.op_type for n in graph.node}
     assert "QuantizeLinear" not in main_ops  # the main graph (kv projection, min-max) stays float
