@@ -43,10 +43,11 @@ def image_features(up: "LoftUpUpsampler", image, lo, hi, ys, xs) -> torch.Tensor
 
 # The share of what a memory budget leaves that the tile plan fills; the rest is slack for one
 # tile's transients beyond `working_bytes_per_pixel` and the allocator. Fresh processes at a 1 GiB
-# budget (448 px, C = 384, fp32, 2-core VM, 2026-12-06): 0.85 peaked at 966-1030 MB; 0.75 at
+# budget (448 px, C = 384, fp32, 2-core VM, 2026-12-06/07): 0.85 peaked at 966-1030 MB; 0.75 at
 # 832-995 MB here and 1026 MB in one CI run, because freed heap pages stayed resident from tile to
-# tile; with those handed back after each tile (`runtime.budget.release_free_memory`), 0.75 peaked
-# at 835-926 MB and 0.7 at 833-877 MB over six runs each, no slower (14.5-16.6 s a forward).
+# tile. With 0.7 and those pages handed back whenever the process outgrows the plan (`_tiles`),
+# 820-881 MB over nine runs (three with MALLOC_ARENA_MAX=1), and 448 px at the default budget
+# as fast as without (interleaved A/B: 1.00x; trimming after every tile instead cost 7%).
 PLANNED_FRACTION = 0.7
 
 class LoftUpUpsampler(nn.Module):
@@ -255,19 +256,24 @@ class LoftUpUpsampler(nn.Module):
         """
         return self._plan(B, H, W, n_keys)[0]
 
-    def _plan(self, B: int, H: int, W: int, n_keys: int) -> tuple[tuple[int, int] | None, int | None]:
-        """(tile plan, bytes for the attention's score blocks or None to keep the dispatcher's)."""
+    def _plan(self, B: int, H: int, W: int, n_keys: int) -> tuple[tuple[int, int] | None, int | None, int | None]:
+        """(tile plan, bytes for the attention's score blocks or None to keep the dispatcher's,
+        resident bytes above which freed heap pages go back to the OS after a tile or None)."""
         if self.cfg.tiling == "never" or self.training:
-            return None, None
+            return None, None, None
         if self.cfg.tiling == "always":
-            return (self.cfg.tile_size, self.cfg.tile_size), None
+            return (self.cfg.tile_size, self.cfg.tile_size), None, None
         from ..runtime.budget import current_rss, default_memory_budget, format_bytes
 
         budget = self.memory_budget or default_memory_budget()
         reduced = torch.is_autocast_enabled("cpu") or self.compute_dtype != torch.float32
         out_bytes = B * self.cfg.feat_dim * H * W * (6 if reduced else 4)  # + the engine's float32 copy
         reserve = 96 * 2**20 + 2 * B * self.cfg.num_blocks * n_keys * self.cfg.token_dim * 4
-        working = int(PLANNED_FRACTION * (budget - current_rss() - out_bytes - reserve))
+        held = current_rss()
+        working = int(PLANNED_FRACTION * (budget - held - out_bytes - reserve))
+        # a tile may start once the process holds no more than the plan counted on: what it held, the
+        # whole output and the reserve; above that, the heap's freed pages go back first (_tiles)
+        trim_above = held + out_bytes + reserve
         attn = None
         if hasattr(self.dispatcher, "budget_bytes"):  # score blocks: a quarter, at least 64 MB, at most the dispatcher's own
             # (16 MB blocks - 341 queries against 1024 keys - made 448 px 1.6x slower than untiled; 64 MB: 1365)
@@ -277,7 +283,7 @@ class LoftUpUpsampler(nn.Module):
         if getattr(self.dispatcher, "requested", None) == "reference":  # scores and probabilities, whole, float32
             per_px += 3 * B * self.cfg.num_heads * n_keys * 4
         if working >= per_px * H * W:
-            return None, attn
+            return None, attn, None
         pixels = working // per_px
         if pixels < 16 * 16:
             raise ConfigError(
@@ -286,9 +292,9 @@ class LoftUpUpsampler(nn.Module):
                 "raise --memory-budget or use a smaller size or batch"
             )
         if pixels >= 32 * W:
-            return (int(pixels // W), W), attn
+            return (int(pixels // W), W), attn, trim_above
         side = int(pixels**0.5)
-        return (side, side), attn
+        return (side, side), attn, trim_above
 
     def use_tiling(self, H: int, W: int, B: int = 1) -> bool:
         return self.tile_plan(B, H, W) is not None
@@ -320,17 +326,17 @@ class LoftUpUpsampler(nn.Module):
             return self._window(image, lo, hi, ys, xs, kv, k_pos, top, left, top + h, left + w)
         if tile and self.training:
             raise ConfigError("tiled inference needs eval mode (BatchNorm uses batch statistics in train mode)")
-        plan, attn = None, None
+        plan, attn, trim_above = None, None, None
         if tile is None and not torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-            plan, attn = self._plan(B, H, W, lr.shape[2] * lr.shape[3])
+            plan, attn, trim_above = self._plan(B, H, W, lr.shape[2] * lr.shape[3])
         elif tile:
             plan = (self.cfg.tile_size, self.cfg.tile_size)
         if attn is None:
-            return self._tiles(image, lo, hi, ys, xs, kv, k_pos, plan)
+            return self._tiles(image, lo, hi, ys, xs, kv, k_pos, plan, trim_above)
         kept = self.dispatcher.budget_bytes
         self.dispatcher.budget_bytes = attn  # this call's share of the budget for score blocks
         try:
-            return self._tiles(image, lo, hi, ys, xs, kv, k_pos, plan)
+            return self._tiles(image, lo, hi, ys, xs, kv, k_pos, plan, trim_above)
         finally:
             self.dispatcher.budget_bytes = kept
 
@@ -344,16 +350,24 @@ class LoftUpUpsampler(nn.Module):
         return query_path(image[:, :, wy0:wy1, wx0:wx1], lo, hi, ys[wy0:wy1], xs[wx0:wx1], kv, k_pos,
                           (y0 - wy0, x0 - wx0, y1 - y0, x1 - x0))
 
-    def _tiles(self, image, lo, hi, ys, xs, kv, k_pos, plan) -> torch.Tensor:
-        """The query path over the tiles of `plan` ((rows, cols) or None: one pass), each with its halo."""
+    def _tiles(self, image, lo, hi, ys, xs, kv, k_pos, plan, trim_above: int | None = None) -> torch.Tensor:
+        """The query path over the tiles of `plan` ((rows, cols) or None: one pass), each with its halo.
+
+        trim_above (CPU, from a budget's plan): when the process holds more than this after a tile,
+        the C heap's freed pages go back to the OS (`runtime.budget.release_free_memory`) before
+        the next one; pages freed by one tile otherwise stay resident and the RSS creeps up tile
+        after tile past the budget. Only when needed: handing pages back makes the next tile fault
+        them in again (at 448 px, trimming after every tile cost 7%; this way, nothing measurable).
+        """
         B, _, H, W = image.shape
         if plan is None:
             query_path = self.compiled.get("query_path", self._queries_and_out)
             return query_path(image, lo, hi, ys, xs, kv, k_pos, (0, 0, H, W), whole=True)
-        from ..runtime.budget import release_free_memory
+        from ..runtime import budget
 
         out = None
         th, tw = plan
+        trim = trim_above is not None and image.device.type == "cpu"
         for y0 in range(0, H, th):
             for x0 in range(0, W, tw):
                 y1, x1 = min(y0 + th, H), min(x0 + tw, W)
@@ -362,8 +376,8 @@ class LoftUpUpsampler(nn.Module):
                     out = piece.new_empty(B, piece.shape[1], H, W)
                 out[:, :, y0:y1, x0:x1] = piece
                 del piece
-                if image.device.type == "cpu":  # the tile's freed heap pages, back to the OS (budget.release_free_memory)
-                    release_free_memory()
+                if trim and budget.current_rss() > trim_above:
+                    budget.release_free_memory()
         return out
 
 

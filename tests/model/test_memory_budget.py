@@ -82,7 +82,7 @@ def test_attention_blocks_shrink_with_the_budget_for_one_call(monkeypatch):
     model = small_model()
     up = model.upsampler
     up.memory_budget = 700 * MB
-    _, attn = up._plan(1, 64, 64, 20)
+    _, attn, _ = up._plan(1, 64, 64, 20)
     assert 64 * MB <= attn < up.cfg.attn_budget_mb * MB
     seen = []
     real = sdpa.chunked_sdpa_attention
@@ -93,16 +93,26 @@ def test_attention_blocks_shrink_with_the_budget_for_one_call(monkeypatch):
     assert up.dispatcher.budget_bytes == up.cfg.attn_budget_mb * MB  # and was given back
 
 
-def test_tiles_hand_freed_heap_pages_back_after_each_tile(monkeypatch):
+def test_budgeted_tiles_hand_freed_heap_pages_back_when_the_process_outgrows_the_plan(monkeypatch):
     calls = []
+    monkeypatch.setattr(budget_mod, "current_rss", lambda: 300 * MB)
     monkeypatch.setattr(budget_mod, "release_free_memory", lambda: calls.append(1) or True)
     model = small_model()
+    up = model.upsampler
+    lr, image = torch.randn(1, 16, 4, 5), torch.randn(1, 3, 40, 50)
+    up.memory_budget = budget_for_pixels(up, 1, 40, 50, 16 * 16, 300 * MB, 20)
+    plan, attn, trim_above = up._plan(1, 40, 50, 20)
+    reserve = 96 * MB + 2 * up.cfg.num_blocks * 20 * up.cfg.token_dim * 4
+    assert plan == (16, 16) and trim_above == 300 * MB + 16 * 40 * 50 * 4 + reserve  # held + output + reserve
     with torch.no_grad():
-        model(torch.randn(1, 16, 4, 5), torch.randn(1, 3, 40, 50), tile=True)  # cfg.tile_size 256: one tile
-        model.upsampler.cfg = model.upsampler.cfg.replace(tile_size=16)
-        model(torch.randn(1, 16, 4, 5), torch.randn(1, 3, 40, 50), tile=True)  # 3 x 4 tiles
-        model(torch.randn(1, 16, 4, 5), torch.randn(1, 3, 40, 50), tile=False)  # untiled: no trim
-    assert len(calls) == 1 + 12
+        model(lr, image)  # 3 x 4 tiles, the process as planned: nothing to hand back
+        assert calls == []
+        monkeypatch.setattr(up, "_plan", lambda *a: (plan, attn, 300 * MB - 1))  # freed pages outgrew the plan
+        model(lr, image)
+        assert len(calls) == 12  # after every tile
+        model(lr, image, tile=True)  # forced tiles (no budget) and an untiled pass never trim
+        model(lr, image, tile=False)
+    assert len(calls) == 12
 
 
 def test_release_free_memory_returns_freed_heap_pages_to_the_os():
