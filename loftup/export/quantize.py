@@ -9,8 +9,8 @@ get int8 scales per output channel, activations uint8 scales per tensor from cal
 x86 u8s8 kernels use VNNI). Each linear with a bias (MatMul then Add) is first rewritten as one
 Gemm (`linears_as_gemm`), whose quantized form takes the bias as int32 and writes float32: ORT
 runs it as one QGemm, where a quantized MatMul ran as QLinearMatMul, a DequantizeLinear and a
-float Add (224 px: 1.12 s a run instead of 1.48 s). What stays float32: the attention itself (q.k and p.v have no
-constant operand and their softmax is what the upsampler is about), every norm, the Fourier
+float Add (224 px: 1.12 s a run instead of 1.48 s in an ORT profile). What stays float32: the
+attention itself (q.k and p.v have no constant operand and their softmax is what the upsampler is about), every norm, the Fourier
 features, the key/value projection (once per image) and, in the pipeline scope, the backbone.
 
 How: `onnxruntime.quantization.quantize_static` only sees a model's main graph, and LoftUp's
@@ -44,9 +44,7 @@ import numpy as np
 from ..errors import ConfigError, InputError
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-# Gemm outputs stay float: the quantized Gemm (QGemm) then adds its int32 bias and writes float32
-# for the norms / GELU / residual after it, with no requantize-dequantize pair around each linear
-# (at 224 px: 1.12 s a run instead of 1.48 s; measured in benchmarks/results/<cpu>/ort_int8.md).
+# Gemm outputs stay float (QGemm writes float32 for the norm / GELU / residual after it; see above).
 QUANTIZER_OPTIONS = {"CalibPercentile": 99.999, "OpTypesToExcludeOutputQuantization": ["Gemm"]}
 # The bundled photos calibrated on by default (scikit-image's; the mini benchmark's images are not
 # among them, so its probes judge the engine on photos it was not calibrated on).
@@ -252,12 +250,11 @@ def _num_scan_inputs(scan) -> int:
     raise ConfigError(f"Scan node {scan.name} has no num_scan_inputs")
 
 
-def linears_as_gemm(body, weights: set[str]) -> int:
+def linears_as_gemm(body) -> int:
     """Rewrite each `Add(MatMul(x, W), b)` with weights W (K, N) and b (N,) as one Gemm on x
     flattened to (rows, K), reshaped back: quantized, a Gemm takes its bias as int32 and runs as
     one QGemm with a float output, where a MatMul becomes QLinearMatMul -> DequantizeLinear ->
     float bias Add. In place; returns how many were rewritten."""
-    import onnx
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in body.initializer}
@@ -312,8 +309,8 @@ def _bias_add(node, inits, users, outputs):
 
 
 def _weight_matmuls_and_convs(body, weights: set[str]) -> tuple[list[str], list[str]]:
-    """(nodes to quantize, nodes to keep float): Conv / MatMul with a weight operand vs the
-    attention's activation-activation MatMuls."""
+    """(nodes to quantize, nodes to keep float): Conv / MatMul / Gemm with a weight operand vs
+    the attention's activation-activation MatMuls."""
     keep, skip = [], []
     for node in body.node:
         if node.op_type not in QUANTIZED_OPS:
@@ -329,7 +326,7 @@ def quantize_body(model, scan, records, method: str, workdir: Path) -> Any:
 
     sub, acts = standalone_body(model, scan)
     weights = {i.name for i in sub.graph.initializer}
-    linears_as_gemm(sub.graph, weights)
+    linears_as_gemm(sub.graph)
     keep, skip = _weight_matmuls_and_convs(sub.graph, weights)
     if not keep:
         return None
