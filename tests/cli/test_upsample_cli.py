@@ -107,7 +107,7 @@ def test_memory_budget_reaches_the_tiling(tmp_path, capsys, ckpt384, monkeypatch
     MB = 2**20
     monkeypatch.setattr(budget_mod, "current_rss", lambda: 300 * MB)
     plans, real = [], LoftUpUpsampler._tiles
-    monkeypatch.setattr(LoftUpUpsampler, "_tiles", lambda self, *args: plans.append(args[-1]) or real(self, *args))
+    monkeypatch.setattr(LoftUpUpsampler, "_tiles", lambda self, *args: plans.append(args[7]) or real(self, *args))  # args[7]: plan
     feats = {}
     for budget in ("64GB", "440MB"):
         code, _, err = run(BASE + ["sample:astronaut", "--checkpoint", ckpt384, "--memory-budget", budget, "--no-picture",
