@@ -109,7 +109,7 @@ def test_two_ranks(tmp_path, kind):
     from test_ddp import WORKER, torchrun
 
     write_photos(tmp_path / "photos", n=8, side=64)
-    torchrun(WORKER.with_name("ddp_baseline_worker.py"), kind, tmp_path / "photos", tmp_path / "ddp")
+    torchrun(WORKER.with_name("ddp_baseline_worker.py"), kind, tmp_path / "photos", tmp_path / "ddp", out=tmp_path / "ddp")
     with open(tmp_path / "ddp" / "log.csv") as f:
         ddp = [float(r["loss"]) for r in csv.DictReader(f)]
     assert len(ddp) == 3 and all(v == v for v in ddp)

@@ -7,6 +7,7 @@ differ there between any two summation orders (one process or two) - not a DDP e
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,20 @@ WORKER = Path(__file__).parent / "ddp_worker.py"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def torchrun(*args, nproc=2, timeout=600):
+# A rank of a 2-rank gloo run once died mid-training with this C++ abort (SIGABRT) in CI on the
+# 2-core machine (1 of ~10 runs of test_two_ranks[lift], 2026-12-07; never reproduced in isolation).
+# It is the runtime tearing a rank down, not a wrong number: such a run is repeated once, from an
+# empty output folder; any other failure, or the same abort twice, fails the test.
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def torchrun(*args, nproc=2, timeout=600, out=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, args)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if proc.returncode != 0 and GLOO_ABORT in proc.stderr and out is not None:
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-12000:]}"
     return proc
 
@@ -44,7 +55,7 @@ def test_two_ranks_match_one_process(tmp_path, stage):
     if stage == 2:
         torch.manual_seed(0)
         init = save_checkpoint(LoftUp(LoftUpConfig(feat_dim=16)), tmp_path / "init.safetensors")
-    torchrun(WORKER, stage, tmp_path / "photos", tmp_path / "ddp", *([init] if init else []))
+    torchrun(WORKER, stage, tmp_path / "photos", tmp_path / "ddp", *([init] if init else []), out=tmp_path / "ddp")
 
     threads = torch.get_num_threads()
     cfg = build_config(stage, "paper", data=str(tmp_path / "photos"), out=str(tmp_path / "single"), init=str(init) if init else None,
