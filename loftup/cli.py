@@ -75,7 +75,7 @@ def upsample(
     attn_backend: str = typer.Option("auto", help="Attention backend: auto, sdpa, triton, flash, efficient, cudnn, reference."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay one CUDA graph per input shape (--checkpoint on --device cuda)."),
     memory_budget: str = typer.Option("auto", "--memory-budget", help="Peak process memory LoftUp's tiling keeps under "
-                                      "(--checkpoint): a size such as 2GB, or auto (resident memory + half of MemAvailable)."),
+                                      "(--checkpoint): a size such as 2GB, or auto (resident memory at the run + 1 GB, or + half of MemAvailable if less)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads: PyTorch's intra-op threads, or ONNX Runtime's for an .onnx "
                                           "--engine (default: PyTorch's, one per physical core). Set 1 per process when running several."),
     picture: bool = typer.Option(True, help="Write a PCA picture per image (input | low-res | bilinear | LoftUp)."),

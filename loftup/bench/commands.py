@@ -43,7 +43,7 @@ def bench_command(
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: PyTorch's, one per "
                                           "physical core; intra-op only, inter-op 1)."),
     memory_budget: str = typer.Option("auto", "--memory-budget", help="Peak process memory the PyTorch rows' tiling keeps "
-                                      "under: a size such as 2GB, or auto (resident memory + half of MemAvailable)."),
+                                      "under: a size such as 2GB, or auto (resident memory at the run + 1 GB, or + half of MemAvailable if less)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(Path("bench_results"), help="Output folder (or a .json path); a PNG plot is written next to the JSON."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="PyTorch rows replay one CUDA graph per input shape (CUDA only)."),

@@ -290,12 +290,12 @@ class EngineFactory:
         from ..export.engine import TorchEngine, load_engine, with_attention_backend
 
         if backend.runtime == "torch":
-            from ..runtime.budget import parse_memory_budget
+            from ..runtime.budget import explicit_memory_budget
 
             model = with_attention_backend(self.model, backend.attn_backend)
             return TorchEngine(model, None, precision=precision, compile=backend.compile, device=self.opts.device,
                                cuda_graphs=self.opts.cuda_graphs, compile_stages=backend.compile_stages,
-                               memory_budget=parse_memory_budget(self.opts.memory_budget))
+                               memory_budget=explicit_memory_budget(self.opts.memory_budget))
         path = self._engine_file(backend.runtime, precision)
         return load_engine(path, providers=[backend.ort_provider] if backend.ort_provider else None,
                            threads=self.opts.threads or _torch_threads())

@@ -251,11 +251,9 @@ def shipped_default(opts: EvalOptions) -> Path | None:
 
 def memory_budget(opts: EvalOptions) -> int | None:
     """--memory-budget in bytes; None for auto (the default, taken when each model runs)."""
-    if opts.memory_budget is None or str(opts.memory_budget).strip().lower() in ("", "auto"):
-        return None
-    from ..runtime.budget import parse_memory_budget
+    from ..runtime.budget import explicit_memory_budget
 
-    return parse_memory_budget(opts.memory_budget)
+    return explicit_memory_budget(opts.memory_budget)
 
 
 def probe_tolerance(opts: EvalOptions, handle) -> tuple[float, float]:

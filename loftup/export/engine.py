@@ -331,7 +331,7 @@ def open_pipeline(backbone: str, upsampler: str | Path | None = None, *, weights
     from ..model import load_or_init
     from ..model.registry import resolve_upsampler
     from ..pipeline import DEFAULT_INPUT_SIZE
-    from ..runtime.budget import parse_memory_budget
+    from ..runtime.budget import explicit_memory_budget
 
     checkpoint, weights = resolve_upsampler(upsampler, backbone, weights)
     bb = create_backbone(backbone, weights=weights, device=device)
@@ -343,7 +343,7 @@ def open_pipeline(backbone: str, upsampler: str | Path | None = None, *, weights
         warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {backbone!r}")
     return TorchEngine(model, bb, precision=precision, device=str(device), cuda_graphs=cuda_graphs,
                        input_size=DEFAULT_INPUT_SIZE if input_size is None else input_size,
-                       memory_budget=parse_memory_budget(memory_budget))
+                       memory_budget=explicit_memory_budget(memory_budget))
 
 
 def open_checkpoint(path: Path, *, backbone=None, threads: int | None = None, device: str = "cpu", precision: str = "fp32",

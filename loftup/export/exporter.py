@@ -247,11 +247,9 @@ def export_engine(opts: ExportOptions, log=print) -> ExportReport:
         workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache, calibration=opts.calibration,
     )
     resolve_attention(opts.attention, opts.opset)
-    budget = None  # auto: the default at the parity run's time (resident memory then + 1 GiB), not now
-    if opts.memory_budget is not None and str(opts.memory_budget).strip().lower() not in ("", "auto"):
-        from ..runtime.budget import parse_memory_budget
+    from ..runtime.budget import explicit_memory_budget
 
-        budget = parse_memory_budget(opts.memory_budget)  # a bad value is reported before anything loads
+    budget = explicit_memory_budget(opts.memory_budget)  # auto: None, the default at the parity run's time; a bad value: said now
     if opts.calibration is not None:
         from .quantize import calibration_images
 

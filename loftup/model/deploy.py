@@ -16,7 +16,9 @@
   runs for bf16 on CPU.
 - `cpu_variant`: what `TorchEngine` runs on CPU: BatchNorm folded (fp32), or `native_precision`
   (bf16 / fp16); heads padded to a multiple of 8; the token path's linears as oneDNN linears
-  with GELU / residual epilogues (`loftup.kernels.linear`); the engine adds channels-last.
+  with GELU / residual epilogues (`loftup.kernels.linear`); the two 3x3 convs as Winograd
+  convs with their ReLU (`loftup.kernels.winograd`: F(4x4) in fp32, F(2x2) in bf16); the engine
+  adds channels-last.
 
 Channels-last and compiling leave parameters, state-dict keys and eager numerics alone (compiled
 code may round differently, within the parity tolerances); the copies keep the official keys.
@@ -133,7 +135,10 @@ def cpu_variant(model: nn.Module, precision: str = "fp32") -> nn.Module:
         return model
     from ..runtime.devices import DTYPES
 
+    from ..kernels.winograd import use_winograd
+
     model = fold_batchnorm(model) if precision == "fp32" else native_precision(model, DTYPES[precision])
+    use_winograd(model.upsampler.first_conv)  # 3x3 convs (+ ReLU) as Winograd convs on CPU, exact up to rounding
     for module in model.modules():
         if getattr(getattr(module, "dispatcher", None), "head_multiple", 0) is None:
             module.dispatcher.head_multiple = CPU_HEAD_MULTIPLE  # heads 101 -> 104: 416-wide q/k/v GEMMs (exact)

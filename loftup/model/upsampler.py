@@ -174,6 +174,8 @@ class LoftUpUpsampler(nn.Module):
                         continue
                     keep = inside[cut : inside.shape[0] - cut].to(x.dtype)  # this conv's input rows
                     x = F.conv2d(x * keep[:, None], layer.weight, layer.bias, padding=(0, pad))
+                    if getattr(layer, "relu", False):  # a Winograd conv carrying its ReLU (kernels.winograd)
+                        x = F.relu(x)
                     cut += pad
             return x.flatten(2).permute(2, 0, 1)  # (B, D, R, W) -> (R * W, B, D)
 

@@ -89,6 +89,16 @@ def default_memory_budget(fraction: float = DEFAULT_FRACTION, headroom: int = DE
     return current_rss() + (min(headroom, int(fraction * avail)) if avail else headroom)
 
 
+def explicit_memory_budget(text: str | int | None) -> int | None:
+    """--memory-budget as the user gave it: bytes, or None for auto / not given, so that the default
+    (`default_memory_budget`) is taken each time a model runs, from the resident memory then - not
+    from the memory at start-up, which a reference run or a profiler may have outgrown by the time
+    the row runs. ConfigError on a bad value."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "auto")):
+        return None
+    return parse_memory_budget(text)
+
+
 def parse_memory_budget(text: str | int | None) -> int | None:
     """'auto' / None -> the default budget (`default_memory_budget`); '1.5GB', '800MB', '2G', 123 -> bytes."""
     if text is None or (isinstance(text, str) and text.strip().lower() in ("", "auto")):

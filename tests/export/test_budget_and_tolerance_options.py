@@ -87,3 +87,18 @@ def test_eval_probe_tolerance_comes_from_the_engine_format_row():
     assert probe_tolerance(opts, fp32) == (DEFAULT_ATOL, DEFAULT_RTOL)
     assert probe_tolerance(opts, None) == (DEFAULT_ATOL, DEFAULT_RTOL)
     assert probe_tolerance(EvalOptions(probe="mini", atol=0.5, rtol=0.0), int8) == (0.5, 0.0)  # the user's word wins
+
+
+@pytest.mark.parametrize("text, want", [("2GB", 2 * GB), ("auto", None)])
+def test_bench_rows_take_auto_at_run_time(model, text, want):
+    """bench --memory-budget auto: the engine gets None, so each forward takes the default from the
+    resident memory then (a reference output or a profiler held since start-up is not charged to
+    the row, which made `bench --profile --sizes 448` refuse its own default budget); a size: bytes."""
+    from loftup.bench.harness import BACKENDS, BenchOptions, EngineFactory
+
+    factory = EngineFactory(model, 14, BenchOptions(sizes=[56], memory_budget=text))
+    try:
+        engine = factory.get(BACKENDS["torch-sdpa"], "fp32")
+    finally:
+        factory.close()
+    assert engine.memory_budget == want and engine.model.upsampler.memory_budget == want

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from loftup.export.engine import TorchEngine, reference_engine
 from loftup.export.parity import compare, photo_batch, photo_features
 from loftup.kernels.sdpa import chunked_sdpa_attention, materialised_chunks
+from loftup.kernels.winograd import WinogradConv2d
 from loftup.model import LoftUp, LoftUpConfig
 from loftup.model.deploy import CPU_HEAD_MULTIPLE, cpu_variant, native_precision
 
@@ -90,6 +91,27 @@ def test_fp32_cpu_variant_matches_the_reference():
     reference = reference_engine(model)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in reference.model.modules())  # the reference runs as it is
     assert reference.model.upsampler.dispatcher.head_multiple is None
+
+
+def test_cpu_variants_run_their_3x3_convs_as_winograd_convs_with_the_relu():
+    """Both 3x3 convs become Winograd convs carrying their ReLU (the ReLU slots Identities), with the
+    official keys; the banded full-resolution path (the ONNX graphs' form) still applies the ReLU."""
+    model = trained_looking()
+    lr, image = photo(42)
+    reference = reference_engine(model)(lr, image)
+    for precision, tol in (("fp32", 1e-4), ("bf16", None)):
+        variant = cpu_variant(model, precision)
+        seq = variant.upsampler.first_conv
+        assert [i for i, m in enumerate(seq) if isinstance(m, WinogradConv2d) and m.relu] == [1, 4]
+        assert not any(isinstance(m, torch.nn.ReLU) for m in seq)
+        assert set(variant.state_dict()) <= set(model.state_dict())
+        with torch.no_grad():
+            plain = variant(lr, image)
+            variant.upsampler.query_chunk, variant.upsampler.row_band = 100, 8
+            banded = variant(lr, image, tile=False)
+        assert (banded.float() - plain.float()).abs().max().item() < (1e-4 if tol else 0.1)
+        err = compare(plain.float(), reference)
+        assert err["max_abs"] < tol if tol else err["mean_cos"] > 0.999, (precision, err)
 
 
 def test_padded_heads_give_the_same_attention():
