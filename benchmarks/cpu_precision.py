@@ -15,7 +15,8 @@ Parity: each engine against the fp32 PyTorch reference (`reference_engine`), per
 
 Peaks, measured in the same process, before and after the engines: square GEMMs (n = 2048,
 fp32 and bf16) and the shapes the model runs - its projections, FFN layers and head as
-(tokens x K) @ (K x N) GEMMs, its two 3x3 convs, and its attention (4 heads, head dim 104, the
+(tokens x K) @ (K x N) GEMMs, its two 3x3 convs (as the CPU variant runs them: Winograd convs,
+`loftup.kernels.winograd`, whose GFLOP/s count the direct conv's FLOPs), and its attention (4 heads, head dim 104, the
 key count of the size) - timed at 224 px worth of tokens. From those, the time the model would
 take if every matmul and conv ran at its own measured speed ("shape roofline") and the
 achieved fraction of it; per-stage times come from `loftup.bench.profile`.
@@ -34,10 +35,10 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from loftup.bench.results import interleaved_rounds, markdown_table, results_folder, run_environment, write_results
 from loftup.kernels.linear import linear
+from loftup.kernels.winograd import WinogradConv2d
 
 ENGINES = ("fp32", "bf16", "fp32 as-is", "bf16 autocast")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -66,10 +67,11 @@ def shape_peaks(cfg, n_keys: int, tokens: int = 224 * 224) -> dict[str, dict[str
             x, w = torch.randn(tokens, k).to(dtype), torch.randn(n, k).to(dtype)
             with torch.no_grad():
                 row[name] = 2 * tokens * k * n / timed(lambda a, b: linear(a, b, fused=True), x, w) / 1e9
-        for name, (ci, co) in {"conv 1": (F_, D), "conv 2": (D, D)}.items():
+        for name, (ci, co) in {"conv 1": (F_, D), "conv 2": (D, D)}.items():  # Winograd, as the CPU variant runs them
             x = torch.randn(1, ci, side, side).to(dtype).contiguous(memory_format=torch.channels_last)
-            w = torch.randn(co, ci, 3, 3).to(dtype).contiguous(memory_format=torch.channels_last)
-            row[name] = 2 * side * side * ci * co * 9 / timed(lambda a, b: F.conv2d(a, b, padding=1), x, w) / 1e9
+            conv = WinogradConv2d(ci, co, 3, padding=1, relu=True).to(dtype)
+            with torch.no_grad():  # effective GFLOP/s: the direct conv's FLOPs over the time taken
+                row[name] = 2 * side * side * ci * co * 9 / timed(conv, x) / 1e9
         from loftup.kernels.sdpa import chunked_sdpa_attention
 
         d = Dp // cfg.num_heads

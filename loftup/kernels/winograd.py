@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 # One band's tile buffer (a^2 x tiles x channels), in bytes: at C = 404 fp32 F(4x4) this is ~200
 # tiles, which ran fastest of 116 / 174 / 232-tile bands (115 px wide maps: 98 / 91 / 96 ms).
-BAND_BYTES = 12 * 2**20
+BAND_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ ALGORITHMS = {torch.float32: F4X4, torch.bfloat16: F2X2}
 
 
 def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, alg: Winograd, relu: bool = False,
-            band_bytes: int = BAND_BYTES) -> torch.Tensor:
+            band_bytes: int | None = None) -> torch.Tensor:
     """Zero-padded, stride-1 3x3 convolution of x (B, C_in, H, W) with U = alg.weight_transform(w)
     (a^2, C_in, C_out), + bias (C_out,), then ReLU if asked -> (B, C_out, H, W), channels-last
     (the layout the CPU variant's convs and token path use). Any input layout; x's dtype throughout."""
@@ -100,6 +100,7 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, alg: Wi
     m, a = alg.m, alg.a
     Co = u.shape[2]
     tx = -(-W // m)
+    band_bytes = BAND_BYTES if band_bytes is None else band_bytes
     bands = max(1, min(-(-H // m), band_bytes // (a * a * tx * max(C, Co) * x.element_size())))  # tile rows per band
     rows_in, cols_in = bands * m + 2, tx * m + 2
     kb, ka = alg.input_transform(x.dtype), alg.output_transform(x.dtype)

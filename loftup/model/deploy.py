@@ -38,6 +38,8 @@ from .upsampler import LoftUp
 # multiple of 16 ran 1.2x faster (fp32, 404 vs 416 outputs: 62 vs 75 GFLOP/s per core; the fused
 # fp32 attention 66 vs 78), measured on the Zen 4 machine (one thread, CPU time, issue 26).
 CPU_HEAD_MULTIPLE = 8
+# Queries per block of the CPU variants' token path (`LoftUpUpsampler._token_blocks`; exact).
+CPU_TOKEN_CHUNK = 4096
 
 
 @torch.no_grad()
@@ -139,6 +141,7 @@ def cpu_variant(model: nn.Module, precision: str = "fp32") -> nn.Module:
 
     model = fold_batchnorm(model) if precision == "fp32" else native_precision(model, DTYPES[precision])
     use_winograd(model.upsampler.first_conv)  # 3x3 convs (+ ReLU) as Winograd convs on CPU, exact up to rounding
+    model.upsampler.token_chunk = CPU_TOKEN_CHUNK
     for module in model.modules():
         if getattr(getattr(module, "dispatcher", None), "head_multiple", 0) is None:
             module.dispatcher.head_multiple = CPU_HEAD_MULTIPLE  # heads 101 -> 104: 416-wide q/k/v GEMMs (exact)

@@ -87,6 +87,9 @@ class LoftUpUpsampler(nn.Module):
         # Rows per band of the full-resolution stages' scan (`_banded_tokens`: Fourier features,
         # channel norm, convs); None = the whole image at once. Set with query_chunk by the ONNX export.
         self.row_band: int | None = None
+        # Queries per block of the eager token path (`_token_blocks`; set by
+        # loftup.model.deploy.cpu_variant); None = the whole tile at once. Not while compiling.
+        self.token_chunk: int | None = None
         # The 1x1 head as a oneDNN linear (kernels.linear; set by loftup.model.deploy.cpu_variant).
         self.fused_linear = False
         # Peak process RSS (bytes) that tiling keeps under ("auto" tiling); None: the default
@@ -130,9 +133,25 @@ class LoftUpUpsampler(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)  # (B, h*w, D), no copy when channels-last
         if self.query_chunk:
             return self._chunked_tokens_out(tokens.transpose(0, 1), h * w, kv, q_pos, k_pos).unflatten(2, (h, w))
+        if self.token_chunk and not torch.compiler.is_compiling():
+            return self._token_blocks(tokens, kv, q_pos, k_pos).transpose(1, 2).unflatten(2, (h, w))
         q = self.ca_transformer(tokens, kv, q_pos, k_pos)
         with stage("output head"):
             return self.output_head(q).transpose(1, 2).unflatten(2, (h, w))  # (B, C, h, w), channels-last strides
+
+    def _token_blocks(self, tokens, kv, q_pos, k_pos) -> torch.Tensor:
+        """The token path and the head over blocks of `token_chunk` queries, eagerly: tokens (B, N, D)
+        -> (B, N, C). Queries never interact, so this equals the whole-tile path; a block's
+        activations (a few MB) stay in cache and its allocations small."""
+        B, N, _ = tokens.shape
+        S = int(self.token_chunk)
+        out = tokens.new_empty(B, N, self.cfg.feat_dim)
+        for i in range(0, N, S):
+            pos = q_pos[i : i + S] if q_pos is not None else None
+            q = self.ca_transformer(tokens[:, i : i + S].contiguous(), kv, pos, k_pos)
+            with stage("output head"):
+                out[:, i : i + S] = self.output_head(q)
+        return out
 
     def _conv_features(self, image, lo, hi, ys, xs) -> torch.Tensor:
         """Fourier features of an image window (with their channel norm) -> the two convs (BatchNorm,

@@ -3,6 +3,9 @@ native bf16 (no autocast round trips), and the bf16 attention as materialised ch
 
 from __future__ import annotations
 
+from unittest import mock
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -112,6 +115,45 @@ def test_cpu_variants_run_their_3x3_convs_as_winograd_convs_with_the_relu():
         assert (banded.float() - plain.float()).abs().max().item() < (1e-4 if tol else 0.1)
         err = compare(plain.float(), reference)
         assert err["max_abs"] < tol if tol else err["mean_cos"] > 0.999, (precision, err)
+
+
+@pytest.mark.parametrize("lr_pe", ["sine", "rope"])  # rope: each block gets its queries' positions
+def test_cpu_variants_run_the_token_path_in_blocks_exactly(lr_pe):
+    """The CPU variants run the token path over blocks of CPU_TOKEN_CHUNK queries (cache-sized):
+    the same numbers as the whole tile at once, and the whole tile while compiling (no unrolled loop)."""
+    from loftup.model.deploy import CPU_TOKEN_CHUNK
+
+    model = trained_looking(lr_pe=lr_pe)
+    lr, image = photo(56)  # 56 x 70: 3920 queries, blocks of 1000 leave a partial last block
+    variant = cpu_variant(model, "fp32")
+    up = variant.upsampler
+    assert up.token_chunk == CPU_TOKEN_CHUNK and model.upsampler.token_chunk is None
+    calls = []
+    real = up.ca_transformer.forward
+    up.ca_transformer.forward = lambda x, *a, **k: calls.append(x.shape[1]) or real(x, *a, **k)
+    with torch.no_grad():
+        up.token_chunk = 1000
+        blocks = variant(lr, image, tile=False)
+        assert calls == [1000, 1000, 1000, 920]
+        up.token_chunk = None
+        whole = variant(lr, image, tile=False)
+    assert calls[-1] == 56 * 70
+    if lr_pe == "sine":  # as inside torch.compile: one whole-tile call
+        up.token_chunk = 1000
+        with torch.no_grad(), mock.patch.object(torch.compiler, "is_compiling", lambda: True):
+            up._queries_and_out(*query_path_args(up, lr, image))
+        assert calls[-1] == 56 * 70 and len(calls) == 6
+    assert torch.allclose(blocks, whole, atol=1e-6, rtol=0), (blocks - whole).abs().max()
+
+
+def query_path_args(up, lr, image):
+    """The arguments LoftUpUpsampler.forward gives `_queries_and_out` for one untiled pass."""
+    from loftup.model.layers import coord_grid
+
+    lo, hi = up.fourier_feat[0].extrema(image)
+    H, W = image.shape[-2:]
+    kv = up.ca_transformer.project_kv(up.kv_tokens(lr))
+    return image, lo, hi, coord_grid(H, image.device), coord_grid(W, image.device), kv, None, (0, 0, H, W)
 
 
 def test_padded_heads_give_the_same_attention():
