@@ -393,8 +393,10 @@ class LoftUpUpsampler(nn.Module):
             for x0 in range(0, W, tw):
                 y1, x1 = min(y0 + th, H), min(x0 + tw, W)
                 piece = self._window(image, lo, hi, ys, xs, kv, k_pos, y0, x0, y1, x1)
-                if out is None:
-                    out = piece.new_empty(B, piece.shape[1], H, W)
+                if out is None:  # in the pieces' layout: channels-last pieces into an NCHW output were a transposing copy
+                    C = piece.shape[1]
+                    cl = not piece.is_contiguous() and piece.is_contiguous(memory_format=torch.channels_last)
+                    out = piece.new_empty(B, H, W, C).permute(0, 3, 1, 2) if cl else piece.new_empty(B, C, H, W)
                 out[:, :, y0:y1, x0:x1] = piece
                 del piece
                 if trim and budget.current_rss() > trim_above:

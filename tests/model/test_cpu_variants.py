@@ -146,6 +146,25 @@ def test_cpu_variants_run_the_token_path_in_blocks_exactly(lr_pe):
     assert torch.allclose(blocks, whole, atol=1e-6, rtol=0), (blocks - whole).abs().max()
 
 
+def test_tiles_are_assembled_in_the_pieces_layout():
+    """Channels-last tiles go into a channels-last output (no transposing copy per tile), equal to
+    the untiled pass; the engine hands it on as float32 in that layout (bf16: no contiguous copy)."""
+    model = trained_looking()
+    lr, image = photo(56)
+    for precision in ("fp32", "bf16"):
+        engine = TorchEngine(model, precision=precision)
+        up = engine.model.upsampler
+        with torch.no_grad():
+            whole = engine.model(lr, image, tile=False)
+            up.cfg = up.cfg.replace(tile_size=24)
+            tiled = engine.model(lr, image, tile=True)
+        assert tiled.is_contiguous(memory_format=torch.channels_last) and not tiled.is_contiguous()
+        # exact up to rounding (the Winograd tile grid starts at each tile's own halo)
+        assert (tiled.float() - whole.float()).abs().max() < (1e-4 if precision == "fp32" else 0.05)
+        out = engine(lr, image)
+        assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+
+
 def query_path_args(up, lr, image):
     """The arguments LoftUpUpsampler.forward gives `_queries_and_out` for one untiled pass."""
     from loftup.model.layers import coord_grid
