@@ -141,11 +141,13 @@ class LoftUpUpsampler(nn.Module):
 
     def _token_blocks(self, tokens, kv, q_pos, k_pos) -> torch.Tensor:
         """The token path and the head over blocks of `token_chunk` queries, eagerly: tokens (B, N, D)
-        -> (B, N, C). Queries never interact, so this equals the whole-tile path; a block's
-        activations (a few MB) stay in cache and its allocations small."""
+        -> (B, N, C) float32. Queries never interact, so this equals the whole-tile path; a block's
+        activations (a few MB) stay in cache and its allocations small. A bf16 head's output is
+        widened to float32 (what engines return) block by block, in cache: the same numbers as
+        widening the whole output afterwards, without that pass and its 2-byte copy."""
         B, N, _ = tokens.shape
         S = int(self.token_chunk)
-        out = tokens.new_empty(B, N, self.cfg.feat_dim)
+        out = tokens.new_empty(B, N, self.cfg.feat_dim, dtype=torch.float32)
         for i in range(0, N, S):
             pos = q_pos[i : i + S] if q_pos is not None else None
             q = self.ca_transformer(tokens[:, i : i + S].contiguous(), kv, pos, k_pos)
@@ -288,7 +290,9 @@ class LoftUpUpsampler(nn.Module):
 
         budget = self.memory_budget or default_memory_budget()
         reduced = torch.is_autocast_enabled("cpu") or self.compute_dtype != torch.float32
-        out_bytes = B * self.cfg.feat_dim * H * W * (6 if reduced else 4)  # + the engine's float32 copy
+        # a reduced-precision output + the engine's float32 copy of it; blocks of the token path
+        # write float32 straight away (_token_blocks)
+        out_bytes = B * self.cfg.feat_dim * H * W * (6 if reduced and not self.token_chunk else 4)
         reserve = 96 * 2**20 + 2 * B * self.cfg.num_blocks * n_keys * self.cfg.token_dim * 4
         held = current_rss()
         working = int(PLANNED_FRACTION * (budget - held - out_bytes - reserve))
