@@ -115,27 +115,52 @@ class ImplicitFeaturizer(nn.Module):
     def out_channels(self) -> int:
         return 2 * self.dim_multiplier * self.n_freqs + (3 if self.color else 0)
 
-    def forward(self, x: torch.Tensor, ys: torch.Tensor | None = None, xs: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ys: torch.Tensor | None = None, xs: torch.Tensor | None = None,
+                channels_last: bool = False) -> torch.Tensor:
         """x (B, 3 or any, H, W) -> (B, out_channels, H, W).
 
         ys (H,), xs (W,): the rows'/columns' coordinates; default linspace(-1, 1) over x's size.
         Tiled inference passes slices of the full image's grid so tiles match exactly.
+        channels_last: in inference, computed in (B, H, W, C) memory (`_channels_last_pass`: no
+        transposing copy of the widest full-resolution map afterwards); same values.
         """
         b, _, h, w = x.shape
         ys = coord_grid(h, x.device) if ys is None else ys
         xs = coord_grid(w, x.device) if xs is None else xs
+        freqs = torch.exp(torch.linspace(-2, 10, self.n_freqs, device=x.device)).to(x.dtype)
+        inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        if inference and channels_last:
+            return self._channels_last_pass(x, ys, xs, freqs)
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).unsqueeze(0)  # (1, 2, H, W)
         feats = grid.to(x.dtype).expand(b, 2, h, w)
         if self.color:
             feats = torch.cat([feats, x], dim=1)
-        freqs = torch.exp(torch.linspace(-2, 10, self.n_freqs, device=x.device)).to(x.dtype)
         feats = feats.unsqueeze(1) * freqs.view(1, -1, 1, 1, 1)  # (B, nf, dm, H, W)
         phase = self.biases.view(2, 1, self.n_freqs, self.dim_multiplier, 1, 1).to(x.dtype)
-        if not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        if inference:
             return self._one_pass(x, feats, phase)
         sin = torch.sin(feats + phase[0]).reshape(b, -1, h, w)
         cos = torch.cos(feats + phase[1]).reshape(b, -1, h, w)
         return torch.cat([sin, cos, x] if self.color else [sin, cos], dim=1)
+
+    def _channels_last_pass(self, x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+        """`_one_pass` in (B, H, W, C) memory: the same products, phases, sines and cosines per
+        channel, returned as a channels-last (B, C, H, W) view."""
+        b, _, h, w = x.shape
+        nf, dm = self.n_freqs, self.dim_multiplier
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        base = torch.stack([yy, xx], dim=-1).to(x.dtype).unsqueeze(0).expand(b, h, w, 2)  # (B, H, W, 2)
+        if self.color:
+            base = torch.cat([base, x.permute(0, 2, 3, 1)], dim=-1)  # (B, H, W, dm)
+        feats = base.unsqueeze(3) * freqs.view(-1, 1)  # (B, H, W, nf, dm)
+        phase = self.biases.view(2, nf, dm).to(x.dtype)  # the official (nf, dm) reading, as in forward
+        out = x.new_empty(b, h, w, self.out_channels)
+        k = nf * dm
+        torch.add(feats, phase[0], out=out[..., :k].view(b, h, w, nf, dm)).sin_()
+        torch.add(feats, phase[1], out=out[..., k : 2 * k].view(b, h, w, nf, dm)).cos_()
+        if self.color:
+            out[..., 2 * k :] = x.permute(0, 2, 3, 1)
+        return out.permute(0, 3, 1, 2)
 
     def _one_pass(self, x: torch.Tensor, feats: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         """Inference: the same adds, sines and cosines written straight into one output tensor

@@ -35,9 +35,9 @@ def image_features(up: "LoftUpUpsampler", image, lo, hi, ys, xs) -> torch.Tensor
     """Min-max scaling (extrema given), Fourier features and their channel norm of an image window:
     (B, 3, H, W) -> (B, 203, H, W). One function so `torch.compile` can fuse it into one pass
     (loftup.model.deploy.compile_stages); channels-last output when the upsampler runs so."""
-    x = up.fourier_feat[1](MinMaxScaler.apply(image, lo, hi), ys, xs)
+    x = up.fourier_feat[1](MinMaxScaler.apply(image, lo, hi), ys, xs, channels_last=up.channels_last)
     if up.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op after the featurizer's own channels-last pass
     return up.first_conv[0](x).to(up.compute_dtype)  # float32 featurizer and norm; the convs' dtype after
 
 

@@ -67,6 +67,9 @@ def test_intermediates_match_official(official_dir, io):
         assert torch.equal(scaled, t(io["case1_inter_minmax"]))
         fourier = up.fourier_feat(img)
         assert torch.equal(fourier, t(io["case1_inter_fourier"]))
+        in_cl = up.fourier_feat[1](scaled, channels_last=True)  # the CPU variants' layout: the same bits
+        assert in_cl.is_contiguous(memory_format=torch.channels_last) and not in_cl.is_contiguous()
+        assert torch.equal(in_cl, t(io["case1_inter_fourier"]))
         assert torch.equal(up.lr_pe(lr_n), t(io["case1_inter_lr_pe"]))
         first = up.first_conv(fourier)
         assert (first - t(io["case1_inter_first_conv"])).abs().max() < 1e-5
