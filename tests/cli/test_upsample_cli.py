@@ -99,7 +99,7 @@ def test_dtype_bf16_runs_and_stays_close_to_fp32(tmp_path, capsys, ckpt384):
 def test_memory_budget_reaches_the_tiling(tmp_path, capsys, ckpt384, monkeypatch):
     """`--memory-budget` sets the budget LoftUp's tiling plans from: with the process said to
     hold 300 MB, 440 MB leaves room for ~1500 output pixels per tile (39 x 39 squares on the
-    56 x 56 output), 64 GB for one untiled pass; tiles are exact, so the features agree. A
+    56 x 56 output), 64 GB for one untiled pass; tiles are exact up to rounding, so the features agree. A
     budget below the resident memory is refused in one line, before any file is written."""
     import loftup.runtime.budget as budget_mod
     from loftup.model.upsampler import LoftUpUpsampler
@@ -115,7 +115,9 @@ def test_memory_budget_reaches_the_tiling(tmp_path, capsys, ckpt384, monkeypatch
         assert code == 0, err
         feats[budget] = load_file(tmp_path / budget / "astronaut.safetensors")["hr_feats"]
     assert plans[0] is None and plans[1] is not None and max(plans[1]) < 56, plans
-    assert (feats["440MB"] - feats["64GB"]).abs().max().item() < 1e-5
+    # exact up to rounding: the CPU variant's Winograd convs tile each window from its own first
+    # row, so their rounding (~5e-5 of the conv output's scale) differs between tilings
+    assert (feats["440MB"] - feats["64GB"]).abs().max().item() < 1e-4
     code, _, err = run(BASE + ["sample:astronaut", "--checkpoint", ckpt384, "--memory-budget", "200MB", "--out",
                                tmp_path / "small"], capsys)
     assert_one_line_error(code, err, "too small", "raise --memory-budget")
