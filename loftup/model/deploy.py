@@ -135,9 +135,8 @@ def cpu_variant(model: nn.Module, precision: str = "fp32") -> nn.Module:
     on): fp32 - BatchNorm folded; bf16 / fp16 - `native_precision`. Other kinds: unchanged."""
     if _loftup_upsampler(model) is None:
         return model
-    from ..runtime.devices import DTYPES
-
     from ..kernels.winograd import use_winograd
+    from ..runtime.devices import DTYPES
 
     model = fold_batchnorm(model) if precision == "fp32" else native_precision(model, DTYPES[precision])
     use_winograd(model.upsampler.first_conv)  # 3x3 convs (+ ReLU) as Winograd convs on CPU, exact up to rounding
