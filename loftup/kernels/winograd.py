@@ -22,10 +22,11 @@ F(2x2, 3x3), whose transforms only add and subtract: per-output cosine to float6
 error 1.6x the direct bf16 conv's; F(4x4) in bf16 erred 20x more (0.57 on outputs of scale 7,
 the transformed tiles' roundings amplified by A's coefficients up to 8), so it is not used.
 
-Measured (2026-12-07, the project's 2-core AMD EPYC Zen 4 VM, 2 threads, 115 x 115 maps,
-C_out = 404; `benchmarks/cpu_precision.py` has the in-model figures): fp32 404 -> 404 channels
-196 ms direct (oneDNN, ~190 GFLOP/s, at the machine's GEMM peak) vs 91 ms Winograd (2.2x),
-203 -> 404: 90 vs 58 ms; bf16 404 -> 404: 89 vs 66 ms (1.4x), 203 -> 404: 47 vs 35 ms.
+Measured (2026-12-07, the project's 2-core AMD EPYC Zen 4 VM, 2 threads, one call each after a
+warm-up; `benchmarks/cpu_precision.py` has the in-model figures): 404 -> 404 channels on a
+224 x 224 map, fp32 705 ms direct (oneDNN, ~190 GFLOP/s, the machine's GEMM peak) vs 352 ms
+Winograd (2.0x), bf16 345 vs 235 ms (1.5x). (A first version, 115 x 115 maps: fp32 203 -> 404
+channels 90 vs 58 ms, bf16 47 vs 35 ms.)
 
 Used where `loftup.model.deploy.cpu_variant` put `WinogradConv2d` in place of a 3x3 conv; any
 call it does not cover (autograd, CUDA, another dtype or geometry) runs the ordinary conv.
@@ -40,8 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# One band's tile buffer (a^2 x tiles x channels), in bytes: at C = 404 fp32 F(4x4) this is ~200
-# tiles, which ran fastest of 116 / 174 / 232-tile bands (115 px wide maps: 98 / 91 / 96 ms).
+# One band's tile buffer (a^2 x tiles x channels), in bytes: ~144 tiles at C = 404 in fp32 F(4x4),
+# ~320 in bf16 F(2x2). In-model A/B at 224 px (2026-12-07): 4 / 8 / 12 / 24 MB within 5% of each
+# other (this machine's noise), 8 MB among the fastest in both precisions.
 BAND_BYTES = 8 * 2**20
 
 
