@@ -360,10 +360,9 @@ def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
         raise ConfigError(f"--warmup must be 0 or more, got {opts.warmup}")
     if not opts.max_seconds > 0:
         raise ConfigError(f"--max-seconds must be positive, got {opts.max_seconds}")
-    if opts.memory_budget is not None:
-        from ..runtime.budget import parse_memory_budget
+    from ..runtime.budget import explicit_memory_budget
 
-        parse_memory_budget(opts.memory_budget)
+    explicit_memory_budget(opts.memory_budget)  # a bad value is said before any row runs
     if opts.upsampler is not None:
         from ..model import UPSAMPLER_KINDS
 

@@ -270,10 +270,9 @@ def check_options(opts: UpsampleOptions) -> None:
     from ..model.registry import check_upsampler
 
     check_upsampler(upsampler_arg(opts), opts.backbone, opts.weights)  # no weights for this backbone: said before any work
-    if opts.memory_budget is not None:
-        from ..runtime.budget import parse_memory_budget
+    from ..runtime.budget import explicit_memory_budget
 
-        parse_memory_budget(opts.memory_budget)  # a bad value is reported before anything loads
+    explicit_memory_budget(opts.memory_budget)  # a bad value is reported before anything loads
 
 
 def _check_engine_options(opts: UpsampleOptions) -> None:

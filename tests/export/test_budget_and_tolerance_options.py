@@ -61,6 +61,15 @@ def test_a_bad_budget_fails_before_loading(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "plan_eval", lambda *a, **k: pytest.fail("loaded a model first"))
     with pytest.raises(ConfigError, match="--memory-budget"):
         runner.run_eval(runner.EvalOptions(probe="mini", memory_budget="lots", out=tmp_path / "eval"))
+    from loftup.bench.harness import BenchOptions
+    from loftup.bench.harness import check_options as check_bench
+    from loftup.commands.upsample import UpsampleOptions
+    from loftup.commands.upsample import check_options as check_upsample
+
+    with pytest.raises(ConfigError, match="--memory-budget"):  # bench and upsample check theirs in their option checks
+        check_bench(BenchOptions(random_init=True, sizes=[56], memory_budget="lots"))
+    with pytest.raises(ConfigError, match="--memory-budget"):
+        check_upsample(UpsampleOptions(memory_budget="lots"))
 
 
 def test_eval_budget_reaches_its_pytorch_upsamplers(model):
