@@ -3,6 +3,8 @@ native bf16 (no autocast round trips), and the bf16 attention as materialised ch
 
 from __future__ import annotations
 
+import warnings
+
 from unittest import mock
 
 import pytest
@@ -195,6 +197,20 @@ def test_materialised_chunks_equal_sdpa():
     want = F.scaled_dot_product_attention(q, k, v, scale=0.3)
     got = materialised_chunks(q, k, v, 0.3, step=32)  # 100 = 3 x 32 + 4: a partial last chunk
     assert (got - want).abs().max().item() < 1e-5
+
+
+def test_materialised_chunks_in_bf16_round_as_the_plain_form():
+    """Queries as the model hands them over (heads as a view of the projection's (B, N, heads * d)
+    output); the in-place softmax and the reused score buffer give the plain form's bits."""
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 70, 3 * 16, generator=gen).bfloat16().unflatten(-1, (3, 16)).transpose(1, 2)
+    k, v = (torch.randn(2, 3, 41, 16, generator=gen).bfloat16() for _ in range(2))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. PyTorch's warning on resizing an out= tensor of the wrong shape
+        want = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)).mul_(0.25), dim=-1), v)
+        got = materialised_chunks(q, k, v, 0.25, step=32)  # 70 = 2 x 32 + 6
+    assert torch.equal(got, want)
+    assert got.transpose(1, 2).is_contiguous()  # q's layout: the output projection reads it without a copy
 
 
 def test_bf16_attention_on_cpu_takes_the_materialised_form(monkeypatch):
