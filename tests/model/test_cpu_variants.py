@@ -201,7 +201,8 @@ def test_materialised_chunks_equal_sdpa():
 
 def test_materialised_chunks_in_bf16_round_as_the_plain_form():
     """Queries as the model hands them over (heads as a view of the projection's (B, N, heads * d)
-    output); the in-place softmax and the reused score buffer give the plain form's bits."""
+    output); the in-place softmax and the reused score buffer give the plain form's bits (the
+    scale is a power of two, so scaling the keys or the scores rounds the same)."""
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(2, 70, 3 * 16, generator=gen).bfloat16().unflatten(-1, (3, 16)).transpose(1, 2)
     k, v = (torch.randn(2, 3, 41, 16, generator=gen).bfloat16() for _ in range(2))
