@@ -20,7 +20,11 @@ Precision. float32 uses F(4x4, 3x3): max abs error ~5e-5 against float64 on unit
 inputs (direct oneDNN convs: ~1e-5), far inside the fp32 engine tolerance. bfloat16 uses
 F(2x2, 3x3), whose transforms only add and subtract: per-output cosine to float64 0.99999, max abs
 error 1.6x the direct bf16 conv's; F(4x4) in bf16 erred 20x more (0.57 on outputs of scale 7,
-the transformed tiles' roundings amplified by A's coefficients up to 8), so it is not used.
+the transformed tiles' roundings amplified by A's coefficients up to 8), so it is not used. (On
+the shipped model's own activations F(4x4) bf16 errs 2.0-2.6x the direct conv in RMS and 4-10x
+at the maximum; at the model's output that vanishes under the token path's bf16 rounding with
+trained weights, but not with random ones - docs/cpu-deploy.md, "Not reached yet", has the
+figures and why STYLE's error rule still keeps F(2x2).)
 
 Measured (2026-12-07, the project's 2-core AMD EPYC Zen 4 VM, 2 threads, one call each after a
 warm-up; `benchmarks/cpu_precision.py` has the in-model figures): 404 -> 404 channels on a
