@@ -62,18 +62,20 @@ def chunked_sdpa_attention(
 
 def materialised_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, step: int) -> torch.Tensor:
     """softmax(q k^T * scale) v written out per chunk of `step` queries (two GEMMs and a softmax,
-    results straight into one output). Inference on CPU in bf16 / fp16: on LoftUp's shapes (4
-    heads, head dim 104, 16k queries, 256 / 1024 keys, chunks of ~1M scores per head) PyTorch's
-    fused CPU kernel ran 133 / 135 GFLOP/s with two threads and 68 / 68 with one, this form 210 /
-    195 and 92 / 102 (the Zen 4 machine, quiet, wall time, 2026-12-06, benchmarks/cpu_attention.py). float32 keeps the fused call (fused 126 / 155, this 92 / 114 with two
-    threads). The softmax accumulates in float32 inside its kernel and runs in place in the
-    one score buffer the chunks share; the keys are transposed once per call: in the bf16 CPU
-    variant, 1.014x (224 px) and 1.020x (448 px) faster end to end than a fresh score block, a
-    separate softmax output and a transposed copy of the keys per chunk, with the same bits.
-    The scale rides on that copy of the keys (rounded once there, instead of once on every
-    score): 1.024x more at 448 px, and the bf16 variant's output as close to float64 or closer
-    (relative error 6.9e-3 vs 7.6e-3 with the shipped checkpoint, equal with random weights).
-    Interleaved in one process, 4-7 rounds, 2026-12-07, the same machine."""
+    results straight into one output), for inference on CPU in bf16 / fp16. The keys are scaled
+    and transposed once per call (one rounding of the keys instead of one per score), and the
+    softmax, which accumulates in float32 inside its kernel, runs in place in one score buffer
+    the chunks share.
+
+    On LoftUp's shapes (4 heads, head dim 104, 16k queries, 256 / 1024 keys, chunks of ~1M scores
+    per head; benchmarks/cpu_attention.py, the Zen 4 machine, quiet, wall time) PyTorch's fused
+    CPU kernel ran 154-168 GFLOP/s with two threads and 82-85 with one, this form 262-288 and
+    139-147 (2026-12-07, 6577a76; the first version, with a fresh score block, a separate softmax
+    output and the keys copied per chunk: 210 / 195 against 133 / 135 on 2026-12-06). In the bf16
+    CPU variant that rewrite is 1.014x (224 px) and 1.044x (448 px) faster end to end, and its
+    output as close to float64 or closer (relative error 6.9e-3 vs 7.6e-3 with the shipped
+    checkpoint, equal with random weights; interleaved in one process, 4-7 rounds). float32 keeps
+    the fused call (fused 126 / 155, the first version of this form 92 / 114 with two threads)."""
     out = torch.empty_like(q)
     kt = (k.transpose(-1, -2) * scale).contiguous()  # scaled and transposed once per call, not per chunk
     buf = None
