@@ -232,6 +232,59 @@ def test_4_5_signals_during_export_remove_the_staging(tmp_path, sig, code):
 
 
 # -- 6: links in an input folder -----------------------------------------------------------------
+def test_4_5_a_signal_whose_exception_was_lost_still_stops_the_export(tmp_path, monkeypatch):
+    """Python drops an exception raised inside a finalizer ("Exception ignored in ..."), so a signal
+    can arrive and its Interrupted never reach the exporter (once in CI: an export stopped while
+    tracing wrote its engine and exited 0). The recorded signal stops it before the engine is
+    moved into place."""
+    import loftup.export.onnx as lo
+    from loftup.export.exporter import export_model
+    from loftup.runtime.interrupts import Interrupted, interrupts_raise, raise_if_interrupted
+
+    def export_that_loses_a_signal(model, path, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, at once
+        except KeyboardInterrupt:
+            pass  # lost, as in a finalizer
+        Path(path).write_bytes(b"an engine")
+        return object()
+
+    monkeypatch.setattr(lo, "export_onnx", export_that_loses_a_signal)
+    monkeypatch.setattr(lo, "write_metadata", lambda path, md: None)
+    out = tmp_path / "engines" / "m.onnx"
+    with interrupts_raise(), pytest.raises(Interrupted) as stopped:
+        export_model(LoftUp(LoftUpConfig(feat_dim=C)), None, out, fmt="onnx", patch_size=14, check=False)
+    assert stopped.value.signum == signal.SIGTERM and stopped.value.exit_code == 143
+    assert list(out.parent.iterdir()) == []  # no engine, no staging folder
+    try:
+        raise_if_interrupted()  # the record ends with interrupts_raise: nothing left to raise
+    except KeyboardInterrupt:  # (caught here: pytest would take it for the user's Ctrl-C)
+        pytest.fail("a signal recorded inside interrupts_raise() outlived it")
+
+
+def test_interrupts_raise_records_sigint_only_where_it_is_not_ignored():
+    from loftup.runtime.interrupts import Interrupted, interrupts_raise, raise_if_interrupted
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job
+    try:
+        with interrupts_raise():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with interrupts_raise():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt as exc:
+                assert isinstance(exc, Interrupted) and exc.exit_code == 130
+            with pytest.raises(Interrupted) as again:
+                raise_if_interrupted()
+            assert again.value.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def test_6_broken_links_and_loops_are_failed_inputs(tmp_path, photos, capsys, ckpt):
     (photos / "broken.png").symlink_to(tmp_path / "gone.png")
     (photos / "loop.png").symlink_to(photos / "loop.png")

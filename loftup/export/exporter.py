@@ -154,6 +154,7 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
     `calibration` (a folder of photos; None: the bundled ones). memory_budget: bytes the parity
     run's PyTorch reference tiles to stay under (None: `loftup.runtime.budget`'s default).
     """
+    from ..runtime.interrupts import raise_if_interrupted
     from .formats import INT_PRECISIONS, export_format
     from .onnx import check_input_size, export_onnx
 
@@ -195,6 +196,7 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
                 f"parity failed for {out.name} (worst max abs {result.worst['max_abs']:.3g}, min cos {result.worst['min_cos']:.6f}); "
                 "no engine written - pass --force to keep it anyway"
             )
+        raise_if_interrupted()  # a signal whose exception was lost on the way must not end in a written engine
         extras = []
         for companion in row.hook("companions")(engine_path):
             final = out.with_name(out.name + companion.name[len(engine_path.name):])

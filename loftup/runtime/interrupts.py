@@ -9,6 +9,13 @@
 once a verb has said so, what was kept. The CLI's error boundary prints it as one line and
 exits 128 + the signal number (130 for SIGINT, 143 for SIGTERM). A verb that leaves partial
 work behind on purpose (training's checkpoint) raises its own Interrupted with that line.
+
+An exception raised where Python cannot pass it on - a finalizer (`__del__`, a weakref or GC
+callback), where it prints "Exception ignored in ..." and goes on - is lost, and the run would
+finish as if no signal had come (seen once in CI: an export interrupted while tracing wrote its
+engine and exited 0). So the handlers also record the signal, and a verb calls
+`raise_if_interrupted()` before it commits its result (the exporter, before moving the engine
+into place).
 """
 
 from __future__ import annotations
@@ -44,24 +51,43 @@ def as_interrupted(exc: BaseException) -> Interrupted:
     return exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
 
 
+# Signals received inside `interrupts_raise()` (cleared on entering and leaving it).
+_received: list[int] = []
+
+
+def _raise_interrupted(signum, frame):
+    _received.append(int(signum))
+    raise Interrupted(signum)
+
+
 @contextlib.contextmanager
 def interrupts_raise() -> Iterator[None]:
-    """SIGTERM raises Interrupted(SIGTERM) where the program is, as Ctrl-C raises KeyboardInterrupt.
+    """SIGTERM raises Interrupted(SIGTERM) where the program is, and Ctrl-C Interrupted(SIGINT) (a
+    KeyboardInterrupt, as Python's own handler raises); both are recorded for
+    `raise_if_interrupted`. A SIGINT that is ignored (a background job) stays ignored.
 
-    Main thread only (signal handlers cannot be set elsewhere); the previous handler is restored.
+    Main thread only (signal handlers cannot be set elsewhere); the previous handlers are restored.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    old = signal.signal(signal.SIGTERM, handler)
+    _received.clear()
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupted)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+        _received.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise Interrupted for a signal received inside `interrupts_raise()` whose exception was lost
+    on the way (see the module doc); nothing otherwise. Call it right before committing a result."""
+    if _received:
+        raise Interrupted(_received[-1])
 
 
 @contextlib.contextmanager
@@ -78,4 +104,4 @@ def on_interrupt(describe: Callable[[], str]) -> Iterator[None]:
         raise interrupted from None
 
 
-__all__ = ["Interrupted", "as_interrupted", "interrupts_raise", "on_interrupt"]
+__all__ = ["Interrupted", "as_interrupted", "interrupts_raise", "on_interrupt", "raise_if_interrupted"]
