@@ -11,11 +11,12 @@ exits 128 + the signal number (130 for SIGINT, 143 for SIGTERM). A verb that lea
 work behind on purpose (training's checkpoint) raises its own Interrupted with that line.
 
 An exception raised where Python cannot pass it on - a finalizer (`__del__`, a weakref or GC
-callback), where it prints "Exception ignored in ..." and goes on - is lost, and the run would
-finish as if no signal had come (seen once in CI: an export interrupted while tracing wrote its
-engine and exited 0). So the handlers also record the signal, and a verb calls
+callback), where it prints "Exception ignored in ..." and goes on - or caught by a library's
+broad `except BaseException`, is lost, and the run finishes as if no signal had come. CI saw
+that once: an export sent SIGINT while tracing (torch.export runs many finalizers) wrote its
+engine and exited 0. So the handlers also record the signal, and a verb calls
 `raise_if_interrupted()` before it commits its result (the exporter, before moving the engine
-into place).
+into place), whichever way the exception was lost.
 """
 
 from __future__ import annotations
