@@ -233,10 +233,10 @@ def test_4_5_signals_during_export_remove_the_staging(tmp_path, sig, code):
 
 # -- 6: links in an input folder -----------------------------------------------------------------
 def test_4_5_a_signal_whose_exception_was_lost_still_stops_the_export(tmp_path, monkeypatch):
-    """Python drops an exception raised inside a finalizer ("Exception ignored in ..."), so a signal
-    can arrive and its Interrupted never reach the exporter (once in CI: an export stopped while
-    tracing wrote its engine and exited 0). The recorded signal stops it before the engine is
-    moved into place."""
+    """A signal's Interrupted can be lost before it reaches the exporter (Python drops an exception
+    raised inside a finalizer; a library may catch BaseException) - once in CI an export sent
+    SIGINT while tracing wrote its engine and exited 0. The recorded signal stops it before the
+    engine is moved into place."""
     import loftup.export.onnx as lo
     from loftup.export.exporter import export_model
     from loftup.runtime.interrupts import Interrupted, interrupts_raise, raise_if_interrupted
