@@ -231,7 +231,6 @@ def test_4_5_signals_during_export_remove_the_staging(tmp_path, sig, code):
     assert list(out.iterdir()) == []  # no staging folder, no engine
 
 
-# -- 6: links in an input folder -----------------------------------------------------------------
 def test_4_5_a_signal_whose_exception_was_lost_still_stops_the_export(tmp_path, monkeypatch):
     """A signal's Interrupted can be lost before it reaches the exporter (Python drops an exception
     raised inside a finalizer; a library may catch BaseException) - once in CI an export sent
@@ -285,6 +284,7 @@ def test_interrupts_raise_records_sigint_only_where_it_is_not_ignored():
         signal.signal(signal.SIGINT, old)
 
 
+# -- 6: links in an input folder -----------------------------------------------------------------
 def test_6_broken_links_and_loops_are_failed_inputs(tmp_path, photos, capsys, ckpt):
     (photos / "broken.png").symlink_to(tmp_path / "gone.png")
     (photos / "loop.png").symlink_to(photos / "loop.png")
