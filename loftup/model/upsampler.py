@@ -103,6 +103,22 @@ class LoftUpUpsampler(nn.Module):
         featurizers and the channel norms stay float32 in every variant."""
         return self.final_conv[0].weight.dtype
 
+    @torch.no_grad()
+    def init_low_frequency(self, keep: int) -> None:
+        """Start the query path blind to its fastest Fourier features (ours, for short training runs):
+        zero the first conv's weights on the sin and cos channels of every frequency after the first
+        `keep`. The frequencies run from exp(-2) = 0.14 to exp(10) = 22026 and a pixel at 224 px is
+        0.009 of the coordinate range, so the fastest turn a coordinate's phase by up to 200 rad per
+        pixel and a colour's by up to 2200 rad per 0.1 of colour: from a random init they reach the
+        output as per-pixel noise. The inputs stay, so training can grow those weights where they help."""
+        feat = self.fourier_feat[1]
+        if not 0 < keep <= feat.n_freqs:
+            raise ConfigError(f"keep must be 1..{feat.n_freqs} query frequencies, got {keep}")
+        k, dm = feat.n_freqs * feat.dim_multiplier, feat.dim_multiplier
+        weight = self.first_conv[1].weight
+        for start in (0, k):  # the sin block, then the cos block; channel f * dm + d within each
+            weight[:, start + keep * dm : start + k] = 0
+
     @property
     def halo(self) -> int:
         return HALO if self.cfg.image_conv_kernel == 3 else 0

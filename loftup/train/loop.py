@@ -271,6 +271,8 @@ class Trainer:
             model = LoftUp(LoftUpConfig(**{"feat_dim": self.feat_dim, "backbone": cfg.backbone, **cfg.model}))
             if cfg.positional_init:
                 model.upsampler.ca_transformer.init_positional(cfg.positional_init)
+            if cfg.low_frequency_init:
+                model.upsampler.init_low_frequency(cfg.low_frequency_init)
         model = model.to(self.device).train()
         if kind == "loftup":
             model.channelnorm.requires_grad_(bool(cfg.train_channelnorm))

@@ -26,6 +26,9 @@ random crops and flips. The low-res positional encoding is RoPE (the paper's Tab
 on par with the sine PE) with every attention block started local (`positional_init`: the same
 bias on q and k makes q.k a bump at zero query-key offset): with the sine PE and a random init
 the attention had found no positions after 200 CPU steps. Stage 2 keeps the paper's values.
+Two stage-1 knobs, off in every preset (docs/mini-benchmark.md has their learning curves):
+`tv_weight` (a smoothness term on the output) and `low_frequency_init` (a fresh model's first
+conv starts blind to all but the first N query Fourier frequencies).
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ class TrainConfig:
     oracle_scale: float = 2.0
     window: int = 0  # ours: >0 takes the stage-1 loss on one random window x window of the output per step
     positional_init: float = 0.0  # ours: >0 starts a fresh model's attention local (needs model lr_pe: rope)
+    low_frequency_init: int = 0  # ours: >0 starts a fresh model's queries blind to all but this many Fourier frequencies
+    tv_weight: float = 0.0  # ours: >0 adds this x the output's mean squared neighbour difference to the stage-1 loss
     # stage 2
     student_sizes: list[int] = field(default_factory=list)  # empty: [size]; else drawn per step
     teacher_size: int = 0  # 0: the student size
@@ -146,6 +151,8 @@ class TrainConfig:
             raise ConfigError(f"oracle_scale must be above 1, got {self.oracle_scale}")
         if self.positional_init < 0 or (self.positional_init and self.model.get("lr_pe") != "rope"):
             raise ConfigError("positional_init needs the rope low-res PE: set model lr_pe: rope (or positional_init 0)")
+        if self.tv_weight < 0 or self.low_frequency_init < 0:
+            raise ConfigError("tv_weight and low_frequency_init must be >= 0 (0: off)")
         if self.window < 0 or (self.window and self.window >= self.size):
             raise ConfigError(f"window must be 0 (the whole output) or smaller than size {self.size}, got {self.window}")
         check_choice("upsampler kind", self.upsampler, UPSAMPLERS)

@@ -49,6 +49,13 @@ def window_box(size: tuple[int, int], window: int, seed: int, step: int) -> tupl
     return top, left, int(window), int(window)
 
 
+def tv_penalty(pred: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of vertically plus horizontally neighbouring pixels of (B, C, H, W):
+    a smoothness term against the per-pixel noise a briefly trained model's outputs carry (ours; the
+    authors' later training code adds a total-variation loss too)."""
+    return (pred[..., 1:, :] - pred[..., :-1, :]).pow(2).mean() + (pred[..., 1:] - pred[..., :-1]).pow(2).mean()
+
+
 def random_projection(feat_dim: int, out_dim: int, seed: int) -> torch.Tensor:
     """A fixed (C, d) Gaussian projection scaled by 1/sqrt(d), from a seed (same on every rank)."""
     g = torch.Generator().manual_seed(int(seed) + 104729)
@@ -79,6 +86,7 @@ class Stage1Objective(StatelessObjective):
         self.target = cfg.target
         self.oracle_scale = float(cfg.oracle_scale)
         self.window = int(cfg.window)
+        self.tv_weight = float(cfg.tv_weight)
         self.seed = int(cfg.seed)
         self.proj = random_projection(feat_dim, cfg.target_proj_dim, cfg.seed).to(device) if cfg.target_proj_dim > 0 else None
 
@@ -100,8 +108,9 @@ class Stage1Objective(StatelessObjective):
         if box:
             top, left, h, w = box
             target = target[:, :, top : top + h, left : left + w]
+        smooth = self.tv_weight * tv_penalty(pred) if self.tv_weight else 0.0  # on the features, not a projection
         if self.proj is not None:
             pred = torch.einsum("bchw,cd->bdhw", pred, self.proj)
             target = torch.einsum("bchw,cd->bdhw", target, self.proj)
-        loss = F.mse_loss(pred, target)
+        loss = F.mse_loss(pred, target) + smooth
         return loss, {"masks": float(batch["masks"].flatten(2).any(-1).sum(1).float().mean()) if "masks" in batch else 0.0}

@@ -232,3 +232,27 @@ def test_positional_init_makes_attention_start_local():
     assert (after.max(-1).values > 3 * before.max(-1).values).all()
     with pytest.raises(ConfigError, match="rope"):
         LoftUp(LoftUpConfig(feat_dim=16)).upsampler.ca_transformer.init_positional(2.0)
+
+
+def test_low_frequency_init_makes_the_first_conv_blind_to_the_fast_fourier_channels():
+    torch.manual_seed(0)
+    up = LoftUp(LoftUpConfig(feat_dim=16)).upsampler
+    before = up.first_conv[1].weight.detach().clone()
+    up.init_low_frequency(9)
+    after = up.first_conv[1].weight.detach()
+    feat = up.fourier_feat[1]
+    dm, k = feat.dim_multiplier, feat.n_freqs * feat.dim_multiplier  # 5 inputs x 20 frequencies per block
+    fast = torch.zeros(after.shape[1], dtype=torch.bool)
+    for start in (0, k):
+        fast[start + 9 * dm : start + k] = True
+    assert int(fast.sum()) == 2 * 11 * dm
+    assert (after[:, fast] == 0).all() and torch.equal(after[:, ~fast], before[:, ~fast])
+    # the conv's response no longer depends on what those channels carry
+    x = torch.randn(1, after.shape[1], 6, 6)
+    noisy = torch.where(fast[None, :, None, None], torch.randn_like(x), x)
+    conv = up.first_conv[1]
+    with torch.no_grad():
+        assert torch.allclose(conv(x), conv(noisy), atol=1e-6)
+    for bad in (0, 21):
+        with pytest.raises(ConfigError, match="keep"):
+            up.init_low_frequency(bad)

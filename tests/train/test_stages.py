@@ -9,6 +9,7 @@ from train_helpers import TinyBackbone, write_photos
 from loftup.model import load_checkpoint
 from loftup.train import Trainer, build_config
 from loftup.train.data import collate
+from loftup.train.stage1 import window_box
 from loftup.train.stage2 import EmaTeacher, Stage2Objective, TrainingError, affinity_loss, central
 
 SIZE = 28
@@ -179,6 +180,39 @@ def test_offline_preset_trains_on_oracle_targets_in_windows(tmp_path):
     assert sum(r.losses[-3:]) < sum(r.losses[:3])
 
 
+def test_tv_weight_adds_the_smoothness_term_to_the_stage1_loss(tmp_path):
+    from loftup.train.stage1 import tv_penalty
+
+    ramp = torch.arange(12.0).reshape(1, 1, 3, 4)  # rows step by 4, columns by 1
+    assert tv_penalty(ramp).item() == pytest.approx(16 + 1)
+    assert tv_penalty(torch.full((2, 3, 5, 5), 7.0)).item() == 0
+    write_photos(tmp_path / "photos", n=4, side=64)
+    kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=12, batch_size=2, steps=2,
+              num_workers=0, progress=False, seed=0)
+    plain, smooth = (Trainer(build_config(1, "offline", tv_weight=w, **kw), backbone=TinyBackbone()) for w in (0.0, 3.0))
+    smooth.model.load_state_dict(plain.model.state_dict())
+    batch = fixed_batch(plain, n=2)
+    plain.step = smooth.step = 5
+    base, _ = plain.objective.loss(plain, batch)
+    loss, _ = smooth.objective.loss(smooth, batch)
+    with torch.no_grad():
+        top, left, h, w = window_box((SIZE, SIZE), 12, 0, 5)
+        pred = smooth.model(smooth.features(batch["image"]), batch["image"], window=(top, left, h, w))
+    assert loss.item() == pytest.approx(base.item() + 3.0 * tv_penalty(pred).item(), rel=1e-5)
+    assert tv_penalty(pred).item() > 1e-3 * base.item()  # the term is there to see
+
+
+def test_low_frequency_init_reaches_a_fresh_model(tmp_path):
+    kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=12, batch_size=2, num_workers=0, progress=False)
+    write_photos(tmp_path / "photos", n=2, side=64)
+    weight = lambda cfg: Trainer(cfg, backbone=TinyBackbone()).core.upsampler.first_conv[1].weight  # noqa: E731
+    fresh, blind = weight(build_config(1, "offline", **kw)), weight(build_config(1, "offline", low_frequency_init=9, **kw))
+    dm, k = 5, 100  # 5 inputs x 20 frequencies in each of the sin and cos blocks
+    for start in (0, k):
+        assert (blind[:, start + 9 * dm : start + k] == 0).all() and (fresh[:, start + 9 * dm : start + k] != 0).all()
+        assert (blind[:, start : start + 9 * dm] != 0).all()
+
+
 def test_offline_preset_checks_its_window():
     from loftup.errors import ConfigError
 
@@ -186,3 +220,6 @@ def test_offline_preset_checks_its_window():
         build_config(1, "offline", data="x", out="y", size=32, window=32)
     with pytest.raises(ConfigError, match="oracle_scale"):
         build_config(1, "offline", data="x", out="y", oracle_scale=1.0)
+    for bad in (dict(tv_weight=-1.0), dict(low_frequency_init=-2)):
+        with pytest.raises(ConfigError, match="tv_weight and low_frequency_init"):
+            build_config(1, "offline", data="x", out="y", **bad)

@@ -64,3 +64,17 @@ def test_resume_refuses_a_run_with_other_settings_or_no_state(photos, tmp_path):
     _run(mod, photos, tmp_path / "run", 4, "--stop-after", "2")
     with pytest.raises(SystemExit, match="other settings"):
         _run(mod, photos, tmp_path / "run", 4, "--resume", "--views", "3")
+
+
+def test_smoothness_and_low_frequency_options_reach_the_run(photos, tmp_path):
+    mod = _script()
+    _run(mod, photos, tmp_path / "blind", 1, "--low-frequency-init", "9")
+    _run(mod, photos, tmp_path / "smooth", 1, "--tv-weight", "50", "--low-frequency-init", "9")
+    loss = lambda run: float((tmp_path / run / "log.csv").read_text().splitlines()[1].split(",")[1])  # noqa: E731
+    assert loss("smooth") > 1.01 * loss("blind")  # the same model and first batch, plus the smoothness term
+    meta = json.loads((tmp_path / "smooth" / "final.json").read_text())["meta"]
+    assert (meta["config"]["tv_weight"], meta["config"]["low_frequency_init"]) == (50.0, 9)
+    w = load_file(tmp_path / "smooth" / "step1.safetensors")["upsampler.first_conv.1.weight"].float()
+    fast = torch.cat([w[:, 45:100], w[:, 145:200]], dim=1)  # frequencies 10-20 of the sin and cos blocks
+    assert fast.abs().max() < 1e-4 < w[:, :45].abs().mean()  # started at zero, one warm-up step of AdamW since
+
