@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -142,8 +141,8 @@ def main(argv=None) -> int:
     from loftup.model.checkpoint import save_checkpoint
     from loftup.pipeline import normalize
     from loftup.train import build_config
-    from loftup.train.loop import lr_factor
-    from loftup.train.stage1 import oracle_target, tv_penalty, window_box
+    from loftup.train.loop import init_fresh, lr_factor
+    from loftup.train.stage1 import oracle_target, stage1_loss, window_box
 
     torch.set_num_threads(a.threads)
     given = {"size": a.size, "tv_weight": a.tv_weight, "low_frequency_init": a.low_frequency_init}
@@ -165,10 +164,7 @@ def main(argv=None) -> int:
     torch.manual_seed(cfg.seed)
     model = load_or_init(None, random_init=True, feat_dim=backbone.embed_dim, backbone=cfg.backbone, seed=cfg.seed,
                          **cfg.model).train()
-    if cfg.positional_init:
-        model.upsampler.ca_transformer.init_positional(cfg.positional_init)
-    if cfg.low_frequency_init:
-        model.upsampler.init_low_frequency(cfg.low_frequency_init)
+    init_fresh(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
 
@@ -194,9 +190,7 @@ def main(argv=None) -> int:
                 target = oracle_target(model.channelnorm(hr), (S, S))[:, :, top : top + h, left : left + w]
             with torch.autocast("cpu", torch.bfloat16):
                 pred = model(lr, image, window=(top, left, h, w))
-            loss = F.mse_loss(pred.float(), target)
-            if cfg.tv_weight:
-                loss = loss + cfg.tv_weight * tv_penalty(pred.float())
+            loss = stage1_loss(pred.float(), target, cfg.tv_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

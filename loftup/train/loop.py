@@ -57,6 +57,15 @@ class TrainResult:
         return self.step >= self.total_steps
 
 
+def init_fresh(model, cfg: TrainConfig) -> None:
+    """The config's starts for a freshly built LoftUp (`positional_init`, `low_frequency_init`);
+    `loftup train` and scripts/train_default.py both call it."""
+    if cfg.positional_init:
+        model.upsampler.ca_transformer.init_positional(cfg.positional_init)
+    if cfg.low_frequency_init:
+        model.upsampler.init_low_frequency(cfg.low_frequency_init)
+
+
 def lr_factor(cfg: TrainConfig, total_steps: int, i: int) -> float:
     """The learning-rate multiplier at step index i: linear warm-up over cfg.warmup_steps, then
     cfg.schedule (constant, cosine or linear) down to cfg.min_lr_ratio at total_steps."""
@@ -269,10 +278,7 @@ class Trainer:
             if cfg.stage == 2:
                 raise ConfigError("stage 2 starts from stage-1 weights: pass --init CKPT (a stage-1 run's model.safetensors)")
             model = LoftUp(LoftUpConfig(**{"feat_dim": self.feat_dim, "backbone": cfg.backbone, **cfg.model}))
-            if cfg.positional_init:
-                model.upsampler.ca_transformer.init_positional(cfg.positional_init)
-            if cfg.low_frequency_init:
-                model.upsampler.init_low_frequency(cfg.low_frequency_init)
+            init_fresh(model, cfg)
         model = model.to(self.device).train()
         if kind == "loftup":
             model.channelnorm.requires_grad_(bool(cfg.train_channelnorm))

@@ -56,6 +56,17 @@ def tv_penalty(pred: torch.Tensor) -> torch.Tensor:
     return (pred[..., 1:, :] - pred[..., :-1, :]).pow(2).mean() + (pred[..., 1:] - pred[..., :-1]).pow(2).mean()
 
 
+def stage1_loss(pred: torch.Tensor, target: torch.Tensor, tv_weight: float = 0.0,
+                proj: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE of float32 pred against target (both (B, C, H, W)), in the (C, d) projection `proj` if
+    given, plus tv_weight x `tv_penalty` of pred itself (the features, not a projection)."""
+    smooth = tv_weight * tv_penalty(pred) if tv_weight else 0.0
+    if proj is not None:
+        pred = torch.einsum("bchw,cd->bdhw", pred, proj)
+        target = torch.einsum("bchw,cd->bdhw", target, proj)
+    return F.mse_loss(pred, target) + smooth
+
+
 def random_projection(feat_dim: int, out_dim: int, seed: int) -> torch.Tensor:
     """A fixed (C, d) Gaussian projection scaled by 1/sqrt(d), from a seed (same on every rank)."""
     g = torch.Generator().manual_seed(int(seed) + 104729)
@@ -108,9 +119,5 @@ class Stage1Objective(StatelessObjective):
         if box:
             top, left, h, w = box
             target = target[:, :, top : top + h, left : left + w]
-        smooth = self.tv_weight * tv_penalty(pred) if self.tv_weight else 0.0  # on the features, not a projection
-        if self.proj is not None:
-            pred = torch.einsum("bchw,cd->bdhw", pred, self.proj)
-            target = torch.einsum("bchw,cd->bdhw", target, self.proj)
-        loss = F.mse_loss(pred, target) + smooth
+        loss = stage1_loss(pred, target, self.tv_weight, self.proj)
         return loss, {"masks": float(batch["masks"].flatten(2).any(-1).sum(1).float().mean()) if "masks" in batch else 0.0}
