@@ -86,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tv-weight", type=float, default=None, help="smoothness term's weight (default: the preset's)")
     ap.add_argument("--low-frequency-init", type=int, default=None,
                     help="query Fourier frequencies a fresh model starts with (default: the preset's)")
+    ap.add_argument("--target-blend", type=float, default=None,
+                    help="share of bilinear(low-res features) mixed into the oracle target (default: the preset's)")
     return ap.parse_args(argv)
 
 
@@ -145,7 +147,8 @@ def main(argv=None) -> int:
     from loftup.train.stage1 import oracle_target, stage1_loss, window_box
 
     torch.set_num_threads(a.threads)
-    given = {"size": a.size, "tv_weight": a.tv_weight, "low_frequency_init": a.low_frequency_init}
+    given = {"size": a.size, "tv_weight": a.tv_weight, "low_frequency_init": a.low_frequency_init,
+             "target_blend": a.target_blend}
     extra = {k: v for k, v in given.items() if v is not None}
     cfg = build_config(1, "offline", data=str(a.photos or a.out / "photos"), out=str(a.out), steps=a.steps,
                        backbone=a.backbone, backbone_weights=a.weights, precision="bf16", save_every=a.save_every, **extra)
@@ -187,7 +190,8 @@ def main(argv=None) -> int:
             hr = torch.where(flip, hr.flip(-1), hr)
             top, left, h, w = window_box((S, S), cfg.window, cfg.seed, step)
             with torch.no_grad():
-                target = oracle_target(model.channelnorm(hr), (S, S))[:, :, top : top + h, left : left + w]
+                target = oracle_target(model.channelnorm(hr), (S, S), model.channelnorm(lr.float()), cfg.target_blend)
+                target = target[:, :, top : top + h, left : left + w]
             with torch.autocast("cpu", torch.bfloat16):
                 pred = model(lr, image, window=(top, left, h, w))
             loss = stage1_loss(pred.float(), target, cfg.tv_weight)

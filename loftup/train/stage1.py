@@ -35,9 +35,21 @@ def mask_bicubic_target(lr_normed: torch.Tensor, masks: torch.Tensor | None, siz
 
 
 @torch.no_grad()
-def oracle_target(hr_normed: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Channel-normed features of the image seen at a higher resolution (B, C, h', w') -> (B, C, H, W)."""
-    return F.interpolate(hr_normed.float(), size=size, mode="bilinear", align_corners=False)
+def oracle_target(hr_normed: torch.Tensor, size: tuple[int, int], lr_normed: torch.Tensor | None = None,
+                  blend: float = 0.0) -> torch.Tensor:
+    """Channel-normed features of the image seen at a higher resolution (B, C, h', w') -> (B, C, H, W).
+
+    blend > 0 (ours, `TrainConfig.target_blend`): (1 - blend) x that + blend x the channel-normed
+    low-res features (B, C, h, w) resized bilinearly - a target that keeps bilinear's smooth
+    within-patch variation, which a model regressing the oracle alone does not reproduce
+    (docs/mini-benchmark.md)."""
+    target = F.interpolate(hr_normed.float(), size=size, mode="bilinear", align_corners=False)
+    if not blend:
+        return target
+    if lr_normed is None:
+        raise ValueError("a blended oracle target needs the low-res features")
+    smooth = F.interpolate(lr_normed.float(), size=size, mode="bilinear", align_corners=False)
+    return (1 - blend) * target + blend * smooth
 
 
 def window_box(size: tuple[int, int], window: int, seed: int, step: int) -> tuple[int, int, int, int]:
@@ -98,6 +110,7 @@ class Stage1Objective(StatelessObjective):
         self.oracle_scale = float(cfg.oracle_scale)
         self.window = int(cfg.window)
         self.tv_weight = float(cfg.tv_weight)
+        self.blend = float(cfg.target_blend)
         self.seed = int(cfg.seed)
         self.proj = random_projection(feat_dim, cfg.target_proj_dim, cfg.seed).to(device) if cfg.target_proj_dim > 0 else None
 
@@ -109,7 +122,7 @@ class Stage1Objective(StatelessObjective):
         if self.target == "oracle":
             with torch.no_grad():
                 hr = trainer.features(image, input_size=round(min(size) * self.oracle_scale))
-                target = oracle_target(norm(hr), size)
+                target = oracle_target(norm(hr), size, norm(lr), self.blend)
         else:
             target = mask_bicubic_target(norm(lr), batch.get("masks"), size, self.alpha, self.mode)
         box = window_box(size, self.window, self.seed, trainer.step) if self.window else None

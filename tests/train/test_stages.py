@@ -202,6 +202,37 @@ def test_tv_weight_adds_the_smoothness_term_to_the_stage1_loss(tmp_path):
     assert tv_penalty(pred).item() > 1e-3 * base.item()  # the term is there to see
 
 
+def test_target_blend_mixes_bilinear_low_res_features_into_the_oracle_target(tmp_path):
+    from loftup.train.stage1 import oracle_target
+
+    hr, lr = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)
+    up = lambda x: torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)  # noqa: E731
+    assert torch.equal(oracle_target(hr, (16, 16), lr, 0.0), up(hr))
+    torch.testing.assert_close(oracle_target(hr, (16, 16), lr, 0.25), 0.75 * up(hr) + 0.25 * up(lr))
+    with pytest.raises(ValueError, match="low-res"):
+        oracle_target(hr, (16, 16), None, 0.5)
+    write_photos(tmp_path / "photos", n=4, side=64)
+    kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=12, batch_size=2, steps=2,
+              num_workers=0, progress=False, seed=0)
+    plain, mixed = (Trainer(build_config(1, "offline", target_blend=b, **kw), backbone=TinyBackbone()) for b in (0.0, 0.4))
+    mixed.model.load_state_dict(plain.model.state_dict())
+    batch = fixed_batch(plain, n=2)
+    plain.step = mixed.step = 5
+    loss, _ = mixed.objective.loss(mixed, batch)
+    image = batch["image"]
+    with torch.no_grad():
+        norm = mixed.core.channelnorm
+        lr_f, hr_f = mixed.features(image), mixed.features(image, input_size=2 * SIZE)
+        size = tuple(image.shape[-2:])
+        resize = lambda x: torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+        target = 0.6 * resize(norm(hr_f)) + 0.4 * resize(norm(lr_f))
+        top, left, h, w = window_box(size, 12, 0, 5)
+        pred = mixed.model(lr_f, image, window=(top, left, h, w))
+    expected = torch.nn.functional.mse_loss(pred, target[:, :, top:top + h, left:left + w])
+    assert loss.item() == pytest.approx(float(expected), rel=1e-4)
+    assert abs(loss.item() - plain.objective.loss(plain, batch)[0].item()) > 1e-3 * loss.item()  # the blend changes it
+
+
 def test_low_frequency_init_reaches_a_fresh_model(tmp_path):
     kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=12, batch_size=2, num_workers=0, progress=False)
     write_photos(tmp_path / "photos", n=2, side=64)
@@ -222,4 +253,7 @@ def test_offline_preset_checks_its_window():
         build_config(1, "offline", data="x", out="y", oracle_scale=1.0)
     for bad in (dict(tv_weight=-1.0), dict(low_frequency_init=-2)):
         with pytest.raises(ConfigError, match="tv_weight and low_frequency_init"):
+            build_config(1, "offline", data="x", out="y", **bad)
+    for bad in (dict(target_blend=1.0), dict(target_blend=-0.1), dict(target_blend=0.3, target="pseudo_gt")):
+        with pytest.raises(ConfigError, match="target_blend"):
             build_config(1, "offline", data="x", out="y", **bad)

@@ -78,3 +78,13 @@ def test_smoothness_and_low_frequency_options_reach_the_run(photos, tmp_path):
     fast = torch.cat([w[:, 45:100], w[:, 145:200]], dim=1)  # frequencies 10-20 of the sin and cos blocks
     assert fast.abs().max() < 1e-4 < w[:, :45].abs().mean()  # started at zero, one warm-up step of AdamW since
 
+
+
+def test_target_blend_option_reaches_the_run(photos, tmp_path):
+    mod = _script()
+    _run(mod, photos, tmp_path / "plain", 1)
+    _run(mod, photos, tmp_path / "mixed", 1, "--target-blend", "0.5")
+    loss = lambda run: float((tmp_path / run / "log.csv").read_text().splitlines()[1].split(",")[1])  # noqa: E731
+    assert abs(loss("mixed") - loss("plain")) > 0.01 * loss("plain")  # the same model and batch, another target
+    meta = json.loads((tmp_path / "mixed" / "final.json").read_text())["meta"]
+    assert meta["config"]["target_blend"] == 0.5 and "--target-blend 0.5" in meta["command"]
