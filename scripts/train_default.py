@@ -88,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="query Fourier frequencies a fresh model starts with (default: the preset's)")
     ap.add_argument("--target-blend", type=float, default=None,
                     help="share of bilinear(low-res features) mixed into the oracle target (default: the preset's)")
+    ap.add_argument("--lr-consistency", type=float, default=None,
+                    help="weight of the per-patch mean vs low-res feature term (default: the preset's)")
     return ap.parse_args(argv)
 
 
@@ -144,11 +146,11 @@ def main(argv=None) -> int:
     from loftup.pipeline import normalize
     from loftup.train import build_config
     from loftup.train.loop import init_fresh, lr_factor
-    from loftup.train.stage1 import oracle_target, stage1_loss, window_box
+    from loftup.train.stage1 import oracle_target, patch_consistency, stage1_loss, window_box
 
     torch.set_num_threads(a.threads)
     given = {"size": a.size, "tv_weight": a.tv_weight, "low_frequency_init": a.low_frequency_init,
-             "target_blend": a.target_blend}
+             "target_blend": a.target_blend, "lr_consistency": a.lr_consistency}
     extra = {k: v for k, v in given.items() if v is not None}
     cfg = build_config(1, "offline", data=str(a.photos or a.out / "photos"), out=str(a.out), steps=a.steps,
                        backbone=a.backbone, backbone_weights=a.weights, precision="bf16", save_every=a.save_every, **extra)
@@ -195,6 +197,9 @@ def main(argv=None) -> int:
             with torch.autocast("cpu", torch.bfloat16):
                 pred = model(lr, image, window=(top, left, h, w))
             loss = stage1_loss(pred.float(), target, cfg.tv_weight)
+            if cfg.lr_consistency:
+                loss = loss + cfg.lr_consistency * patch_consistency(pred.float(), model.channelnorm(lr.float()), (S, S),
+                                                                     (top, left, h, w))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -26,10 +26,11 @@ random crops and flips. The low-res positional encoding is RoPE (the paper's Tab
 on par with the sine PE) with every attention block started local (`positional_init`: the same
 bias on q and k makes q.k a bump at zero query-key offset): with the sine PE and a random init
 the attention had found no positions after 200 CPU steps. Stage 2 keeps the paper's values.
-Three stage-1 knobs, off in every preset (docs/mini-benchmark.md has their learning curves):
+Four stage-1 knobs, off in every preset (docs/mini-benchmark.md has their learning curves):
 `tv_weight` (a smoothness term on the output), `low_frequency_init` (a fresh model's first
-conv starts blind to all but the first N query Fourier frequencies) and `target_blend` (a share
-of the bilinearly resized low-res features mixed into the oracle target).
+conv starts blind to all but the first N query Fourier frequencies), `target_blend` (a share
+of the bilinearly resized low-res features mixed into the oracle target) and `lr_consistency`
+(the output's mean over each patch held to that patch's low-res feature).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class TrainConfig:
     low_frequency_init: int = 0  # ours: >0 starts a fresh model's queries blind to all but this many Fourier frequencies
     tv_weight: float = 0.0  # ours: >0 adds this x the output's mean squared neighbour difference to the stage-1 loss
     target_blend: float = 0.0  # ours: >0 mixes this share of bilinear(low-res features) into the oracle target
+    lr_consistency: float = 0.0  # ours: >0 adds this x the MSE of the output's per-patch means to the low-res features
     # stage 2
     student_sizes: list[int] = field(default_factory=list)  # empty: [size]; else drawn per step
     teacher_size: int = 0  # 0: the student size
@@ -153,8 +155,8 @@ class TrainConfig:
             raise ConfigError(f"oracle_scale must be above 1, got {self.oracle_scale}")
         if self.positional_init < 0 or (self.positional_init and self.model.get("lr_pe") != "rope"):
             raise ConfigError("positional_init needs the rope low-res PE: set model lr_pe: rope (or positional_init 0)")
-        if self.tv_weight < 0 or self.low_frequency_init < 0:
-            raise ConfigError("tv_weight and low_frequency_init must be >= 0 (0: off)")
+        if self.tv_weight < 0 or self.low_frequency_init < 0 or self.lr_consistency < 0:
+            raise ConfigError("tv_weight, low_frequency_init and lr_consistency must be >= 0 (0: off)")
         if not 0 <= self.target_blend < 1 or (self.target_blend and self.target != "oracle"):
             raise ConfigError(f"target_blend must be in [0, 1) and needs target: oracle, got {self.target_blend} "
                               f"with target {self.target}")

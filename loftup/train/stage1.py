@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .masks import mask_refine
 
 
@@ -68,6 +69,28 @@ def tv_penalty(pred: torch.Tensor) -> torch.Tensor:
     return (pred[..., 1:, :] - pred[..., :-1, :]).pow(2).mean() + (pred[..., 1:] - pred[..., :-1]).pow(2).mean()
 
 
+def patch_consistency(pred: torch.Tensor, lr_normed: torch.Tensor, size: tuple[int, int],
+                      box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """MSE between the output's mean over each low-res cell that lies wholly inside the window and
+    that cell's channel-normed low-res feature (ours, `TrainConfig.lr_consistency`): it keeps each
+    patch's own feature in the output, which a model that blurs across patches loses.
+
+    pred: the output window (B, C, h, w) at `box` = (top, left, h, w) of an output of `size` (None:
+    the whole output); lr_normed: (B, C, gh, gw), each cell size[0] / gh pixels square."""
+    H, W = size
+    gh, gw = lr_normed.shape[-2:]
+    p = H // gh
+    if H != p * gh or W != p * gw:
+        raise ConfigError(f"lr_consistency needs an output of whole low-res cells: {H} x {W} is not a multiple of "
+                          f"the {gh} x {gw} grid (train at a size that is a multiple of the backbone's patch)")
+    top, left, h, w = box or (0, 0, H, W)
+    r0, c0, r1, c1 = -(-top // p), -(-left // p), (top + h) // p, (left + w) // p  # cells wholly inside
+    if r1 <= r0 or c1 <= c0:
+        return pred.new_zeros(())
+    cells = pred[:, :, r0 * p - top : r1 * p - top, c0 * p - left : c1 * p - left]
+    return F.mse_loss(F.avg_pool2d(cells, p), lr_normed[:, :, r0:r1, c0:c1].float())
+
+
 def stage1_loss(pred: torch.Tensor, target: torch.Tensor, tv_weight: float = 0.0,
                 proj: torch.Tensor | None = None) -> torch.Tensor:
     """MSE of float32 pred against target (both (B, C, H, W)), in the (C, d) projection `proj` if
@@ -111,6 +134,7 @@ class Stage1Objective(StatelessObjective):
         self.window = int(cfg.window)
         self.tv_weight = float(cfg.tv_weight)
         self.blend = float(cfg.target_blend)
+        self.consistency = float(cfg.lr_consistency)
         self.seed = int(cfg.seed)
         self.proj = random_projection(feat_dim, cfg.target_proj_dim, cfg.seed).to(device) if cfg.target_proj_dim > 0 else None
 
@@ -133,4 +157,6 @@ class Stage1Objective(StatelessObjective):
             top, left, h, w = box
             target = target[:, :, top : top + h, left : left + w]
         loss = stage1_loss(pred, target, self.tv_weight, self.proj)
+        if self.consistency:
+            loss = loss + self.consistency * patch_consistency(pred, norm(lr), size, box)
         return loss, {"masks": float(batch["masks"].flatten(2).any(-1).sum(1).float().mean()) if "masks" in batch else 0.0}

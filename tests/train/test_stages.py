@@ -233,6 +233,40 @@ def test_target_blend_mixes_bilinear_low_res_features_into_the_oracle_target(tmp
     assert abs(loss.item() - plain.objective.loss(plain, batch)[0].item()) > 1e-3 * loss.item()  # the blend changes it
 
 
+def test_patch_consistency_holds_each_whole_cell_mean_to_its_low_res_feature(tmp_path):
+    from loftup.errors import ConfigError
+    from loftup.train.stage1 import patch_consistency
+
+    lr = torch.randn(1, 2, 4, 4)
+    wiggle = torch.tensor([[1.0, -1.0], [-2.0, 2.0]]).repeat(4, 4)  # zero mean over every 2 x 2 cell
+    pred = lr.repeat_interleave(2, 2).repeat_interleave(2, 3) + wiggle
+    assert patch_consistency(pred, lr, (8, 8)).item() == pytest.approx(0, abs=1e-12)
+    off = pred.clone()
+    off[:, :, 2:4, 4:6] += 3.0  # one cell's mean off by 3 in both channels
+    assert patch_consistency(off, lr, (8, 8)).item() == pytest.approx(9 / 16)
+    # a window (top 1, left 3, 5 x 4): only the cells wholly inside count - rows 2-5, columns 4-5
+    window = off[:, :, 1:6, 3:7]
+    assert patch_consistency(window, lr, (8, 8), (1, 3, 5, 4)).item() == pytest.approx(9 / 2)
+    assert patch_consistency(off[:, :, 1:3, 1:3], lr, (8, 8), (1, 1, 2, 2)).item() == 0  # no whole cell
+    with pytest.raises(ConfigError, match="whole low-res cells"):
+        patch_consistency(pred[:, :, :7], lr, (7, 8))
+    write_photos(tmp_path / "photos", n=4, side=64)
+    kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=14, batch_size=2, steps=2,
+              num_workers=0, progress=False, seed=0)
+    plain, held = (Trainer(build_config(1, "offline", lr_consistency=w, **kw), backbone=TinyBackbone()) for w in (0.0, 2.0))
+    held.model.load_state_dict(plain.model.state_dict())
+    batch = fixed_batch(plain, n=2)
+    plain.step = held.step = 5
+    base, _ = plain.objective.loss(plain, batch)
+    loss, _ = held.objective.loss(held, batch)
+    with torch.no_grad():
+        box = window_box((SIZE, SIZE), 14, 0, 5)  # 14 px windows always hold a whole 7 px cell
+        lr_f = held.features(batch["image"])
+        term = patch_consistency(held.model(lr_f, batch["image"], window=box), held.core.channelnorm(lr_f), (SIZE, SIZE), box)
+    assert loss.item() == pytest.approx(base.item() + 2.0 * term.item(), rel=1e-5)
+    assert term.item() > 1e-3 * base.item()  # the term is there to see
+
+
 def test_low_frequency_init_reaches_a_fresh_model(tmp_path):
     kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=12, batch_size=2, num_workers=0, progress=False)
     write_photos(tmp_path / "photos", n=2, side=64)
@@ -251,8 +285,8 @@ def test_offline_preset_checks_its_window():
         build_config(1, "offline", data="x", out="y", size=32, window=32)
     with pytest.raises(ConfigError, match="oracle_scale"):
         build_config(1, "offline", data="x", out="y", oracle_scale=1.0)
-    for bad in (dict(tv_weight=-1.0), dict(low_frequency_init=-2)):
-        with pytest.raises(ConfigError, match="tv_weight and low_frequency_init"):
+    for bad in (dict(tv_weight=-1.0), dict(low_frequency_init=-2), dict(lr_consistency=-1.0)):
+        with pytest.raises(ConfigError, match="tv_weight, low_frequency_init and lr_consistency"):
             build_config(1, "offline", data="x", out="y", **bad)
     for bad in (dict(target_blend=1.0), dict(target_blend=-0.1), dict(target_blend=0.3, target="pseudo_gt")):
         with pytest.raises(ConfigError, match="target_blend"):

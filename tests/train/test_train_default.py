@@ -88,3 +88,13 @@ def test_target_blend_option_reaches_the_run(photos, tmp_path):
     assert abs(loss("mixed") - loss("plain")) > 0.01 * loss("plain")  # the same model and batch, another target
     meta = json.loads((tmp_path / "mixed" / "final.json").read_text())["meta"]
     assert meta["config"]["target_blend"] == 0.5 and "--target-blend 0.5" in meta["command"]
+
+
+def test_lr_consistency_option_reaches_the_run(photos, tmp_path):
+    mod = _script()
+    _run(mod, photos, tmp_path / "plain", 1)
+    _run(mod, photos, tmp_path / "held", 1, "--lr-consistency", "2")
+    loss = lambda run: float((tmp_path / run / "log.csv").read_text().splitlines()[1].split(",")[1])  # noqa: E731
+    assert loss("held") > 1.01 * loss("plain")  # the same model and batch, plus the per-patch term
+    meta = json.loads((tmp_path / "held" / "final.json").read_text())["meta"]
+    assert meta["config"]["lr_consistency"] == 2.0
