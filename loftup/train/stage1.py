@@ -41,9 +41,8 @@ def oracle_target(hr_normed: torch.Tensor, size: tuple[int, int], lr_normed: tor
     """Channel-normed features of the image seen at a higher resolution (B, C, h', w') -> (B, C, H, W).
 
     blend > 0 (ours, `TrainConfig.target_blend`): (1 - blend) x that + blend x the channel-normed
-    low-res features (B, C, h, w) resized bilinearly - a target that keeps bilinear's smooth
-    within-patch variation, which a model regressing the oracle alone does not reproduce
-    (docs/mini-benchmark.md)."""
+    low-res features (B, C, h, w) resized bilinearly - the patch-level content that, mixed into a
+    trained model's output, helps the mini benchmark's probes (docs/mini-benchmark.md)."""
     target = F.interpolate(hr_normed.float(), size=size, mode="bilinear", align_corners=False)
     if not blend:
         return target
@@ -72,8 +71,8 @@ def tv_penalty(pred: torch.Tensor) -> torch.Tensor:
 def patch_consistency(pred: torch.Tensor, lr_normed: torch.Tensor, size: tuple[int, int],
                       box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """MSE between the output's mean over each low-res cell that lies wholly inside the window and
-    that cell's channel-normed low-res feature (ours, `TrainConfig.lr_consistency`): it keeps each
-    patch's own feature in the output, which a model that blurs across patches loses.
+    that cell's channel-normed low-res feature (ours, `TrainConfig.lr_consistency`): a pull against
+    outputs that blur features across patches and so lose what each patch says.
 
     pred: the output window (B, C, h, w) at `box` = (top, left, h, w) of an output of `size` (None:
     the whole output); lr_normed: (B, C, gh, gw), each cell size[0] / gh pixels square."""
