@@ -104,7 +104,8 @@ ALLOWED_RESAMPLING = {
     "commands/viz.py": (3, "display copies of the input image and of the masks"),
     "commands/upsample.py": (1, "the input panel of the PCA picture"),
     "train/data.py": (1, "training crops at the training size: the pipeline input itself"),
-    "train/stage1.py": (2, "the pseudo-GT (low-res features upsampled bicubically) and the oracle target (features, not images)"),
+    "train/stage1.py": (3, "the pseudo-GT (low-res features upsampled bicubically), the oracle target and its blend with the "
+                           "low-res features (features, not images)"),
     "train/stage2.py": (2, "teacher outputs brought to the student crop (area / bilinear)"),
     "train/baselines.py": (1, "FeatUp's training jitter: the same zoom of the image and of its upsampled features"),
     "eval/datasets.py": (2, "labels resized to the evaluation size"),
