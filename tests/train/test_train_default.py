@@ -79,7 +79,6 @@ def test_smoothness_and_low_frequency_options_reach_the_run(photos, tmp_path):
     assert fast.abs().max() < 1e-4 < w[:, :45].abs().mean()  # started at zero, one warm-up step of AdamW since
 
 
-
 def test_target_blend_option_reaches_the_run(photos, tmp_path):
     mod = _script()
     _run(mod, photos, tmp_path / "plain", 1)
