@@ -180,19 +180,26 @@ def test_offline_preset_trains_on_oracle_targets_in_windows(tmp_path):
     assert sum(r.losses[-3:]) < sum(r.losses[:3])
 
 
+def twin_trainers(tmp_path, window: int = 12, **knob):
+    """Two offline-preset Trainers with the same weights at step 5, the second with `knob` set
+    (and the first with it at 0), and one fixed batch of 2: the loss with and without the knob."""
+    write_photos(tmp_path / "photos", n=4, side=64)
+    kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=window, batch_size=2, steps=2,
+              num_workers=0, progress=False, seed=0)
+    (name, value), = knob.items()
+    plain, other = (Trainer(build_config(1, "offline", **{name: v}, **kw), backbone=TinyBackbone()) for v in (0.0, value))
+    other.model.load_state_dict(plain.model.state_dict())
+    plain.step = other.step = 5
+    return plain, other, fixed_batch(plain, n=2)
+
+
 def test_tv_weight_adds_the_smoothness_term_to_the_stage1_loss(tmp_path):
     from loftup.train.stage1 import tv_penalty
 
     ramp = torch.arange(12.0).reshape(1, 1, 3, 4)  # rows step by 4, columns by 1
     assert tv_penalty(ramp).item() == pytest.approx(16 + 1)
     assert tv_penalty(torch.full((2, 3, 5, 5), 7.0)).item() == 0
-    write_photos(tmp_path / "photos", n=4, side=64)
-    kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=12, batch_size=2, steps=2,
-              num_workers=0, progress=False, seed=0)
-    plain, smooth = (Trainer(build_config(1, "offline", tv_weight=w, **kw), backbone=TinyBackbone()) for w in (0.0, 3.0))
-    smooth.model.load_state_dict(plain.model.state_dict())
-    batch = fixed_batch(plain, n=2)
-    plain.step = smooth.step = 5
+    plain, smooth, batch = twin_trainers(tmp_path, tv_weight=3.0)
     base, _ = plain.objective.loss(plain, batch)
     loss, _ = smooth.objective.loss(smooth, batch)
     with torch.no_grad():
@@ -211,13 +218,7 @@ def test_target_blend_mixes_bilinear_low_res_features_into_the_oracle_target(tmp
     torch.testing.assert_close(oracle_target(hr, (16, 16), lr, 0.25), 0.75 * up(hr) + 0.25 * up(lr))
     with pytest.raises(ValueError, match="low-res"):
         oracle_target(hr, (16, 16), None, 0.5)
-    write_photos(tmp_path / "photos", n=4, side=64)
-    kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=12, batch_size=2, steps=2,
-              num_workers=0, progress=False, seed=0)
-    plain, mixed = (Trainer(build_config(1, "offline", target_blend=b, **kw), backbone=TinyBackbone()) for b in (0.0, 0.4))
-    mixed.model.load_state_dict(plain.model.state_dict())
-    batch = fixed_batch(plain, n=2)
-    plain.step = mixed.step = 5
+    plain, mixed, batch = twin_trainers(tmp_path, target_blend=0.4)
     loss, _ = mixed.objective.loss(mixed, batch)
     image = batch["image"]
     with torch.no_grad():
@@ -250,13 +251,7 @@ def test_patch_consistency_holds_each_whole_cell_mean_to_its_low_res_feature(tmp
     assert patch_consistency(off[:, :, 1:3, 1:3], lr, (8, 8), (1, 1, 2, 2)).item() == 0  # no whole cell
     with pytest.raises(ConfigError, match="whole low-res cells"):
         patch_consistency(pred[:, :, :7], lr, (7, 8))
-    write_photos(tmp_path / "photos", n=4, side=64)
-    kw = dict(data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=14, batch_size=2, steps=2,
-              num_workers=0, progress=False, seed=0)
-    plain, held = (Trainer(build_config(1, "offline", lr_consistency=w, **kw), backbone=TinyBackbone()) for w in (0.0, 2.0))
-    held.model.load_state_dict(plain.model.state_dict())
-    batch = fixed_batch(plain, n=2)
-    plain.step = held.step = 5
+    plain, held, batch = twin_trainers(tmp_path, window=14, lr_consistency=2.0)
     base, _ = plain.objective.loss(plain, batch)
     loss, _ = held.objective.loss(held, batch)
     with torch.no_grad():
