@@ -157,7 +157,9 @@ def run_attention_bench(opts, log: Callable[[str], None] = print) -> dict[str, A
         raise BackendUnavailableError("bench --attention measures GPU attention kernels; run it with --device cuda on a machine with an NVIDIA GPU")
     name = torch.cuda.get_device_name(device)
     sizes = sorted({size_class_of(s) for s in opts.sizes}, key=int)
-    record = measure_attention_table(device, precisions=tuple(opts.precisions), size_classes=tuple(sizes),
+    # the floating-point precisions asked for (int8 is an ONNX Runtime row, not an attention kernel); default: all three
+    precisions = tuple(p for p in opts.precisions or DTYPES if p in DTYPES)
+    record = measure_attention_table(device, precisions=precisions, size_classes=tuple(sizes),
                                      device_name=name, log=log)
     doc = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": name, "arch": arch_of(device),
            "torch": torch.__version__, "table_path": record["table_path"], "results": record["results"]}

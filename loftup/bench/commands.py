@@ -32,7 +32,8 @@ def bench_command(
     backbone: str = typer.Option("dinov2_vits14", help="Backbone whose channels and patch size set the workload (its weights are not loaded)."),
     sizes: str = typer.Option("224,448,896", help="Output sizes (square), comma-separated."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes, comma-separated."),
-    precisions: str = typer.Option("fp32,bf16,int8", help="fp32, bf16, fp16, int8 (ONNX Runtime CPU), comma-separated."),
+    precisions: Optional[str] = typer.Option(None, help="fp32, bf16, fp16, int8 (ONNX Runtime CPU), comma-separated (default: "
+                                             "fp32,bf16,int8; on a CPU without bf16 instructions fp32,int8)."),
     backends: str = typer.Option(
         "all", help="Comma-separated: torch-reference, torch-sdpa, torch-compile, triton, onnxruntime (every provider) "
         "or onnxruntime-cpu/-cuda/-tensorrt, tensorrt; or all."
@@ -56,7 +57,7 @@ def bench_command(
 
     opts = BenchOptions(
         checkpoint=checkpoint, random_init=random_init, upsampler=upsampler, backbone=backbone, sizes=_int_list(sizes, "sizes"),
-        batch_sizes=_int_list(batch_sizes, "batch-sizes"), precisions=[p for p in precisions.split(",") if p],
+        batch_sizes=_int_list(batch_sizes, "batch-sizes"), precisions=None if precisions is None else [p for p in precisions.split(",") if p],
         backends=[b for b in backends.split(",") if b], warmup=warmup, repeats=repeats, max_seconds=max_seconds,
         threads=threads, device=device, out=out, cuda_graphs=cuda_graphs, profile=profile, memory_budget=memory_budget,
     )

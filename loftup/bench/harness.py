@@ -85,7 +85,7 @@ class BenchOptions:
     backbone: str = "dinov2_vits14"
     sizes: list[int] = field(default_factory=lambda: [224, 448, 896])
     batch_sizes: list[int] = field(default_factory=lambda: [1])
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
+    precisions: Optional[list[str]] = None  # None: DEFAULT_PRECISIONS, less bf16 where it would be emulated
     backends: list[str] = field(default_factory=lambda: ["all"])
     warmup: int = 1
     repeats: int = 5
@@ -164,29 +164,39 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
-def measure_gemm_peak(precision: str, device: str = "cpu", n: int | None = None, repeats: int = 5) -> float:
+def measure_gemm_peak(precision: str, device: str = "cpu", n: int | None = None, repeats: int = 5,
+                      max_seconds: float = 0.5) -> float:
     """Median GFLOP/s of an n x n x n matrix multiply in `precision` on `device` (2*n^3 FLOPs; int8:
-    operations of `torch._int_mm`, int8 x int8 -> int32, the integer GEMM of this machine)."""
+    operations of `torch._int_mm`, int8 x int8 -> int32, the integer GEMM of this machine).
+
+    n defaults to 2048 on a CPU (8192 on a GPU), made smaller where one multiply of that size
+    would take over `max_seconds` (estimated from one of n / 4): bf16 on a CPU without bf16
+    instructions runs at about 1 GFLOP/s, so n = 2048 would take 20 s a multiply."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}[precision]
-    n = n or (2048 if device == "cpu" else 8192)
-    if dtype == torch.int8:
-        a = torch.randint(-128, 128, (n, n), device=device, dtype=dtype)
-        b = torch.randint(-128, 128, (n, n), device=device, dtype=dtype)
-        mm = torch._int_mm
-    else:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        mm = torch.matmul
-    times = []
-    for i in range(repeats + 1):
+
+    def operands(size: int):
+        if dtype == torch.int8:
+            return (torch.randint(-128, 128, (size, size), device=device, dtype=dtype) for _ in range(2))
+        return (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+
+    def timed(a, b) -> float:
         _sync(device)
         t = time.perf_counter()
         mm(a, b)
         _sync(device)
-        if i:  # the first run warms caches and thread pools
-            times.append(time.perf_counter() - t)
+        return time.perf_counter() - t
+
+    mm = torch._int_mm if dtype == torch.int8 else torch.matmul
+    if n is None:
+        n = 2048 if device == "cpu" else 8192
+        probe = operands(n // 4)
+        seconds = timed(*probe) * 64  # the probe is 64x fewer FLOPs (it also warms the thread pool)
+        if seconds > max_seconds:
+            n = max(64, int(n * (max_seconds / seconds) ** (1 / 3)) // 64 * 64)
+    a, b = operands(n)
+    times = [timed(a, b) for _ in range(repeats + 1)][1:]  # the first run warms caches and thread pools
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
@@ -348,11 +358,22 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+DEFAULT_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def default_precisions(device: str) -> list[str]:
+    """DEFAULT_PRECISIONS, without bf16 on a CPU that has no bf16 instructions (emulated there, tens
+    of times slower than fp32: a row would take minutes and say nothing about deployment)."""
+    from ..runtime.devices import bf16_is_fast
+
+    return [p for p in DEFAULT_PRECISIONS if p != "bf16" or device.startswith("cuda") or bf16_is_fast(device)]
+
+
 def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
     """Cheap validation before anything is loaded or timed; (options with the device resolved, backends)."""
     from ..runtime.devices import resolve_device
 
-    for p in opts.precisions:
+    for p in opts.precisions or ():
         check_choice("precision", p, ENGINE_PRECISIONS)
     if opts.repeats < 1:
         raise ConfigError(f"--repeats must be at least 1 (timed runs per row), got {opts.repeats}")
@@ -368,6 +389,8 @@ def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
 
         check_choice("upsampler kind", opts.upsampler, UPSAMPLER_KINDS)
     opts = replace(opts, device=str(resolve_device(opts.device)))  # one-line error for a missing / unknown device
+    if opts.precisions is None:
+        opts = replace(opts, precisions=default_precisions(opts.device))
     if opts.cuda_graphs and not opts.device.startswith("cuda"):
         raise ConfigError("--cuda-graphs needs --device cuda (CUDA graphs replay GPU work)")
     names = expand_backends(opts.backends)
@@ -485,11 +508,14 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
     """
     import torch
 
-    opts, names = check_options(opts)
+    asked, (opts, names) = opts.precisions, check_options(opts)
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
     model, backbone_spec = _open_model(opts, model, backbone_spec)
     console = _console()
+    if asked is None and "bf16" not in opts.precisions:
+        console.print("bf16 left out: this CPU has no bf16 instructions (AVX512_BF16, AMX or Arm BF16), so bf16 would run "
+                      "emulated, tens of times slower than fp32; --precisions fp32,bf16 times it anyway")
     env = environment(opts.device)
     peaks = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
     console.print(f"matrix-multiply peak on {opts.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))

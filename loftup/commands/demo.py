@@ -87,7 +87,7 @@ class DemoOptions:
     force: bool = False
     stage1_steps: Optional[int] = None
     stage2_steps: Optional[int] = None
-    precision: str = "bf16"  # training autocast; the engine and its reference are fp32
+    precision: str = "auto"  # training autocast (auto: bf16 on a CPU with bf16 instructions, else fp32); the engine and its reference are fp32
     seed: int = 0
     progress: bool = True
 
@@ -333,7 +333,11 @@ class Demo:
 
 def run_demo(opts: DemoOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the demo into opts.out; returns the report dict (also written as report.json)."""
-    check_choice("training precision", opts.precision, ("fp32", "bf16"))
+    check_choice("training precision", opts.precision, ("auto", "fp32", "bf16"))
+    if opts.precision == "auto":
+        from ..runtime.devices import fast_precision
+
+        opts = replace(opts, precision=fast_precision("cpu"))
     return Demo(opts, log or (lambda msg: print(msg, file=sys.stderr, flush=True))).run()
 
 
@@ -509,7 +513,8 @@ def demo_command(
     force: bool = typer.Option(False, "--force", help="Replace an earlier demo in --out."),
     stage1_steps: Optional[int] = typer.Option(None, "--stage1-steps", help="Stage-1 steps (default: 40, quick: 2)."),
     stage2_steps: Optional[int] = typer.Option(None, "--stage2-steps", help="Stage-2 steps, 0 to skip (default: 4, quick: 1)."),
-    precision: str = typer.Option("bf16", "--precision", help="Training precision on the CPU: bf16 (autocast) or fp32."),
+    precision: str = typer.Option("auto", "--precision", help="Training precision on the CPU: bf16 (autocast), fp32, or auto: "
+                                  "bf16 where the CPU has bf16 instructions (AVX512_BF16, AMX, Arm BF16), else fp32."),
     seed: int = typer.Option(0, "--seed"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:

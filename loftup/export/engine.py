@@ -16,11 +16,13 @@ only, so they never branch on the runtime. The runtime of a file comes from the 
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, ConfigError, InputError, check_choice
+from ..runtime.devices import autocast, emulated_bf16_warning
 from .formats import PRECISIONS, format_for_path
 from .metadata import EngineMetadata, base_metadata
 
@@ -214,6 +216,9 @@ class TorchEngine(Engine):
 
         check_choice("precision", precision, PRECISIONS)
         self.device = torch.device(device)
+        slow = emulated_bf16_warning(self.device, precision)
+        if slow:
+            warnings.warn(slow, stacklevel=2)
         if cuda_graphs:
             graphs.check_device(self.device)
         self.source = model.eval().to(self.device)  # the module as given: its weights, keys and layout
@@ -242,8 +247,6 @@ class TorchEngine(Engine):
 
     def _context(self):
         import contextlib
-
-        from ..runtime.devices import autocast
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
@@ -341,8 +344,6 @@ def open_pipeline(backbone: str, upsampler: str | Path | None = None, *, weights
     model = load_or_init(checkpoint, random_init=checkpoint is None, feat_dim=bb.embed_dim, backbone=backbone, seed=seed,
                          attn_backend=attn_backend)
     if model.cfg.backbone and model.cfg.backbone != backbone:
-        import warnings
-
         warnings.warn(f"checkpoint was trained on {model.cfg.backbone!r} features, running it on {backbone!r}")
     return TorchEngine(model, bb, precision=precision, device=str(device), cuda_graphs=cuda_graphs,
                        input_size=DEFAULT_INPUT_SIZE if input_size is None else input_size,

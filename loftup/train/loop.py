@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..runtime.devices import autocast
+from ..runtime.devices import autocast, emulated_bf16_warning
 from ..runtime.interrupts import Interrupted
 from ..errors import CheckpointError, ConfigError, TrainingError
 from .data import MaskedImageDataset, SampleSpec, StepSampler, collate, discover, unwrap_worker_errors
@@ -173,6 +173,9 @@ class Trainer:
             self._check_same_run()
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("fp16 autocast needs a CUDA GPU; use --precision bf16 (or fp32) on CPU")
+        slow = emulated_bf16_warning(self.device, cfg.precision)
+        if slow and ctx.is_main:
+            self._warn(slow)
         return latest
 
     def _read_data(self):
