@@ -286,3 +286,15 @@ def test_offline_preset_checks_its_window():
     for bad in (dict(target_blend=1.0), dict(target_blend=-0.1), dict(target_blend=0.3, target="pseudo_gt")):
         with pytest.raises(ConfigError, match="target_blend"):
             build_config(1, "offline", data="x", out="y", **bad)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_bf16_run_on_a_cpu_without_bf16_warns(native, tmp_path, capsys, monkeypatch):
+    from loftup.runtime import devices
+
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: native)
+    write_photos(tmp_path / "photos", n=2, side=64)
+    cfg = build_config(1, "offline", data=str(tmp_path / "photos"), out=str(tmp_path / "s1"), size=SIZE, window=12,
+                       batch_size=2, steps=1, num_workers=0, progress=False, precision="bf16")
+    Trainer(cfg, backbone=TinyBackbone())
+    assert ("warning: loftup: this CPU has no bf16 instructions" in capsys.readouterr().err) is not native
