@@ -362,11 +362,11 @@ DEFAULT_PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def default_precisions(device: str) -> list[str]:
-    """DEFAULT_PRECISIONS, without bf16 on a CPU that has no bf16 instructions (emulated there, tens
-    of times slower than fp32: a row would take minutes and say nothing about deployment)."""
+    """DEFAULT_PRECISIONS, without bf16 where it is emulated (a CPU without bf16 instructions, a GPU
+    before Ampere): tens of times slower than fp32, a row would take minutes and say nothing."""
     from ..runtime.devices import bf16_is_fast
 
-    return [p for p in DEFAULT_PRECISIONS if p != "bf16" or device.startswith("cuda") or bf16_is_fast(device)]
+    return [p for p in DEFAULT_PRECISIONS if p != "bf16" or bf16_is_fast(device)]
 
 
 def check_options(opts: BenchOptions) -> tuple[BenchOptions, list[str]]:
@@ -514,8 +514,9 @@ def run_bench(opts: BenchOptions, model=None, backbone_spec=None) -> BenchReport
     model, backbone_spec = _open_model(opts, model, backbone_spec)
     console = _console()
     if asked is None and "bf16" not in opts.precisions:
-        console.print("bf16 left out: this CPU has no bf16 instructions (AVX512_BF16, AMX or Arm BF16), so bf16 would run "
-                      "emulated, tens of times slower than fp32; --precisions fp32,bf16 times it anyway")
+        console.print(f"bf16 left out: {opts.device} has no bf16 instructions (a CPU without AVX512_BF16, AMX or Arm BF16; "
+                      "a GPU before Ampere), so bf16 would run emulated, tens of times slower than fp32; "
+                      "--precisions fp32,bf16 times it anyway")
     env = environment(opts.device)
     peaks = {prec: measure_gemm_peak(prec, opts.device) for prec in opts.precisions}
     console.print(f"matrix-multiply peak on {opts.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
