@@ -14,6 +14,18 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # with two threads each would fight over the two cores. Set before torch is imported.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import onnxruntime as _ort
+
+    class _NoSpinSessionOptions(_ort.SessionOptions):
+        """ONNX Runtime's pool threads spin between ops; under two workers on two cores a spinning
+        pool takes the core the other worker needs. Thread counts stay as each test sets them."""
+
+        def __init__(self):
+            super().__init__()
+            self.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.add_session_config_entry("session.inter_op.allow_spinning", "0")
+
+    _ort.SessionOptions = _NoSpinSessionOptions
 
 from pathlib import Path  # noqa: E402
 
