@@ -10,7 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # The interpreter runs tile matmuls through numpy; multi-threaded OpenBLAS on tiny tiles is
 # 10-300x slower on a shared 2-core machine (measured). torch uses its own BLAS, unaffected.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# Under pytest-xdist (`-n 2`, the README's test command) each worker takes one core: two workers
+# Under pytest-xdist (`-n auto` in pyproject's addopts: one worker per CPU) each worker takes one core: two workers
 # with two threads each would fight over the two cores. Set before torch is imported.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
