@@ -30,6 +30,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from run_once import once_per_run  # noqa: E402
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official"
 
@@ -56,16 +57,20 @@ def one_thread():
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory):
     """One `loftup demo --quick` run shared by tests/cli/test_demo.py and tests/test_readme.py
-    (about a minute and a half): (exit code, stdout, stderr, out folder)."""
-    import contextlib
-    import io
+    (one to three minutes; once per run, across workers): (exit code, stdout, stderr, out folder)."""
 
-    from cli_support import QUICK_DEMO_ARGS
+    def make(folder):
+        import contextlib
+        import io
 
-    from loftup.cli import main
+        from cli_support import QUICK_DEMO_ARGS
 
-    out = tmp_path_factory.mktemp("demo") / "report"
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main([*QUICK_DEMO_ARGS, "--out", str(out)])
-    return code, stdout.getvalue(), stderr.getvalue(), out
+        from loftup.cli import main
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main([*QUICK_DEMO_ARGS, "--out", str(folder / "report")])
+        return [code, stdout.getvalue(), stderr.getvalue()]
+
+    (code, stdout, stderr), folder = once_per_run(tmp_path_factory, "quick-demo", make)
+    return code, stdout, stderr, folder / "report"

@@ -1,5 +1,5 @@
 """Shared fixtures: a small LoftUp (C=32) with non-trivial BatchNorm statistics, a tiny random
-DINOv2-style backbone, and ONNX exports made once per session (exports take ~10 s each)."""
+DINOv2-style backbone, and ONNX exports made once per run (exports take 10-40 s each)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # fake_tensorrt, export_helpers
 
 from export_helpers import MAX_BATCH, SIZES, make_backbone, make_model  # noqa: E402
+
+from run_once import once_per_run  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -31,29 +33,33 @@ def backbone():
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, model):
+    """The tiny model's checkpoint, one file for the whole run (shared by the workers' exports)."""
     from loftup.model import save_checkpoint
 
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+    def make(folder):
+        return str(save_checkpoint(model, folder / "tiny.safetensors"))
+
+    return Path(once_per_run(tmp_path_factory, "export-checkpoint", make)[0])
 
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory, model, backbone, checkpoint):
-    """Lazily exported ONNX files: exports[(scope, encoding, precision)] -> Path."""
+    """Lazily exported ONNX files, each made once per run across the workers (10-40 s each):
+    exports[(scope, encoding, precision)] -> Path. Read-only: copy one before changing it."""
     from loftup.export.onnx import export_onnx
-
-    folder = tmp_path_factory.mktemp("onnx")
-    cache: dict = {}
 
     class Exports:
         def __getitem__(self, key):
-            if key not in cache:
-                scope, encoding, precision = key
+            scope, encoding, precision = key
+
+            def make(folder):
                 path = folder / f"{scope}_{encoding}_{precision}.onnx"
                 export_onnx(model, path, backbone=backbone if scope == "pipeline" else None, scope=scope, precision=precision,
                             opset=23 if encoding == "op" else 20, attention=encoding, sizes=SIZES, max_batch=MAX_BATCH,
                             source=checkpoint)
-                cache[key] = path
-            return cache[key]
+                return str(path)
+
+            return Path(once_per_run(tmp_path_factory, f"export-{scope}-{encoding}-{precision}", make)[0])
 
     return Exports()
 
