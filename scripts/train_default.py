@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="query Fourier frequencies a fresh model starts with (default: the preset's)")
     ap.add_argument("--target-blend", type=float, default=None,
                     help="share of bilinear(low-res features) mixed into the oracle target (default: the preset's)")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                    help="the upsampler's forward pass: bf16 autocast (the shipped file's recipe; fast only on a CPU with "
+                         "bf16 instructions) or fp32")
     ap.add_argument("--lr-consistency", type=float, default=None,
                     help="weight of the per-patch mean vs low-res feature term (default: the preset's)")
     return ap.parse_args(argv)
@@ -144,6 +147,7 @@ def main(argv=None) -> int:
     from loftup.model import load_or_init
     from loftup.model.checkpoint import save_checkpoint
     from loftup.pipeline import normalize
+    from loftup.runtime.devices import emulated_bf16_warning
     from loftup.train import build_config
     from loftup.train.loop import init_fresh, lr_factor
     from loftup.train.stage1 import oracle_target, patch_consistency, stage1_loss, window_box
@@ -153,10 +157,13 @@ def main(argv=None) -> int:
              "target_blend": a.target_blend, "lr_consistency": a.lr_consistency}
     extra = {k: v for k, v in given.items() if v is not None}
     cfg = build_config(1, "offline", data=str(a.photos or a.out / "photos"), out=str(a.out), steps=a.steps,
-                       backbone=a.backbone, backbone_weights=a.weights, precision="bf16", save_every=a.save_every, **extra)
+                       backbone=a.backbone, backbone_weights=a.weights, precision=a.precision, save_every=a.save_every, **extra)
     a.out.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
     files = photo_files(a, log)
+    slow = emulated_bf16_warning("cpu", cfg.precision)
+    if slow:
+        log(f"warning: {slow}")
     backbone = create_backbone(cfg.backbone, weights=cfg.backbone_weights).eval().requires_grad_(False)
     views, names = render_views(files, cfg.size, a.views, cfg.seed)
     cache_path = a.cache or a.out / "features.pt"
@@ -194,7 +201,7 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 target = oracle_target(model.channelnorm(hr), (S, S), model.channelnorm(lr.float()), cfg.target_blend)
                 target = target[:, :, top : top + h, left : left + w]
-            with torch.autocast("cpu", torch.bfloat16):
+            with torch.autocast("cpu", torch.bfloat16, enabled=cfg.precision == "bf16"):
                 pred = model(lr, image, window=(top, left, h, w))
             loss = stage1_loss(pred.float(), target, cfg.tv_weight)
             if cfg.lr_consistency:

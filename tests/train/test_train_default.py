@@ -97,3 +97,18 @@ def test_lr_consistency_option_reaches_the_run(photos, tmp_path):
     assert loss("held") > 1.01 * loss("plain")  # the same model and batch, plus the per-patch term
     meta = json.loads((tmp_path / "held" / "final.json").read_text())["meta"]
     assert meta["config"]["lr_consistency"] == 2.0
+
+
+def test_precision_option_reaches_the_run_and_bf16_warns_where_emulated(photos, tmp_path, capsys, monkeypatch):
+    import loftup.runtime.devices as devices
+
+    mod = _script()
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    _run(mod, photos, tmp_path / "bf16", 1)  # the default: the shipped file's recipe
+    assert "warning: loftup: this CPU has no bf16 instructions" in capsys.readouterr().out
+    _run(mod, photos, tmp_path / "fp32", 1, "--precision", "fp32")
+    assert "no bf16 instructions" not in capsys.readouterr().out
+    loss = lambda run: float((tmp_path / run / "log.csv").read_text().splitlines()[1].split(",")[1])  # noqa: E731
+    assert loss("fp32") != loss("bf16") and loss("fp32") == pytest.approx(loss("bf16"), rel=0.05)  # same batch, other arithmetic
+    precision = lambda run: json.loads((tmp_path / run / "final.json").read_text())["meta"]["config"]["precision"]  # noqa: E731
+    assert (precision("bf16"), precision("fp32")) == ("bf16", "fp32")
