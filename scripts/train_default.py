@@ -22,6 +22,7 @@ photographic wallpapers); none is a mini-benchmark image.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -34,8 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def render_views(files: list[Path], size: int, views: int, seed: int):
-    """uint8 (N, size, size, 3) views: each photo whole (center square) plus random square crops."""
+def render_views(files: list[Path], size: int, views: int, seed: int, crop_scale: tuple[float, float] = (0.5, 1.0)):
+    """uint8 (N, size, size, 3) views: each photo whole (center square) plus random square crops
+    (their side crop_scale x the shorter side)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -45,7 +47,7 @@ def render_views(files: list[Path], size: int, views: int, seed: int):
             im = im.convert("RGB")
             w, h = im.size
             for v in range(views):
-                s = min(w, h) * (1.0 if v == 0 else rng.uniform(0.5, 1.0))
+                s = min(w, h) * (1.0 if v == 0 else rng.uniform(*crop_scale))
                 x0, y0 = rng.uniform(0, w - s), rng.uniform(0, h - s)
                 r = np.asarray(im.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + s, y0 + s)))
                 out.append(np.ascontiguousarray(r[:, ::-1]) if v % 2 == 1 else r.copy())
@@ -69,6 +71,14 @@ def cache_features(backbone, views: np.ndarray, scale: float, log) -> dict[str, 
     return {"lr": torch.stack(lr), "hr": torch.stack(hr)}
 
 
+def _scale_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.2,1), got {text!r}") from None
+    return lo, hi
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -88,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="query Fourier frequencies a fresh model starts with (default: the preset's)")
     ap.add_argument("--target-blend", type=float, default=None,
                     help="share of bilinear(low-res features) mixed into the oracle target (default: the preset's)")
+    ap.add_argument("--crop-scale", type=_scale_range, default=None,
+                    help="LO,HI: the random views' side as a share of the photo's shorter side (default: the preset's, 0.5,1)")
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                     help="the upsampler's forward pass: bf16 autocast (the shipped file's recipe; fast only on a CPU with "
                          "bf16 instructions) or fp32")
@@ -154,7 +166,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     given = {"size": a.size, "tv_weight": a.tv_weight, "low_frequency_init": a.low_frequency_init,
-             "target_blend": a.target_blend, "lr_consistency": a.lr_consistency}
+             "target_blend": a.target_blend, "lr_consistency": a.lr_consistency, "crop_scale": a.crop_scale}
     extra = {k: v for k, v in given.items() if v is not None}
     cfg = build_config(1, "offline", data=str(a.photos or a.out / "photos"), out=str(a.out), steps=a.steps,
                        backbone=a.backbone, backbone_weights=a.weights, precision=a.precision, save_every=a.save_every, **extra)
@@ -165,13 +177,7 @@ def main(argv=None) -> int:
     if slow:
         log(f"warning: {slow}")
     backbone = create_backbone(cfg.backbone, weights=cfg.backbone_weights).eval().requires_grad_(False)
-    views, names = render_views(files, cfg.size, a.views, cfg.seed)
-    cache_path = a.cache or a.out / "features.pt"
-    if cache_path.is_file():
-        feats = torch.load(cache_path, weights_only=True)
-    else:
-        feats = cache_features(backbone, views, cfg.oracle_scale, log)
-        torch.save(feats, cache_path)
+    views, names = render_views(files, cfg.size, a.views, cfg.seed, tuple(cfg.crop_scale))
     N = len(views)
     torch.manual_seed(cfg.seed)
     model = load_or_init(None, random_init=True, feat_dim=backbone.embed_dim, backbone=cfg.backbone, seed=cfg.seed,
@@ -184,6 +190,17 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(cfg.seed)
     run_key = json.dumps({"config": cfg.to_dict(), "views": a.views, "photos": [f.name for f in files]}, sort_keys=True)
     start, before = load_state(a.out / "state.pt", model, opt, sched, rng, run_key) if a.resume else (0, 0.0)
+    cache_path = a.cache or a.out / "features.pt"
+    views_sha = hashlib.sha256(views.tobytes()).hexdigest()  # the cache belongs to exactly these views
+    if cache_path.is_file():
+        feats = torch.load(cache_path, weights_only=True)
+        if feats.get("views_sha") != views_sha:
+            raise SystemExit(f"error: {cache_path} caches other views (other photos, --views, --crop-scale or --size); "
+                             "give another --cache or delete it")
+    else:
+        feats = cache_features(backbone, views, cfg.oracle_scale, log)
+        feats["views_sha"] = views_sha
+        torch.save(feats, cache_path)
     trim_log(a.out / "log.csv", start)
     mean, std = backbone.mean, backbone.std
     S = cfg.size

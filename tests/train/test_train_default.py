@@ -112,3 +112,19 @@ def test_precision_option_reaches_the_run_and_bf16_warns_where_emulated(photos, 
     assert loss("fp32") != loss("bf16") and loss("fp32") == pytest.approx(loss("bf16"), rel=0.05)  # same batch, other arithmetic
     precision = lambda run: json.loads((tmp_path / run / "final.json").read_text())["meta"]["config"]["precision"]  # noqa: E731
     assert (precision("bf16"), precision("fp32")) == ("bf16", "fp32")
+
+
+def test_crop_scale_option_reaches_the_views_and_a_cache_of_other_views_is_refused(photos, tmp_path):
+    mod = _script()
+    _run(mod, photos, tmp_path / "plain", 1)
+    _run(mod, photos, tmp_path / "close", 1, "--crop-scale", "0.2,0.4")
+    a, b = (torch.load(tmp_path / run / "features.pt", weights_only=True) for run in ("plain", "close"))
+    assert torch.equal(a["lr"][0], b["lr"][0])  # view 0 is each photo whole
+    assert not torch.equal(a["lr"][1], b["lr"][1])  # the random crop is closer
+    meta = json.loads((tmp_path / "close" / "final.json").read_text())["meta"]
+    assert meta["config"]["crop_scale"] == [0.2, 0.4] and "--crop-scale 0.2,0.4" in meta["command"]
+    with pytest.raises(SystemExit, match="caches other views"):
+        _run(mod, photos, tmp_path / "reuse", 1, "--crop-scale", "0.2,0.4", "--cache", str(tmp_path / "plain" / "features.pt"))
+    assert not (tmp_path / "reuse" / "step1.safetensors").exists()
+    with pytest.raises(SystemExit):  # argparse: one usage line
+        mod.parse_args(["--out", "x", "--crop-scale", "0.2"])
