@@ -8,6 +8,7 @@ For each photo of --photos (one view each: the centre square, 224 px), the stage
 resized bilinearly to the output) against
 - each checkpoint's output, and
 - bilinear: the channel-normed low-res features resized bilinearly (what `F.interpolate` gives),
+  both in that checkpoint's channel-norm space,
 as mean squared errors over the whole output and over the means of the backbone's patches, with
 the photos split into those the training saw (the photo list in --seen's metadata: a final file
 of `scripts/train_default.py`) and the rest. A model that beats bilinear on the photos it saw but
@@ -91,41 +92,39 @@ def errors(pred: torch.Tensor, target: torch.Tensor, cell: int) -> tuple[float, 
 
 @torch.no_grad()
 def fit_table(checkpoints: list[Path], data: dict, seen: set[str]) -> list[dict]:
-    """One row per source (bilinear, then each checkpoint): mean errors on seen and unseen photos."""
+    """One row per checkpoint: its and bilinear's mean errors on the seen and the unseen photos.
+    The target and bilinear are in that checkpoint's channel-norm space (what it trained against;
+    a run that trains the norm moves it)."""
     from loftup.model import load_checkpoint
 
-    models = [(str(p), load_checkpoint(p).eval()) for p in checkpoints]
-    norm = models[0][1].channelnorm  # the channel LayerNorm on the backbone features; the target is normed by it too
-    for source, model in models[1:]:
-        if any(not torch.equal(a, b) for a, b in zip(norm.state_dict().values(), model.channelnorm.state_dict().values())):
-            raise SystemExit(f"error: {source} normalises the backbone features differently from {models[0][0]}; "
-                             "compare checkpoints of one training recipe")
     size = data["size"]
     cell = size // data["lr"].shape[-1]
-    sums: dict[str, dict[str, list]] = {name: {"seen": [], "unseen": []} for name in ["bilinear", *(n for n, _ in models)]}
-    for i, name in enumerate(data["names"]):
-        lr, hr, image = data["lr"][i : i + 1], data["hr"][i : i + 1], data["image"][i : i + 1]
-        target = F.interpolate(norm(hr), size=(size, size), mode="bilinear", align_corners=False)
-        split = "seen" if name in seen else "unseen"
-        bilinear = F.interpolate(norm(lr), size=(size, size), mode="bilinear", align_corners=False)
-        sums["bilinear"][split].append(errors(bilinear, target, cell))
-        for source, model in models:
-            sums[source][split].append(errors(model(lr, image), target, cell))
     rows = []
-    for source, split in sums.items():
-        row = {"source": source}
-        for k, v in split.items():
-            a = np.array(v).mean(0) if v else [float("nan")] * 2
-            row[k] = {"photos": len(v), "mse": float(a[0]), "patch_mean_mse": float(a[1])}
+    for path in checkpoints:
+        model = load_checkpoint(path).eval()
+        errs: dict[str, list] = {"seen": [], "unseen": []}
+        for i, name in enumerate(data["names"]):
+            lr, hr, image = data["lr"][i : i + 1], data["hr"][i : i + 1], data["image"][i : i + 1]
+            target = F.interpolate(model.channelnorm(hr), size=(size, size), mode="bilinear", align_corners=False)
+            bilinear = F.interpolate(model.channelnorm(lr), size=(size, size), mode="bilinear", align_corners=False)
+            errs["seen" if name in seen else "unseen"].append([*errors(model(lr, image), target, cell),
+                                                               *errors(bilinear, target, cell)])
+        row = {"source": str(path)}
+        for split, v in errs.items():
+            a = np.array(v).mean(0) if v else [float("nan")] * 4
+            row[split] = {"photos": len(v), "mse": float(a[0]), "patch_mean_mse": float(a[1]),
+                          "bilinear_mse": float(a[2]), "bilinear_patch_mean_mse": float(a[3])}
         rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| source | seen MSE | seen patch-mean MSE | unseen MSE | unseen patch-mean MSE |", "|---|---|---|---|---|"]
+    lines = ["| checkpoint | seen MSE (bilinear) | seen patch-mean MSE (bilinear) | unseen MSE (bilinear) | "
+             "unseen patch-mean MSE (bilinear) |", "|---|---|---|---|---|"]
     for r in rows:
-        s, u = r["seen"], r["unseen"]
-        lines.append(f"| {r['source']} | {s['mse']:.4f} | {s['patch_mean_mse']:.4f} | {u['mse']:.4f} | {u['patch_mean_mse']:.4f} |")
+        cells = [f"{r[k]['mse']:.4f} ({r[k]['bilinear_mse']:.4f}) | {r[k]['patch_mean_mse']:.4f} "
+                 f"({r[k]['bilinear_patch_mean_mse']:.4f})" for k in ("seen", "unseen")]
+        lines.append(f"| {r['source']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

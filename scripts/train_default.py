@@ -100,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="share of bilinear(low-res features) mixed into the oracle target (default: the preset's)")
     ap.add_argument("--crop-scale", type=_scale_range, default=None,
                     help="LO,HI: the random views' side as a share of the photo's shorter side (default: the preset's, 0.5,1)")
+    ap.add_argument("--train-channelnorm", action="store_true", default=None,
+                    help="train the low-res channel norm too (how the shipped file was trained, before the script "
+                         "honoured the preset's train_channelnorm: false)")
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                     help="the upsampler's forward pass: bf16 autocast (the shipped file's recipe; fast only on a CPU with "
                          "bf16 instructions) or fp32")
@@ -166,7 +169,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     given = {"size": a.size, "tv_weight": a.tv_weight, "low_frequency_init": a.low_frequency_init,
-             "target_blend": a.target_blend, "lr_consistency": a.lr_consistency, "crop_scale": a.crop_scale}
+             "target_blend": a.target_blend, "lr_consistency": a.lr_consistency, "crop_scale": a.crop_scale,
+             "train_channelnorm": a.train_channelnorm}
     extra = {k: v for k, v in given.items() if v is not None}
     cfg = build_config(1, "offline", data=str(a.photos or a.out / "photos"), out=str(a.out), steps=a.steps,
                        backbone=a.backbone, backbone_weights=a.weights, precision=a.precision, save_every=a.save_every, **extra)
@@ -183,6 +187,7 @@ def main(argv=None) -> int:
     model = load_or_init(None, random_init=True, feat_dim=backbone.embed_dim, backbone=cfg.backbone, seed=cfg.seed,
                          **cfg.model).train()
     init_fresh(model, cfg)
+    model.channelnorm.requires_grad_(bool(cfg.train_channelnorm))  # as `loftup train`: the target lives in its space
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
 

@@ -40,28 +40,39 @@ def setup(tmp_path_factory):
 
 
 def test_rows_split_the_photos_and_bilinear_is_the_resized_low_res_grid(setup, monkeypatch):
+    from loftup.model import save_checkpoint
+
     root, files, seen, models, ckpts = setup
     mod = _script()
     args = [*map(str, ckpts), "--photos", str(root / "photos"), "--seen", str(ckpts[0]), "--size", "64",
             "--backbone", "tiny_fitgap_bb", "--weights", "random", "--threads", "1", "--json", str(root / "t.json")]
     assert mod.main(args) == 0
     rows = json.loads((root / "t.json").read_text())
-    assert [r["source"] for r in rows] == ["bilinear", *map(str, ckpts)]
+    assert [r["source"] for r in rows] == list(map(str, ckpts))
     assert all((r["seen"]["photos"], r["unseen"]["photos"]) == (3, 1) for r in rows)
 
     data = torch.load(root / "photos" / "fit_gap_features.pt", weights_only=True)
     assert data["names"] == sorted(p.name for p in files) and data["lr"].shape == (4, 16, 8, 8)
     unseen = data["names"].index(next(n for n in data["names"] if n not in seen))
-    norm = models[0].channelnorm
+    model = models[1]
     with torch.no_grad():
-        target = F.interpolate(norm(data["hr"][unseen : unseen + 1]), size=(64, 64), mode="bilinear", align_corners=False)
-        bilinear = F.interpolate(norm(data["lr"][unseen : unseen + 1]), size=(64, 64), mode="bilinear", align_corners=False)
-        out = models[1](data["lr"][unseen : unseen + 1], data["image"][unseen : unseen + 1])
-    assert rows[0]["unseen"]["mse"] == pytest.approx(F.mse_loss(bilinear, target).item(), rel=1e-5)
-    assert rows[2]["unseen"]["mse"] == pytest.approx(F.mse_loss(out, target).item(), rel=1e-4)
-    assert rows[2]["unseen"]["patch_mean_mse"] == pytest.approx(
-        F.mse_loss(F.avg_pool2d(out, 8), F.avg_pool2d(target, 8)).item(), rel=1e-4)
-    assert rows[1]["seen"]["mse"] != rows[2]["seen"]["mse"]  # two models, two rows
+        model.channelnorm.norm.weight.mul_(1.5)  # another norm than models[0]'s: each row is in its model's space
+        save_checkpoint(model, ckpts[1])
+        assert mod.main(args) == 0
+        rows = json.loads((root / "t.json").read_text())
+        lr, image = data["lr"][unseen : unseen + 1], data["image"][unseen : unseen + 1]
+        target = F.interpolate(model.channelnorm(data["hr"][unseen : unseen + 1]), size=(64, 64), mode="bilinear",
+                               align_corners=False)
+        bilinear = F.interpolate(model.channelnorm(lr), size=(64, 64), mode="bilinear", align_corners=False)
+        out = model(lr, image)
+    u = rows[1]["unseen"]
+    assert u["bilinear_mse"] == pytest.approx(F.mse_loss(bilinear, target).item(), rel=1e-5)
+    assert u["mse"] == pytest.approx(F.mse_loss(out, target).item(), rel=1e-4)
+    assert u["patch_mean_mse"] == pytest.approx(F.mse_loss(F.avg_pool2d(out, 8), F.avg_pool2d(target, 8)).item(), rel=1e-4)
+    assert u["bilinear_patch_mean_mse"] == pytest.approx(
+        F.mse_loss(F.avg_pool2d(bilinear, 8), F.avg_pool2d(target, 8)).item(), rel=1e-4)
+    assert rows[0]["unseen"]["bilinear_mse"] != pytest.approx(u["bilinear_mse"], rel=1e-3)  # two norms, two spaces
+    assert rows[0]["seen"]["mse"] != rows[1]["seen"]["mse"]
 
     import loftup.backbones as backbones  # a second run reads the cache: no backbone is built
 

@@ -128,3 +128,15 @@ def test_crop_scale_option_reaches_the_views_and_a_cache_of_other_views_is_refus
     assert not (tmp_path / "reuse" / "step1.safetensors").exists()
     with pytest.raises(SystemExit):  # argparse: one usage line
         mod.parse_args(["--out", "x", "--crop-scale", "0.2"])
+
+
+def test_the_channel_norm_stays_fixed_unless_asked(photos, tmp_path):
+    """As `loftup train`: the preset's train_channelnorm false keeps the low-res norm (the target's
+    space) fixed; --train-channelnorm (how the shipped file was trained) lets it move."""
+    mod = _script()
+    _run(mod, photos, tmp_path / "fixed", 2)
+    _run(mod, photos, tmp_path / "moving", 2, "--train-channelnorm")
+    w = {run: load_file(tmp_path / run / "step2.safetensors")["channelnorm.norm.weight"] for run in ("fixed", "moving")}
+    assert torch.equal(w["fixed"], torch.ones_like(w["fixed"])) and not torch.equal(w["moving"], w["fixed"])
+    config = lambda run: json.loads((tmp_path / run / "final.json").read_text())["meta"]["config"]  # noqa: E731
+    assert (config("fixed")["train_channelnorm"], config("moving")["train_channelnorm"]) == (False, True)
