@@ -96,6 +96,7 @@ def fit_table(checkpoints: list[Path], data: dict, seen: set[str]) -> list[dict]
     The target and bilinear are in that checkpoint's channel-norm space (what it trained against;
     a run that trains the norm moves it)."""
     from loftup.model import load_checkpoint
+    from loftup.train.stage1 import oracle_target
 
     size = data["size"]
     cell = size // data["lr"].shape[-1]
@@ -105,7 +106,7 @@ def fit_table(checkpoints: list[Path], data: dict, seen: set[str]) -> list[dict]
         errs: dict[str, list] = {"seen": [], "unseen": []}
         for i, name in enumerate(data["names"]):
             lr, hr, image = data["lr"][i : i + 1], data["hr"][i : i + 1], data["image"][i : i + 1]
-            target = F.interpolate(model.channelnorm(hr), size=(size, size), mode="bilinear", align_corners=False)
+            target = oracle_target(model.channelnorm(hr), (size, size))  # what scripts/train_default.py regresses
             bilinear = F.interpolate(model.channelnorm(lr), size=(size, size), mode="bilinear", align_corners=False)
             errs["seen" if name in seen else "unseen"].append([*errors(model(lr, image), target, cell),
                                                                *errors(bilinear, target, cell)])

@@ -4,26 +4,20 @@ lists no photos."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import TinyBackbone, write_photos
+from train_helpers import TinyBackbone, load_script, write_photos
 
 from loftup.backbones import register_backbone
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fit_gap.py"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("fit_gap", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("fit_gap")
 
 
 @pytest.fixture(scope="module")

@@ -4,26 +4,21 @@ records how it was made."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import TinyBackbone, write_photos
+from train_helpers import TinyBackbone, load_script, write_photos
 
 from loftup.backbones import register_backbone
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_default.py"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_default", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_default")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ resolves to whichever was imported first."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,12 @@ def write_sa1b(folder: Path, stem: str, image: np.ndarray, masks: list[np.ndarra
     Image.fromarray(image).save(jpg, quality=quality, subsampling=0)
     js.write_text(json.dumps(sa1b_json(jpg.name, masks)))
     return jpg, js
+
+
+def load_script(name: str):
+    """scripts/NAME.py imported as a module (the scripts folder is not a package)."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
