@@ -160,20 +160,31 @@ def test_a_failing_phase_leaves_a_report(tmp_path, monkeypatch):
 
 
 def test_a_failed_export_parity_check_exits_1(tmp_path, capsys, monkeypatch):
-    """A --quick-sized run (1 stage-1 step, no stage 2) whose export parity tolerance no float32
-    engine meets: the export phase fails its parity check, the demo stops there with exit code 1,
-    one error line, a report saying so and no engine file."""
-    import loftup.export.parity as parity
+    """A --quick-sized run (1 stage-1 step, no stage 2) whose export fails its parity check: the
+    demo stops there with exit code 1, one error line and a report saying so. The exporter is
+    replaced by one that raises the exporter's ParityError, so the test spends no minute on a
+    real DINOv2-S export; that a real parity failure leaves no engine file is
+    tests/export/test_export_cli.py::test_parity_failure_exits_nonzero_and_leaves_nothing."""
+    import loftup.export.exporter as exporter
+    from loftup.errors import ParityError
 
-    monkeypatch.setitem(parity.TOLERANCES, "fp32", parity.Tolerance(max_abs=0.0, mean_cos=1.0, min_cos=1.0))
+    calls = []
+
+    def failing_export(opts, log=print):
+        calls.append(opts)
+        raise ParityError(f"parity failed for {opts.out.name} (worst max abs 0.5, min cos 0.9); no engine written - "
+                          "pass --force to keep it anyway")
+
+    monkeypatch.setattr(exporter, "export_engine", failing_export)
     out = tmp_path / "d"
     code, _, err = run(["demo", "--quick", "--stage1-steps", "1", "--stage2-steps", "0", "--out", out, "--no-progress"], capsys)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1 and "parity failed for loftup_pipeline_fp32.onnx" in errors[0], err
+    assert len(calls) == 1 and calls[0].checkpoint.is_file() and calls[0].out == out / "engine" / "loftup_pipeline_fp32.onnx"
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["phases"]["export"]["status"] == "failed"
     assert "ParityError" in report["phases"]["export"]["error"] and "bench" not in report["phases"]
-    assert not (out / "engine" / "loftup_pipeline_fp32.onnx").exists()
+    assert report["phases"]["stage1"]["status"] == "ok"
 
 
 @pytest.mark.parametrize("failing", [None, "export", "bench", "mini"])
