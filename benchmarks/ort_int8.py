@@ -38,7 +38,8 @@ def export_engines(model, backbone, workdir: Path, calibration, log) -> dict[str
         if not path.exists():
             t = time.perf_counter()
             export_model(model, backbone, path, fmt="onnx", scope="upsampler", precision=prec, sizes=(112, 224, 448),
-                         max_batch=1, check=False, calibration=calibration, log=log)
+                         max_batch=1, check=False, calibration=calibration, log=log,
+                         traced=paths["fp32"] if prec == "int8" else None)  # int8: quantized from the fp32 trace
             log(f"exported {path.name} in {time.perf_counter() - t:.0f} s")
         paths[prec] = path
     return paths

@@ -287,13 +287,18 @@ class EngineFactory:
     def _engine_file(self, fmt: str, precision: str) -> Path:
         """An upsampler-scope engine written by the same `export_model` that `loftup export` uses."""
         from ..export.exporter import export_model
+        from ..export.formats import INT_PRECISIONS
 
         path = self.tmp / f"upsampler_{precision}{FORMATS[fmt].suffix}"
         if not path.exists():
-            self.log(f"exporting the upsampler to {fmt} ({precision}) for the {fmt} backends")
+            # an ONNX int8 engine is quantized from the fp32 one when that was already exported
+            traced = self.tmp / "upsampler_fp32.onnx" if fmt == "onnx" and precision in INT_PRECISIONS else None
+            self.log(f"exporting the upsampler to {fmt} ({precision}) for the {fmt} backends"
+                     + (" from its fp32 trace" if traced and traced.exists() else ""))
             export_model(self.model, None, path, fmt=fmt, scope="upsampler", precision=precision, opset=20,
                          sizes=self.export_sizes, max_batch=self.max_batch, patch_size=self.patch, check=False,
-                         timing_cache=self.tmp / "timing.cache" if fmt == "trt" else None)
+                         timing_cache=self.tmp / "timing.cache" if fmt == "trt" else None,
+                         traced=traced if traced and traced.exists() else None)
         return path
 
     def _make(self, backend: BenchBackend, precision: str):

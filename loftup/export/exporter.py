@@ -139,7 +139,7 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
                  source: str | Path | None = None, patch_size: int | None = None, parity_shapes: Sequence | None = None,
                  check: bool = True, force: bool = False, log: Callable[[str], None] = lambda msg: None,
                  calibration: str | Path | None = None, memory_budget: int | None = None,
-                 input_size: int | None = None, **build_options) -> ExportReport:
+                 input_size: int | None = None, traced: str | Path | None = None, **build_options) -> ExportReport:
     """Write `model` (+ `backbone` for the pipeline scope) as a `fmt` engine at `out`.
 
     input_size: the backbone input rule the pipeline graph applies (`loftup.pipeline`; None: the
@@ -153,6 +153,9 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
     precision (int8) is the fp32 graph through the format's `quantize` hook, calibrated on
     `calibration` (a folder of photos; None: the bundled ones). memory_budget: bytes the parity
     run's PyTorch reference tiles to stay under (None: `loftup.runtime.budget`'s default).
+    traced: the fp32 ONNX file an earlier call wrote for the same model, format, scope, sizes
+    and batch (`loftup bench` quantizes its int8 engine from its fp32 one); a quantized precision
+    starts from a copy of it instead of tracing the model again.
     """
     from ..runtime.interrupts import raise_if_interrupted
     from .formats import INT_PRECISIONS, export_format
@@ -166,15 +169,19 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
     try:
         onnx_path = stage / (out.stem + ".onnx")
-        log(f"tracing {scope} ({getattr(model, 'kind', 'loftup')}, {model.cfg.feat_dim} channels"
-            f"{', backbone ' + backbone.name if backbone is not None else ''}) to ONNX opset {opset} ...")
         quantized = precision in INT_PRECISIONS
-        md = export_onnx(
-            model, onnx_path, backbone=backbone, scope=scope, precision="fp32" if row.build or quantized else precision,
-            opset=opset, attention=attention, sizes=sizes, max_batch=max_batch, source=source,
-            patch_size=getattr(backbone, "patch_size", None) or patch_size,
-            query_chunk="auto" if row.query_chunks else None, input_size=input_size,
-        )
+        if traced is not None:
+            log(f"starting from the fp32 trace {Path(traced).name}")
+            md = _reuse_trace(Path(traced), onnx_path, fmt, scope, model.cfg.feat_dim, opset, quantized)
+        else:
+            log(f"tracing {scope} ({getattr(model, 'kind', 'loftup')}, {model.cfg.feat_dim} channels"
+                f"{', backbone ' + backbone.name if backbone is not None else ''}) to ONNX opset {opset} ...")
+            md = export_onnx(
+                model, onnx_path, backbone=backbone, scope=scope, precision="fp32" if row.build or quantized else precision,
+                opset=opset, attention=attention, sizes=sizes, max_batch=max_batch, source=source,
+                patch_size=getattr(backbone, "patch_size", None) or patch_size,
+                query_chunk="auto" if row.query_chunks else None, input_size=input_size,
+            )
         engine_path = onnx_path
         if quantized:
             engine_path = stage / (out.stem + f".{precision}" + row.suffix)
@@ -206,6 +213,22 @@ def export_model(model, backbone, out: str | Path, *, fmt: str = "onnx", scope: 
         return ExportReport(path=out, metadata=md, parity=result, extra_files=extras)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _reuse_trace(traced: Path, onnx_path: Path, fmt: str, scope: str, feat_dim: int, opset: int, quantized: bool):
+    """Copy an earlier fp32 trace into the staging folder; its metadata must say it is one of this export."""
+    from .onnx import read_metadata
+
+    if not quantized:
+        raise ValueError("traced= serves the quantized precisions (int8), which start from an fp32 trace")
+    md = read_metadata(traced)
+    theirs, wanted = (md.format, md.scope, md.feat_dim, md.precision, md.opset), (fmt, scope, feat_dim, "fp32", opset)
+    if theirs != wanted:
+        raise ValueError(f"{traced.name} is not an fp32 ONNX trace of this export (format, scope, channels, precision, "
+                         f"opset: {theirs}; wanted {wanted})")
+    shutil.copyfile(traced, onnx_path)
+    md.parity = None
+    return md
 
 
 def _import_native_modules() -> None:

@@ -41,8 +41,12 @@ def _tiny_spec():
     return dataclasses.replace(get_spec("dinov2_vits14"), name="dinov2_tiny", embed_dim=32)
 
 
-def test_bench_writes_every_field_and_skips_with_reasons(tmp_path, capsys, model):
+def test_bench_writes_every_field_and_skips_with_reasons(tmp_path, capsys, model, monkeypatch):
+    import loftup.export.onnx as onnx_export
     from loftup.bench.harness import BenchOptions, run_bench
+
+    traces, trace = [], onnx_export.export_onnx
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: traces.append(k["precision"]) or trace(*a, **k))
 
     opts = BenchOptions(sizes=[28, 42], batch_sizes=[1, 2], precisions=["fp32", "bf16", "int8"],
                         backends=["torch-reference", "torch-sdpa", "onnxruntime", "triton", "tensorrt"],
@@ -65,6 +69,7 @@ def test_bench_writes_every_field_and_skips_with_reasons(tmp_path, capsys, model
                     ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "int8")}
     assert len(ok) == 6 * 2 * 2  # six (backend, precision) pairs x two sizes x two batch sizes
     assert "onnx int8" in data["tolerances"]
+    assert traces == ["fp32"]  # the ONNX Runtime int8 engine is quantized from the fp32 row's trace
     for r in ok:
         assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
         lat = r["latency_ms"]

@@ -124,3 +124,17 @@ def test_bundled_calibration_photos():
     images = calibration_images(None)
     assert len(images) >= 4 and all(img.mode == "RGB" for _, img in images)
     assert len(calibration_images(None, limit=2)) == 2
+
+
+def test_a_trace_is_reused_only_for_a_quantized_precision(tmp_path, model, exports):
+    """export_model(traced=...) copies an earlier fp32 trace (loftup bench's int8 row); it refuses
+    a trace for a precision the trace is not (ONNX fp32 is traced itself) and a trace of another
+    export, before writing anything."""
+    fp32 = exports[("upsampler", "matmul", "fp32")]
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match="serves the quantized precisions"):
+        export_model(model, None, out, fmt="onnx", precision="fp32", sizes=SIZES, max_batch=2, patch_size=14, traced=fp32)
+    with pytest.raises(ValueError, match="not an fp32 ONNX trace of this export"):
+        export_model(model, None, out, fmt="onnx", precision="int8", sizes=SIZES, max_batch=2, patch_size=14, opset=23,
+                     traced=fp32)
+    assert list(tmp_path.iterdir()) == []
