@@ -292,13 +292,13 @@ class EngineFactory:
         path = self.tmp / f"upsampler_{precision}{FORMATS[fmt].suffix}"
         if not path.exists():
             # an ONNX int8 engine is quantized from the fp32 one when that was already exported
-            traced = self.tmp / "upsampler_fp32.onnx" if fmt == "onnx" and precision in INT_PRECISIONS else None
+            traced = self.tmp / "upsampler_fp32.onnx"
+            traced = traced if fmt == "onnx" and precision in INT_PRECISIONS and traced.exists() else None
             self.log(f"exporting the upsampler to {fmt} ({precision}) for the {fmt} backends"
-                     + (" from its fp32 trace" if traced and traced.exists() else ""))
+                     + (" from its fp32 trace" if traced else ""))
             export_model(self.model, None, path, fmt=fmt, scope="upsampler", precision=precision, opset=20,
                          sizes=self.export_sizes, max_batch=self.max_batch, patch_size=self.patch, check=False,
-                         timing_cache=self.tmp / "timing.cache" if fmt == "trt" else None,
-                         traced=traced if traced and traced.exists() else None)
+                         timing_cache=self.tmp / "timing.cache" if fmt == "trt" else None, traced=traced)
         return path
 
     def _make(self, backend: BenchBackend, precision: str):
