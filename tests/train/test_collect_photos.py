@@ -122,3 +122,35 @@ def test_extended_sources_get_distinct_names():
     assert "lomiri_Kleiber" in names and "palapeli_citrus-fruits" in names
     assert collect.out_name("gcompris-qt-data", "gcompris/src/activities/explore_monuments/resource/france/"
                             "eiffelTower.webp") == "gcompris_monuments_eiffelTower"
+
+
+def test_hold_out_leaves_out_the_scored_photos_and_only_those(tmp_path, monkeypatch):
+    """collect() on stand-in packages (every file a small PNG): --hold-out writes the base pool less
+    the 26 HELD_OUT photos, which all name photos of that pool."""
+    import zipfile
+
+    collect = load_script("collect_photos")
+    png = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(png, format="PNG")
+    monkeypatch.setattr(collect, "fetch_debs", lambda work, pkgs: {p: work / f"{p}.deb" for p, _, _ in pkgs})
+    monkeypatch.setattr(collect, "deb_members", lambda deb, wanted: {w: png.getvalue() for w in wanted})
+
+    def pip_download(cmd, **kwargs):  # the scikit-learn wheel, holding its two photos
+        with zipfile.ZipFile(tmp_path / "work" / "scikit_learn-1.9.1-x.whl", "w") as z:
+            for m in collect.SKLEARN[1]:
+                z.writestr(m, png.getvalue())
+
+    monkeypatch.setattr(collect.subprocess, "run", pip_download)
+    written = {}
+    for hold_out in (False, True):
+        (tmp_path / "work").mkdir()
+        out = tmp_path / f"out{hold_out}"
+        out.mkdir()
+        rows = collect.collect(out, tmp_path / "work", hold_out=hold_out)
+        written[hold_out] = {p.stem for p in out.glob("*.png")}
+        assert sorted(r["file"] for r in rows) == sorted(f"{n}.png" for n in written[hold_out])  # the manifest's rows
+        for f in (tmp_path / "work").iterdir():
+            f.unlink()
+        (tmp_path / "work").rmdir()
+    assert len(written[False]) == 81 and len(collect.HELD_OUT) == 26
+    assert written[True] == written[False] - set(collect.HELD_OUT) and set(collect.HELD_OUT) <= written[False]

@@ -135,3 +135,14 @@ def test_the_channel_norm_stays_fixed_unless_asked(photos, tmp_path):
     assert torch.equal(w["fixed"], torch.ones_like(w["fixed"])) and not torch.equal(w["moving"], w["fixed"])
     config = lambda run: json.loads((tmp_path / run / "final.json").read_text())["meta"]["config"]  # noqa: E731
     assert (config("fixed")["train_channelnorm"], config("moving")["train_channelnorm"]) == (False, True)
+
+
+def test_collection_flags_reach_collect_photos_and_are_refused_with_photos(photos, tmp_path, monkeypatch):
+    mod = _script()
+    with pytest.raises(SystemExit, match="with --photos, collect them"):
+        _run(mod, photos, tmp_path / "run", 2, "--hold-out")
+    calls = []
+    monkeypatch.setattr(mod.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Path(cmd[-3]).mkdir(parents=True))
+    with pytest.raises(SystemExit, match="no .png/.jpg photos"):  # the stand-in collects nothing
+        mod.photo_files(mod.parse_args(["--out", str(tmp_path / "out"), "--extended", "--hold-out"]), print)
+    assert calls[0][-4:] == ["--out", str(tmp_path / "out" / "photos"), "--extended", "--hold-out"]
