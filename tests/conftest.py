@@ -56,8 +56,8 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory):
-    """One `loftup demo --quick` run shared by tests/cli/test_demo.py and tests/test_readme.py
-    (one to three minutes; once per run, across workers): (exit code, stdout, stderr, out folder)."""
+    """One `loftup demo --quick` run shared by the tests of tests/cli/test_demo.py (one to three
+    minutes; once per run, across workers): (exit code, stdout, stderr, out folder)."""
 
     def make(folder):
         import contextlib
