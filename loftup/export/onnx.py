@@ -416,7 +416,9 @@ def export_onnx(model, path: str | Path, *, backbone=None, scope: str = "upsampl
     with _quiet_exporter():
         ep = trace(module, scope, model.cfg.feat_dim, getattr(model.cfg, "token_dim", model.cfg.feat_dim), patch, sizes,
                    max_batch, min_lr if scope == "upsampler" else 1)
-        program = torch.onnx.export(ep, opset_version=opset, dynamo=True, optimize=True, verbose=False)
+        # one optimiser pass, ours (the exporter's own, optimize=True, is the same pass with smaller
+        # folding limits: running both cost a quarter of a pipeline export for the same graph)
+        program = torch.onnx.export(ep, opset_version=opset, dynamo=True, optimize=False, verbose=False)
         fold_weight_expressions(program.model)
     names = ("image",) if scope == "pipeline" else ("lr_feats", "image")
     graph = program.model.graph
@@ -461,11 +463,12 @@ FOLD_LIMIT = 2**26  # elements: every weight of the supported models
 
 
 def fold_weight_expressions(model) -> None:
-    """Fold what the exporter's own optimiser leaves computed at run time because it is large: the
-    transposes, slices and reshapes of weights (q/k/v slices of `in_proj_weight`, the 1x1 head's
-    weight), which otherwise run inside the loops on every iteration and hide the weights from
-    ONNX Runtime's quantizer (a MatMul whose operand is an initializer is a weight MatMul).
-    `model`: the exporter's onnx_ir model, changed in place."""
+    """The exported graph's optimiser pass (onnxscript's constant folding, rewrites, dead-code and
+    duplicate removal), with folding limits large enough for what the exporter's default limits
+    leave computed at run time: the transposes, slices and reshapes of weights (q/k/v slices of
+    `in_proj_weight`, the 1x1 head's weight), which otherwise run inside the loops on every
+    iteration and hide the weights from ONNX Runtime's quantizer (a MatMul whose operand is an
+    initializer is a weight MatMul). `model`: the exporter's onnx_ir model, changed in place."""
     from onnxscript import optimizer
 
     optimizer.optimize(model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)

