@@ -187,7 +187,10 @@ def test_3_an_interrupt_before_the_first_step_leaves_no_run(tmp_path, capsys, mo
     assert code == 130 and not run_dir.exists()
 
 
-def test_3_sigterm_during_training_keeps_a_resumable_checkpoint(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_3_sigterm_during_training_keeps_a_resumable_checkpoint(tmp_path, capsys, monkeypatch, workers):
+    import multiprocessing
+
     from loftup.train.loop import Trainer
     write_photos(tmp_path / "photos")
     real = Trainer.train_step
@@ -195,13 +198,19 @@ def test_3_sigterm_during_training_keeps_a_resumable_checkpoint(tmp_path, capsys
     def term_after_first(self, batch):
         metrics = real(self, batch)
         if self.step == 1:
+            loaders = [c for c in multiprocessing.active_children() if c.pid not in before]  # the DataLoader's workers
+            assert len(loaders) == workers
+            for worker in loaders:  # SIGTERM to the whole group, from another process, as systemd or `pkill -f`
+                subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # sends it (a worker obeys its parent's)
+            time.sleep(1.0)  # the rest of a long step: a worker's death would be reported meanwhile
             os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends; the loop stops at the step boundary
         return metrics
 
     monkeypatch.setattr(Trainer, "train_step", term_after_first)
     run_dir = tmp_path / "run"
+    before = {c.pid for c in multiprocessing.active_children()}  # other tests' children in this worker
     code, _, err = run(["train", "--stage", "1", "--data", tmp_path / "photos", "--out", run_dir, "--steps", "4",
-                        "--num-workers", "0", "--size", "28", "--batch-size", "2", "--backbone-weights", "random",
+                        "--num-workers", str(workers), "--size", "28", "--batch-size", "2", "--backbone-weights", "random",
                         "--no-progress"], capsys)
     assert_one_line_error(code, err, "interrupted (SIGTERM)", "stopped at step 1/4", f"--resume --out {run_dir}", only_line=False)
     assert code == 143

@@ -102,6 +102,14 @@ def resume_config(out: str | Path, overrides: dict[str, Any] | None = None) -> T
     return saved.replace(**allowed)
 
 
+def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and Ctrl-C: a stop sent to the whole process group (systemd's
+    default, `pkill -f`, a terminal) then reaches the main process alone, which ends the step, saves
+    its checkpoint and shuts the workers down; a killed worker would fail the run without one."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Trainer:
     """Builds everything a run needs from a TrainConfig and trains with `fit()`.
 
@@ -381,7 +389,8 @@ class Trainer:
         # its own generator: a DataLoader otherwise draws its base seed from torch's global RNG, which would
         # shift every later draw of an objective that uses that RNG (FeatUp's jitters, dropout) on resume
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate,
-                          pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed + self.step))
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed + self.step),
+                          worker_init_fn=_leave_stop_signals_to_the_main_process)
 
     @contextlib.contextmanager
     def _signals(self):
